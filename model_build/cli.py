@@ -1,0 +1,123 @@
+"""`python -m model_build ...`: thin commands over the pipeline. Every user-fixable error is one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model_build.errors import BuildError
+from modelpack.errors import ArtifactError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model_build", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="train teacher and student, convert, calibrate, write the artifact")
+    b.add_argument("--preset", choices=["quick", "full"], default="full")
+    b.add_argument("--data", type=Path, help="CLINC150 data_full.json, or a CSV/JSONL with text,label[,split]")
+    b.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    b.add_argument("--cache-dir", type=Path, help="stage cache (default .cache/model_build, env MODEL_BUILD_CACHE)")
+    b.add_argument("--no-cache", action="store_true", help="recompute every stage")
+    b.add_argument(
+        "--traffic-oos-fraction",
+        default="test",
+        help="out-of-scope share of the traffic the threshold and temperatures are fit for: a number in "
+        "[0, 1), 'test' (the test split's share, default) or 'val' (the validation split as it is)",
+    )
+    b.add_argument("--routing-target", type=float, default=0.99, help="joint accuracy / teacher accuracy (0.99)")
+    b.add_argument("--model-version", help="version string (default: date + config digest)")
+    b.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("evaluate", help="recompute metrics.json from an artifact folder's files alone")
+    e.add_argument("dir", type=Path)
+    e.add_argument("--data", type=Path)
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    u = sub.add_parser("publish", help="upload an artifact to S3 under a versioned prefix, then latest.json")
+    u.add_argument("dir", type=Path)
+    u.add_argument("--bucket", required=True)
+    u.add_argument("--prefix", default="models")
+    u.add_argument("--region", default=None)
+    u.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (e.g. the local moto server)")
+
+    d = sub.add_parser("data", help="data set helpers")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download a public data set and verify its SHA-256")
+    f.add_argument("name", choices=["clinc150"])
+    f.add_argument("--out", type=Path, default=Path("data/clinc150/data_full.json"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (BuildError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from model_build.fetch import fetch_clinc150
+
+        path = fetch_clinc150(args.out)
+        print(f"{path} verified")
+        return 0
+    if args.command == "publish":
+        import boto3
+        from botocore.config import Config
+
+        from model_build.publish import publish
+
+        client = boto3.client(
+            "s3",
+            region_name=args.region,
+            endpoint_url=args.endpoint_url,
+            config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"}),
+        )
+        result = publish(args.dir, bucket=args.bucket, prefix=args.prefix, s3_client=client)
+        print(json.dumps({"bucket": args.bucket, **result.as_dict()}, indent=2))
+        return 0
+    if args.command == "evaluate":
+        from model_build.evaluate import evaluate_artifact
+
+        metrics = evaluate_artifact(args.dir, data_path=args.data)
+        print(json.dumps(metrics, indent=2) if args.json else _summary(metrics))
+        return 0
+    from model_build.config import preset
+    from model_build.pipeline import build
+
+    config = preset(
+        args.preset,
+        traffic_oos_fraction=args.traffic_oos_fraction,
+        routing_target=args.routing_target,
+        seed=args.seed,
+    )
+    result = build(
+        config,
+        data_path=args.data,
+        out_dir=args.out,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        model_version=args.model_version,
+    )
+    print(_summary(result.metrics))
+    print(f"artifact: {args.out}  (report: {args.out / 'report.md'})")
+    return 0
+
+
+def _summary(metrics: dict) -> str:
+    lines = []
+    for section in ("teacher", "edge_int8", "edge_fp32", "routing"):
+        values = metrics.get(section, {})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, (int, float)))
+        lines.append(f"{section:10s} {shown}")
+    return "\n".join(lines)

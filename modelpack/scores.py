@@ -1,0 +1,40 @@
+"""Routing scores on calibrated probabilities: higher means the model is surer.
+
+The build chooses a threshold on one of these and names it in the manifest; the edge computes the same
+function at serving time, so both must come from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def max_prob(probs: np.ndarray) -> np.ndarray:
+    return probs.max(axis=-1)
+
+
+def margin(probs: np.ndarray) -> np.ndarray:
+    top2 = np.partition(probs, -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def neg_entropy(probs: np.ndarray) -> np.ndarray:
+    """1 - H(p)/log(C): 1 for a one-hot answer, 0 for a uniform one."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return 1.0 + (p * np.log(p)).sum(axis=-1) / np.log(probs.shape[-1])
+
+
+SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "max_prob": max_prob,
+    "margin": margin,
+    "neg_entropy": neg_entropy,
+}

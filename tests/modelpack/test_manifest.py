@@ -1,0 +1,132 @@
+"""The manifest reader: validation names the bad field, checksums are enforced."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from modelpack.errors import ChecksumMismatch, ManifestError
+from modelpack.manifest import Manifest, load_manifest, write_manifest
+
+
+def _entry(file: str, content: bytes, precision: str, dtype: str) -> dict:
+    quantized = dtype == "int8"
+    out = {"dtype": dtype, "shape": [-1, 3], "logits": True, "scale": 0.125 if quantized else None,
+           "zero_point": -3 if quantized else None}
+    return {
+        "file": file,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size_bytes": len(content),
+        "precision": precision,
+        "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [-1, -1]}],
+        "output": out,
+        "temperature": 1.5,
+        "oos_threshold": None,
+    }
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> tuple[Path, dict]:
+    files = {"tokenizer.json": b'{"tok": 1}', "edge.tflite": b"edge-bytes", "cloud.tflite": b"cloud-bytes"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    raw = {
+        "format_version": 1,
+        "model_version": "v1",
+        "created_at": "2026-11-22T00:00:00Z",
+        "labels": ["a", "b", "oos"],
+        "oos_label": "oos",
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "sha256": hashlib.sha256(files["tokenizer.json"]).hexdigest(),
+            "max_seq_len": 32,
+            "length_buckets": [8, 16, 32],
+            "pad_id": 0,
+        },
+        "models": {
+            "edge": _entry("edge.tflite", files["edge.tflite"], "int8", "int8"),
+            "cloud": _entry("cloud.tflite", files["cloud.tflite"], "fp32", "float32") | {"oos_threshold": 0.4},
+        },
+        "routing": {
+            "score": "max_prob",
+            "threshold": 0.7,
+            "target_joint_over_teacher": 0.99,
+            "traffic_oos_fraction": 0.18,
+            "expected_escalation_rate": 0.12,
+        },
+        "data": {"name": "toy"},
+        "build": {"git_commit": "abc"},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    return tmp_path, raw
+
+
+def test_valid_manifest_loads_and_round_trips(artifact):
+    folder, raw = artifact
+    manifest = load_manifest(folder)
+    assert manifest.labels == ("a", "b", "oos")
+    assert manifest.oos_index == 2
+    assert manifest.edge.output.scale == 0.125 and manifest.cloud.oos_threshold == 0.4
+    assert Manifest.from_dict(manifest.to_dict()) == manifest
+    assert json.loads(json.dumps(manifest.to_dict())) == json.loads(json.dumps(raw, sort_keys=True))
+
+
+def test_write_then_load_is_identity(artifact, tmp_path):
+    folder, _ = artifact
+    manifest = load_manifest(folder)
+    write_manifest(manifest, folder)
+    assert load_manifest(folder) == manifest
+
+
+def test_a_changed_file_is_refused(artifact):
+    folder, _ = artifact
+    (folder / "edge.tflite").write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch, match="edge.tflite"):
+        load_manifest(folder)
+
+
+def test_a_missing_file_is_refused(artifact):
+    folder, _ = artifact
+    (folder / "cloud.tflite").unlink()
+    with pytest.raises(ManifestError, match="cloud.tflite.*missing"):
+        load_manifest(folder)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.pop("labels"), r"manifest\.labels is missing"),
+        (lambda r: r.update(format_version=2), "format_version is 2"),
+        (lambda r: r.update(oos_label="nope"), "oos_label 'nope' is not in"),
+        (lambda r: r["models"]["edge"].update(precision="int4"), r"models\.edge\.precision must be one of"),
+        (lambda r: r["models"]["edge"]["output"].pop("scale"), "quantized output needs scale"),
+        (lambda r: r["models"]["cloud"]["output"].update(shape=[-1, 5]), "ends in 5, but there are 3 labels"),
+        (lambda r: r["models"]["cloud"].update(sha256="XYZ"), r"cloud\.sha256 must be a lower-case hex"),
+        (lambda r: r["models"]["cloud"].update(file="../etc/passwd"), "plain file name"),
+        (lambda r: r["tokenizer"].update(length_buckets=[16, 8, 32]), "strictly increasing"),
+        (lambda r: r["routing"].update(score="vibes"), r"routing\.score must be one of"),
+        (lambda r: r["routing"].update(expected_escalation_rate=1.5), r"in \[0.0, 1.0\]"),
+        (lambda r: r["models"]["edge"].update(temperature=True), "temperature must be a number"),
+    ],
+)
+def test_invalid_fields_are_named(artifact, mutate, message):
+    _, raw = artifact
+    bad = copy.deepcopy(raw)
+    mutate(bad)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(bad)
+
+
+def test_not_json_is_a_manifest_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{nope")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def test_missing_manifest_is_named(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        load_manifest(tmp_path)
