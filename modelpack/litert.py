@@ -37,6 +37,9 @@ class LiteRTModel:
             raise ArtifactError(f"{entry.file}: expected one input and one output tensor")
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
         self._shape: tuple[int, ...] = tuple(inputs[0]["shape"])
+        signature = inputs[0].get("shape_signature", inputs[0]["shape"])
+        # A model exported with a fixed sequence length (e.g. the teacher) takes exactly that length.
+        self.fixed_len: int | None = int(signature[1]) if len(signature) == 2 and signature[1] > 0 else None
         self._in_dtype = np.dtype(inputs[0]["dtype"])
         scale, zero_point = outputs[0].get("quantization", (0.0, 0))
         if entry.output.dtype in ("int8", "uint8"):
@@ -49,6 +52,8 @@ class LiteRTModel:
     def logits(self, ids: np.ndarray) -> np.ndarray:
         if ids.dtype != self._in_dtype:
             ids = ids.astype(self._in_dtype)
+        if self.fixed_len is not None and ids.shape[1] != self.fixed_len:
+            ids = _fit_length(ids, self.fixed_len)
         if ids.shape != self._shape:
             # Resizing re-plans the graph (~tens of µs); batches reuse a few bucketed shapes.
             self._interp.resize_tensor_input(self._in, ids.shape, strict=False)
@@ -61,3 +66,11 @@ class LiteRTModel:
             scale, zero_point = self._dequant
             return (out.astype(np.float32) - zero_point) * scale
         return out.astype(np.float32, copy=False)
+
+
+def _fit_length(ids: np.ndarray, length: int) -> np.ndarray:
+    if ids.shape[1] > length:
+        return np.ascontiguousarray(ids[:, :length])
+    out = np.zeros((ids.shape[0], length), dtype=ids.dtype)  # 0 = [PAD]
+    out[:, : ids.shape[1]] = ids
+    return out

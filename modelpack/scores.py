@@ -29,8 +29,9 @@ def margin(probs: np.ndarray) -> np.ndarray:
 
 def neg_entropy(probs: np.ndarray) -> np.ndarray:
     """1 - H(p)/log(C): 1 for a one-hot answer, 0 for a uniform one."""
-    p = np.clip(probs, 1e-12, 1.0)
-    return 1.0 + (p * np.log(p)).sum(axis=-1) / np.log(probs.shape[-1])
+    # log(1) = 0 stands in for 0 * log 0, without the divide-by-zero warning of log(0).
+    plogp = probs * np.log(np.where(probs > 0.0, probs, 1.0))
+    return 1.0 + plogp.sum(axis=-1) / np.log(probs.shape[-1])
 
 
 SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {

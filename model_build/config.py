@@ -1,0 +1,95 @@
+"""Build configuration: one frozen object, from a named preset plus a few CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_build.errors import BuildError
+from model_build.student import StudentConfig
+from model_build.teacher import TeacherConfig
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    temperature: float = 2.0  # softens the teacher's logits for the KL term
+    alpha: float = 0.7  # weight of the KL term; 1 - alpha on the hard-label cross-entropy
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Promises the int8 edge model must keep; the build fails (GateError) when one is broken."""
+
+    max_int8_accuracy_drop: float = 0.005  # vs the float student, fraction of examples
+    max_int8_size_ratio: float = 0.26  # int8 file / fp32 file of the same student
+    allowed_float_ops: tuple[str, ...] = ()  # op names allowed to compute in float in the int8 graph
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    preset: str
+    teacher: TeacherConfig
+    student: StudentConfig
+    distill: DistillConfig
+    gates: Gates = field(default_factory=Gates)
+    max_seq_len: int = 32  # CLINC150: p99 21 tokens, longest 33
+    length_buckets: tuple[int, ...] = (8, 16, 32)
+    representative_size: int = 400  # real training texts for int8 calibration (>= 200)
+    routing_target: float = 0.99  # joint accuracy >= this x teacher accuracy, at the lowest escalation
+    traffic_oos_fraction: float | str = "test"  # number, "test" or "val": the traffic mix assumed
+    cloud_min_in_scope_accuracy: float = 0.95  # floor when choosing the cloud's oos confidence threshold
+    subset_per_class: int | None = None  # quick preset: keep this many training texts per label
+    latency_repeats: int = 200
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _quick() -> BuildConfig:
+    return BuildConfig(
+        preset="quick",
+        teacher=TeacherConfig(train_from_layer=5, epochs=1, learning_rate=5e-4, max_steps=60),
+        student=StudentConfig(architecture="cnn", embed_dim=32, filters=32, hidden=(64,)),
+        distill=DistillConfig(epochs=3, batch_size=64, learning_rate=3e-3),
+        representative_size=200,
+        subset_per_class=12,
+        # A toy student: the fixed-size vocabulary map (61 KB in both files) dominates its size, so the
+        # int8/fp32 ratio gate only means something for the full preset's model.
+        gates=Gates(max_int8_size_ratio=0.6),
+        latency_repeats=20,
+    )
+
+
+def _full() -> BuildConfig:
+    return BuildConfig(
+        preset="full",
+        teacher=TeacherConfig(train_from_layer=4, epochs=5, learning_rate=2e-4),
+        student=StudentConfig(),
+        distill=DistillConfig(),
+    )
+
+
+PRESETS = {"quick": _quick, "full": _full}
+
+
+def preset(name: str, **overrides: Any) -> BuildConfig:
+    if name not in PRESETS:
+        raise BuildError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    config = PRESETS[name]()
+    mix = overrides.pop("traffic_oos_fraction", config.traffic_oos_fraction)
+    if isinstance(mix, str) and mix not in ("test", "val"):
+        try:
+            mix = float(mix)
+        except ValueError:
+            raise BuildError(f"--traffic-oos-fraction must be a number, 'test' or 'val', got {mix!r}") from None
+    if isinstance(mix, float) and not 0.0 <= mix < 1.0:
+        raise BuildError(f"--traffic-oos-fraction must be in [0, 1), got {mix}")
+    target = overrides.get("routing_target", config.routing_target)
+    if not 0.0 < target <= 1.0:
+        raise BuildError(f"--routing-target must be in (0, 1], got {target}")
+    return dataclasses.replace(config, traffic_oos_fraction=mix, **overrides)

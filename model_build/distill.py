@@ -1,0 +1,40 @@
+"""Distil the teacher into the edge student (KL on temperature-softened logits + cross-entropy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_build.config import BuildConfig
+from model_build.data import Dataset
+from model_build.progress import keras_progress
+
+
+def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray, teacher_logits: np.ndarray):
+    """A trained float Keras student. `train_ids` are padded BERT ids, `teacher_logits` the teacher's on them."""
+    import keras
+
+    from model_build.encoder import load_weights
+    from model_build.student import build_student, build_vocab_map, distillation_loss, embedding_init, pack_targets
+    from model_build.teacher import minilm_dir
+
+    keras.utils.set_random_seed(config.seed)
+    cfg, d = config.student, config.distill
+    vocab_map = build_vocab_map(train_ids, max_tokens=cfg.max_tokens)
+    model = build_student(cfg, vocab_map=vocab_map, num_labels=dataset.num_labels)
+    # Start from the teacher's word embeddings (PCA-projected): rare tokens get a sensible vector.
+    words = load_weights(minilm_dir())["embeddings.word_embeddings.weight"]
+    model.get_layer("embedding").set_table(embedding_init(words, vocab_map, cfg.embed_dim))
+    steps = int(np.ceil(len(train_ids) / d.batch_size)) * d.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(d.learning_rate, decay_steps=steps, alpha=0.02)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=distillation_loss(d.temperature, d.alpha))
+    targets = pack_targets(np.asarray(dataset.train.labels), teacher_logits, dataset.num_labels)
+    model.fit(
+        train_ids,
+        targets,
+        batch_size=d.batch_size,
+        epochs=d.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[keras_progress("student", d.epochs)],
+    )
+    return model

@@ -1,0 +1,430 @@
+"""Keras 3 port of a BERT encoder (all-MiniLM-L6-v2) with pretrained weights, split-able at a layer boundary.
+
+The graph takes one int32 input, ``input_ids`` [batch, seq]; [PAD] is id 0 and the padding mask is derived
+in the graph, token types are all 0. The math is BERT's: post-LN blocks, exact (erf) GELU, scaled
+dot-product attention with an additive mask, then sentence-transformers' mean pooling over non-pad tokens.
+
+Why it is built from pieces: teacher training runs ``lower_model(k)`` once over the data set, caches its
+hidden states, and fine-tunes only ``upper_model(k)`` (layers [k, n) + pooling) on the cache; export
+composes the *same layer objects* into one end-to-end model. Usage::
+
+    config = EncoderConfig.from_dir(model_dir)
+    encoder = build_encoder(config, load_weights(model_dir), trainable_from_layer=4)
+    cache = encoder.lower_model(4, seq_len=32).predict(ids)          # [N, 32, H], frozen part, once
+    hidden, ids_in = hidden_input(config, 32), input_ids(32)
+    trainer = keras.Model([hidden, ids_in], head(encoder.pooled(hidden, ids_in, start=4)))
+    trainer.fit([cache, ids], labels)                                # trains layers 4, 5 and the head
+    ids_in = input_ids(32)
+    exported = keras.Model(ids_in, head(encoder.sentence_embedding(ids_in)))   # same layers, end to end
+
+Projections are ``EinsumDense`` with heads as an explicit axis, never a Keras ``Dense`` on 3-D input.
+Export with a fixed ``seq_len`` (length buckets): then every reshape in the TFLite graph is static and
+XNNPACK takes all float ops in 2 pieces (only the integer lookup/mask ops stay outside). With
+``seq_len=None`` the einsum lowering adds SHAPE-fed RESHAPEs that split it into 13 pieces. Layer norm is written by hand,
+``(x - mean) * rsqrt(var + eps) * gamma + beta``, which converts to plain arithmetic.
+Importing this module imports Keras and TensorFlow: runtimes must not import it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from model_build.errors import BuildError
+
+PAD_ID = 0
+# Added to attention scores of padded keys. exp(-1e4) underflows to exactly 0 in fp32, and unlike the
+# dtype minimum it cannot overflow to -inf when added to a score.
+MASK_NEGATIVE = -1e4
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    layer_norm_eps: float
+    type_vocab_size: int
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> EncoderConfig:
+        required = (
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "layer_norm_eps", "type_vocab_size",
+        )  # fmt: skip
+        missing = [key for key in required if key not in raw]
+        if missing:
+            raise BuildError(f"encoder config is missing {', '.join(missing)}")
+        if raw.get("hidden_act", "gelu") != "gelu":
+            raise BuildError(
+                f"encoder config: hidden_act {raw['hidden_act']!r} is not supported (want 'gelu')"
+            )
+        if raw.get("position_embedding_type", "absolute") != "absolute":
+            raise BuildError("encoder config: only absolute position embeddings are supported")
+        config = cls(
+            **{key: int(raw[key]) for key in required if key != "layer_norm_eps"},
+            layer_norm_eps=float(raw["layer_norm_eps"]),
+            hidden_dropout_prob=float(raw.get("hidden_dropout_prob", 0.0)),
+            attention_probs_dropout_prob=float(raw.get("attention_probs_dropout_prob", 0.0)),
+        )
+        if config.hidden_size % config.num_attention_heads:
+            raise BuildError(
+                f"encoder config: hidden_size {config.hidden_size} is not divisible by "
+                f"num_attention_heads {config.num_attention_heads}"
+            )
+        return config
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> EncoderConfig:
+        path = Path(model_dir) / "config.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"cannot read encoder config {path}: {exc}") from exc
+        return cls.from_dict(raw)
+
+
+def load_weights(model_dir: str | Path) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors by their Hugging Face names (a ``bert.`` prefix, if any, is dropped)."""
+    from safetensors.numpy import load_file
+
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        raise BuildError(f"no weights file at {path}")
+    return {key.removeprefix("bert."): value for key, value in load_file(str(path)).items()}
+
+
+# --------------------------------------------------------------------------------------------- layers
+
+
+def _layer_norm(x: Any, gamma: Any, beta: Any, eps: float) -> Any:
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    variance = ops.mean(ops.square(centred), axis=-1, keepdims=True)
+    return centred * ops.rsqrt(variance + eps) * gamma + beta
+
+
+class LayerNorm(keras.layers.Layer):
+    """Layer norm over the last axis, written out (see module docstring)."""
+
+    def __init__(self, eps: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        return _layer_norm(x, self.gamma, self.beta, self.eps)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "eps": self.eps}
+
+
+class PaddingMask(keras.layers.Layer):
+    """input_ids [B, L] int -> float mask [B, L]: 1.0 on real tokens, 0.0 on [PAD]."""
+
+    def call(self, input_ids: Any) -> Any:
+        return ops.cast(ops.not_equal(input_ids, PAD_ID), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+
+class Embeddings(keras.layers.Layer):
+    """word + position + token-type-0 embeddings, then layer norm: input_ids [B, L] -> [B, L, H].
+
+    The type-0 row is folded into the position table: one table, one ADD, same sum.
+    """
+
+    def __init__(self, config: EncoderConfig, dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.words = keras.layers.Embedding(config.vocab_size, config.hidden_size, name="words")
+        self.norm = LayerNorm(config.layer_norm_eps, name="norm")
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.words.build(input_shape)
+        self.positions = self.add_weight(
+            name="positions_type0",
+            shape=(self.config.max_position_embeddings, self.config.hidden_size),
+            initializer="zeros",
+        )
+        self.norm.build((*input_shape, self.config.hidden_size))
+
+    def call(self, input_ids: Any, training: bool | None = None) -> Any:
+        length = ops.shape(input_ids)[1]
+        x = self.words(input_ids) + self.positions[None, :length, :]
+        return self.dropout(self.norm(x), training=training)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape, self.config.hidden_size)
+
+
+class TransformerBlock(keras.layers.Layer):
+    """One post-LN BERT block: (hidden [B, L, H], mask [B, L]) -> hidden [B, L, H]."""
+
+    def __init__(self, config: EncoderConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        heads, size, hidden = config.num_attention_heads, config.head_size, config.hidden_size
+        self.config = config
+        self.scale = 1.0 / float(np.sqrt(size))
+
+        def project(name: str) -> keras.layers.EinsumDense:
+            return keras.layers.EinsumDense(
+                "btd,dnh->btnh", output_shape=(None, heads, size), bias_axes="nh", name=name
+            )
+
+        self.query, self.key, self.value = project("query"), project("key"), project("value")
+        self.attention_output = keras.layers.EinsumDense(
+            "btnh,nhd->btd", output_shape=(None, hidden), bias_axes="d", name="attention_output"
+        )
+        self.attention_norm = LayerNorm(config.layer_norm_eps, name="attention_norm")
+        self.intermediate = keras.layers.EinsumDense(
+            "btd,df->btf", output_shape=(None, config.intermediate_size), bias_axes="f", name="intermediate"
+        )
+        self.output_dense = keras.layers.EinsumDense(
+            "btf,fd->btd", output_shape=(None, hidden), bias_axes="d", name="output"
+        )
+        self.output_norm = LayerNorm(config.layer_norm_eps, name="output_norm")
+        self.attention_dropout = keras.layers.Dropout(config.attention_probs_dropout_prob)
+        self.hidden_dropout = keras.layers.Dropout(config.hidden_dropout_prob)
+
+    def build(self, input_shape: Any) -> None:
+        hidden_shape = tuple(input_shape[0])
+        heads_shape = (*hidden_shape[:2], self.config.num_attention_heads, self.config.head_size)
+        for projection in (self.query, self.key, self.value):
+            projection.build(hidden_shape)
+        self.attention_output.build(heads_shape)
+        self.attention_norm.build(hidden_shape)
+        self.intermediate.build(hidden_shape)
+        self.output_dense.build((*hidden_shape[:2], self.config.intermediate_size))
+        self.output_norm.build(hidden_shape)
+
+    def call(self, inputs: tuple[Any, Any], training: bool | None = None) -> Any:
+        hidden, mask = inputs
+        # [B, 1, 1, L]: 0 for real keys, MASK_NEGATIVE for [PAD] keys.
+        bias = ops.expand_dims(ops.expand_dims((1.0 - mask) * MASK_NEGATIVE, 1), 1)
+        # (q / sqrt(h)) . k == (q . k) / sqrt(h): one multiply on [B, L, n, h] rather than on [B, n, L, L].
+        query = self.query(hidden) * self.scale
+        key = self.key(hidden)
+        value = self.value(hidden)
+        scores = ops.einsum("bqnh,bknh->bnqk", query, key) + bias
+        probs = self.attention_dropout(ops.softmax(scores, axis=-1), training=training)
+        context = ops.einsum("bnqk,bknh->bqnh", probs, value)
+        attended = self.hidden_dropout(self.attention_output(context), training=training)
+        hidden = self.attention_norm(hidden + attended)
+        inner = keras.activations.gelu(self.intermediate(hidden), approximate=False)
+        out = self.hidden_dropout(self.output_dense(inner), training=training)
+        return self.output_norm(hidden + out)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        return tuple(input_shape[0])
+
+
+class MeanPooling(keras.layers.Layer):
+    """(hidden [B, L, H], mask [B, L]) -> [B, H]: mean over non-pad tokens, as sentence-transformers does.
+
+    With ``normalize=True`` the result is L2-normalised, which is what all-MiniLM-L6-v2 publishes.
+    """
+
+    def __init__(self, normalize: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.normalize = normalize
+
+    def call(self, inputs: tuple[Any, Any]) -> Any:
+        hidden, mask = inputs
+        summed = ops.sum(hidden * ops.expand_dims(mask, -1), axis=1)
+        count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1e-9)
+        pooled = summed / count
+        if self.normalize:
+            norm = ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
+            pooled = pooled / ops.maximum(norm, 1e-12)
+        return pooled
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        hidden_shape = tuple(input_shape[0])
+        return (hidden_shape[0], hidden_shape[2])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "normalize": self.normalize}
+
+
+# -------------------------------------------------------------------------------------------- encoder
+
+
+def input_ids(seq_len: int | None = None, name: str = "input_ids") -> Any:
+    """The encoder's symbolic input: int32 [batch, seq_len]; ``None`` leaves the length dynamic."""
+    return keras.Input(shape=(seq_len,), dtype="int32", name=name)
+
+
+def hidden_input(config: EncoderConfig, seq_len: int | None = None, name: str = "hidden") -> Any:
+    """Symbolic input for cached hidden states: float32 [batch, seq_len, hidden_size]."""
+    return keras.Input(shape=(seq_len, config.hidden_size), dtype="float32", name=name)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The pieces of one encoder. Every model made from it shares these layer objects (and weights)."""
+
+    config: EncoderConfig
+    mask: PaddingMask
+    embed: Embeddings
+    layers: tuple[TransformerBlock, ...]
+    pool: MeanPooling
+    pool_normalized: MeanPooling
+
+    def _check_split(self, k: int) -> None:
+        if not 0 <= k <= len(self.layers):
+            raise BuildError(f"layer boundary {k} is outside 0..{len(self.layers)}")
+
+    def hidden_states(self, ids: Any, *, stop: int | None = None) -> Any:
+        """Symbolic: ids -> output of layer ``stop - 1`` (embeddings + layers [0, stop)); default all."""
+        stop = len(self.layers) if stop is None else stop
+        self._check_split(stop)
+        mask = self.mask(ids)
+        hidden = self.embed(ids)
+        for block in self.layers[:stop]:
+            hidden = block((hidden, mask))
+        return hidden
+
+    def pooled(self, hidden: Any, ids: Any, *, start: int = 0, normalize: bool = False) -> Any:
+        """Symbolic: hidden states entering layer ``start`` -> layers [start, n) -> pooled [B, H]."""
+        self._check_split(start)
+        mask = self.mask(ids)
+        for block in self.layers[start:]:
+            hidden = block((hidden, mask))
+        return (self.pool_normalized if normalize else self.pool)((hidden, mask))
+
+    def sentence_embedding(self, ids: Any, *, normalize: bool = False) -> Any:
+        """Symbolic: ids -> pooled [B, H] through all layers. Compose a head on top of this for export."""
+        return self.pooled(self.embed(ids), ids, start=0, normalize=normalize)
+
+    def lower_model(self, k: int, seq_len: int | None = None) -> keras.Model:
+        """input_ids -> hidden states after layers [0, k) ([B, L, H]). k = 0 gives the embeddings."""
+        ids = input_ids(seq_len)
+        return keras.Model(ids, self.hidden_states(ids, stop=k), name=f"encoder_lower_{k}")
+
+    def upper_model(self, k: int, seq_len: int | None = None, *, normalize: bool = False) -> keras.Model:
+        """(hidden [B, L, H] from ``lower_model(k)``, input_ids) -> layers [k, n) + pooling -> [B, H]."""
+        hidden, ids = hidden_input(self.config, seq_len), input_ids(seq_len)
+        return keras.Model(
+            [hidden, ids], self.pooled(hidden, ids, start=k, normalize=normalize), name=f"encoder_upper_{k}"
+        )
+
+    def full_model(self, seq_len: int | None = None, *, normalize: bool = False) -> keras.Model:
+        """input_ids -> pooled sentence embedding [B, H], end to end (what gets exported)."""
+        ids = input_ids(seq_len)
+        return keras.Model(ids, self.sentence_embedding(ids, normalize=normalize), name="encoder")
+
+
+def build_encoder(
+    config: EncoderConfig,
+    weights: Mapping[str, np.ndarray],
+    *,
+    trainable_from_layer: int = 0,
+    train_embeddings: bool = False,
+) -> Encoder:
+    """The encoder with pretrained weights assigned.
+
+    Layers with index >= ``trainable_from_layer`` are trainable, earlier ones frozen. The embeddings
+    (11.7 M of all-MiniLM-L6-v2's 22.7 M parameters) are frozen unless ``train_embeddings``.
+    Dropout rates come from ``config``; pass ``dataclasses.replace(config, hidden_dropout_prob=0.0, ...)``
+    to turn dropout off.
+    """
+    n = config.num_hidden_layers
+    if not 0 <= trainable_from_layer <= n:
+        raise BuildError(f"trainable_from_layer {trainable_from_layer} is outside 0..{n}")
+    embed = Embeddings(config, dropout=config.hidden_dropout_prob, name="embeddings")
+    embed.build((None, None))
+    blocks = []
+    for index in range(n):
+        block = TransformerBlock(config, name=f"layer_{index}")
+        block.build(((None, None, config.hidden_size), (None, None)))
+        blocks.append(block)
+    encoder = Encoder(
+        config=config,
+        mask=PaddingMask(name="padding_mask"),
+        embed=embed,
+        layers=tuple(blocks),
+        pool=MeanPooling(name="mean_pooling"),
+        pool_normalized=MeanPooling(normalize=True, name="mean_pooling_l2"),
+    )
+    _assign_pretrained(encoder, weights)
+    embed.trainable = train_embeddings
+    for index, block in enumerate(blocks):
+        block.trainable = index >= trainable_from_layer
+    return encoder
+
+
+def _assign_pretrained(encoder: Encoder, weights: Mapping[str, np.ndarray]) -> None:
+    config = encoder.config
+    heads, size, hidden = config.num_attention_heads, config.head_size, config.hidden_size
+    used: set[str] = set()
+
+    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in weights:
+            raise BuildError(f"pretrained weights have no tensor {name!r}")
+        value = np.asarray(weights[name], dtype=np.float32)
+        if value.shape != shape:
+            raise BuildError(f"pretrained tensor {name!r} has shape {value.shape}, expected {shape}")
+        used.add(name)
+        return value
+
+    def set_norm(norm: LayerNorm, prefix: str) -> None:
+        norm.gamma.assign(take(f"{prefix}.weight", (hidden,)))
+        norm.beta.assign(take(f"{prefix}.bias", (hidden,)))
+
+    embed = encoder.embed
+    embed.words.embeddings.assign(take("embeddings.word_embeddings.weight", (config.vocab_size, hidden)))
+    positions = take("embeddings.position_embeddings.weight", (config.max_position_embeddings, hidden))
+    token_types = take("embeddings.token_type_embeddings.weight", (config.type_vocab_size, hidden))
+    embed.positions.assign(positions + token_types[0])
+    set_norm(embed.norm, "embeddings.LayerNorm")
+
+    for index, block in enumerate(encoder.layers):
+        p = f"encoder.layer.{index}"
+        # torch Linear stores [out, in]; EinsumDense wants [in, ...out].
+        for projection, name in ((block.query, "query"), (block.key, "key"), (block.value, "value")):
+            kernel = take(f"{p}.attention.self.{name}.weight", (hidden, hidden)).T
+            projection.kernel.assign(kernel.reshape(hidden, heads, size))
+            projection.bias.assign(take(f"{p}.attention.self.{name}.bias", (hidden,)).reshape(heads, size))
+        kernel = take(f"{p}.attention.output.dense.weight", (hidden, hidden)).T
+        block.attention_output.kernel.assign(kernel.reshape(heads, size, hidden))
+        block.attention_output.bias.assign(take(f"{p}.attention.output.dense.bias", (hidden,)))
+        set_norm(block.attention_norm, f"{p}.attention.output.LayerNorm")
+        block.intermediate.kernel.assign(
+            take(f"{p}.intermediate.dense.weight", (config.intermediate_size, hidden)).T
+        )
+        block.intermediate.bias.assign(take(f"{p}.intermediate.dense.bias", (config.intermediate_size,)))
+        block.output_dense.kernel.assign(
+            take(f"{p}.output.dense.weight", (hidden, config.intermediate_size)).T
+        )
+        block.output_dense.bias.assign(take(f"{p}.output.dense.bias", (hidden,)))
+        set_norm(block.output_norm, f"{p}.output.LayerNorm")
+
+    # The BERT pooler (CLS dense + tanh) is not part of a mean-pooled sentence embedding.
+    accounted = used | {"embeddings.position_ids"}
+    unused = sorted(k for k in weights if k not in accounted and not k.startswith("pooler."))
+    if unused:
+        raise BuildError(
+            f"pretrained weights hold tensors this encoder does not use: {', '.join(unused[:5])}"
+        )

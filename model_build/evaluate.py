@@ -1,0 +1,196 @@
+"""Everything measured through the real LiteRT interpreter: logits, accuracy, ECE, latency, routing.
+
+`evaluate_artifact` recomputes the test-split metrics of an artifact folder from its files alone (manifest,
+tokenizer, .tflite files and the data), so a report can always be checked against the artifact it describes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from model_build import calibration, routing
+from model_build.data import Dataset, Split, default_data_path, load_dataset, subset
+from modelpack.litert import LiteRTModel
+from modelpack.manifest import Manifest, ModelEntry, load_manifest
+from modelpack.scores import SCORES, softmax
+from modelpack.tokenizer import TextTokenizer
+
+EDGE_FP32_FILE = "edge_fp32.tflite"  # the float student, kept beside the int8 one for comparison
+
+
+def model_logits(
+    model: LiteRTModel, tokenizer: TextTokenizer, texts: Sequence[str], *, batch_size: int = 64, desc: str = ""
+) -> np.ndarray:
+    """Logits for all texts, batched the way serving batches: sorted by length, padded to a bucket."""
+    lengths = np.asarray(tokenizer.lengths(texts))
+    order = np.argsort(lengths, kind="stable")
+    out: np.ndarray | None = None
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc=desc or "infer", unit="batch", leave=False, disable=not desc):
+        rows = order[start : start + batch_size]
+        logits = model.logits(tokenizer.encode([texts[i] for i in rows]))
+        if out is None:
+            out = np.empty((len(texts), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
+    assert out is not None, "no texts"
+    return out
+
+
+def median_latency_ms(models: dict[str, LiteRTModel], ids: np.ndarray, *, repeats: int) -> dict[str, float]:
+    """Median wall time of one invoke per model, interleaved so machine noise hits all models alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():  # warm-up: first invoke plans the graph
+        model.logits(ids)
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.logits(ids)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def latency_inputs(tokenizer: TextTokenizer, texts: Sequence[str], batch: int) -> np.ndarray:
+    """A real batch of `batch` texts at the bucket of the longest: what serving would invoke."""
+    return tokenizer.encode(list(texts[:batch]))
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, oos_index: int | None, *, pred: np.ndarray | None = None
+) -> dict[str, float]:
+    pred = probs.argmax(axis=1) if pred is None else pred
+    correct = pred == labels
+    is_oos = labels == oos_index if oos_index is not None else np.zeros(len(labels), dtype=bool)
+    out = {"accuracy": float(correct.mean())}
+    out["in_scope_accuracy"] = float(correct[~is_oos].mean())
+    if is_oos.any():
+        out["oos_recall"] = float(correct[is_oos].mean())
+    out["ece"] = calibration.ece(probs, labels, n_bins=15)
+    return out
+
+
+class ArtifactRunner:
+    """The models of one artifact folder, ready to run on a data set."""
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        tok = manifest.tokenizer
+        self.folder, self.manifest = folder, manifest
+        self.tokenizer = TextTokenizer(
+            folder / tok.file, max_seq_len=tok.max_seq_len, length_buckets=tok.length_buckets, pad_id=tok.pad_id
+        )
+        self.edge = self._load(manifest.edge)
+        self.cloud = self._load(manifest.cloud)
+        fp32 = folder / EDGE_FP32_FILE
+        self.edge_fp32 = self._load_fp32(fp32, manifest.edge) if fp32.exists() else None
+
+    def _load(self, entry: ModelEntry) -> LiteRTModel:
+        return LiteRTModel((self.folder / entry.file).read_bytes(), entry)
+
+    @staticmethod
+    def _load_fp32(path: Path, int8_entry: ModelEntry) -> LiteRTModel:
+        from dataclasses import replace
+
+        entry = replace(
+            int8_entry,
+            file=path.name,
+            precision="fp32",
+            output=replace(int8_entry.output, dtype="float32", scale=None, zero_point=None),
+        )
+        return LiteRTModel(path.read_bytes(), entry)
+
+    def logits(self, which: str, split: Split) -> np.ndarray:
+        model = {"edge": self.edge, "cloud": self.cloud, "edge_fp32": self.edge_fp32}[which]
+        assert model is not None, f"no {which} model in {self.folder}"
+        return model_logits(model, self.tokenizer, split.texts, desc=f"{which} {len(split)} texts")
+
+
+def test_metrics(
+    runner: ArtifactRunner, dataset: Dataset, *, latency_repeats: int = 200
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """metrics.json's content on the test split, using the manifest's temperatures and thresholds as is.
+
+    Returns the metrics and the raw test logits (for plots)."""
+    m = runner.manifest
+    test = dataset.test
+    y = np.asarray(test.labels)
+    oos = m.oos_index
+    logits = {"edge": runner.logits("edge", test), "cloud": runner.logits("cloud", test)}
+    if runner.edge_fp32 is not None:
+        logits["edge_fp32"] = runner.logits("edge_fp32", test)
+
+    cloud_probs = softmax(logits["cloud"], m.cloud.temperature)
+    cloud_pred = cloud_probs.argmax(axis=1)
+    if oos is not None and m.cloud.oos_threshold is not None:
+        cloud_pred = routing.predict_with_oos(cloud_probs, m.cloud.oos_threshold, oos)
+    edge_probs = softmax(logits["edge"], m.edge.temperature)
+    edge_pred = edge_probs.argmax(axis=1)
+
+    metrics: dict[str, Any] = {
+        "split": "test",
+        "n": int(len(y)),
+        "oos_fraction": float((y == oos).mean()) if oos is not None else 0.0,
+    }
+    metrics["teacher"] = classification_metrics(cloud_probs, y, oos, pred=cloud_pred)
+    metrics["teacher"]["argmax_accuracy"] = float((cloud_probs.argmax(axis=1) == y).mean())
+    metrics["edge_int8"] = classification_metrics(edge_probs, y, oos)
+    metrics["edge_int8"]["size_bytes"] = m.edge.size_bytes
+
+    texts = list(test.texts)
+    timed = {"edge_int8": runner.edge}
+    if runner.edge_fp32 is not None:
+        fp32_probs = softmax(logits["edge_fp32"], m.edge.temperature)
+        metrics["edge_fp32"] = classification_metrics(fp32_probs, y, oos)
+        metrics["edge_fp32"]["size_bytes"] = (runner.folder / EDGE_FP32_FILE).stat().st_size
+        metrics["student_float"] = {"accuracy": metrics["edge_fp32"]["accuracy"]}
+        metrics["edge_int8"]["size_ratio_vs_fp32"] = m.edge.size_bytes / metrics["edge_fp32"]["size_bytes"]
+        metrics["edge_int8"]["accuracy_drop_vs_fp32"] = (
+            metrics["edge_fp32"]["accuracy"] - metrics["edge_int8"]["accuracy"]
+        )
+        timed["edge_fp32"] = runner.edge_fp32
+    timed["teacher"] = runner.cloud
+    for batch in (1, 32):
+        ids = latency_inputs(runner.tokenizer, texts, batch)
+        repeats = latency_repeats if batch == 1 else max(10, latency_repeats // 4)
+        for name, ms in median_latency_ms(timed, ids, repeats=repeats).items():
+            metrics[name][f"latency_ms_b{batch}"] = round(ms, 4)
+
+    score = SCORES[m.routing.score](edge_probs)
+    routed = routing.apply_threshold(edge_pred, cloud_pred, y, score, m.routing.threshold, oos_index=oos)
+    metrics["routing"] = {
+        "score": m.routing.score,
+        "threshold": m.routing.threshold,
+        "target_joint_over_teacher": m.routing.target_joint_over_teacher,
+        "traffic_oos_fraction": m.routing.traffic_oos_fraction,
+        "escalation_rate": routed.escalation_rate,
+        "joint_accuracy": routed.joint_accuracy,
+        "joint_over_teacher": routed.joint_over_teacher,
+        "joint_oos_recall": routed.joint_oos_recall,
+        "joint_in_scope_accuracy": routed.in_scope_accuracy,
+        "in_scope_escalation_rate": routed.in_scope_escalation_rate,
+        "oos_escalation_rate": routed.oos_escalation_rate,
+        "edge_only_accuracy": routed.edge_accuracy,
+        "cloud_only_accuracy": routed.teacher_accuracy,
+    }
+    return metrics, logits
+
+
+def evaluate_artifact(folder: Path | str, *, data_path: Path | str | None = None) -> dict[str, Any]:
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    path = data_path or manifest.data.get("path") or default_data_path()
+    config = manifest.build.get("config", {})
+    seed = int(config.get("seed", 0))
+    dataset = subset(load_dataset(path, seed=seed), config.get("subset_per_class"), seed=seed)
+    if dataset.labels != manifest.labels:
+        from model_build.errors import DataError
+
+        raise DataError(f"{path}: its labels differ from the artifact's ({len(dataset.labels)} vs "
+                        f"{len(manifest.labels)}); evaluate on the data the model was built from")
+    metrics, _ = test_metrics(ArtifactRunner(folder, manifest), dataset)
+    return metrics

@@ -1,0 +1,398 @@
+"""The build: data -> teacher -> distilled student -> int8 -> calibrate -> route -> manifest -> report.
+
+Training stages are cached by the digest of their inputs (data, config, upstream stage, code version), so a
+re-run that changes only calibration or routing options reuses the teacher and the student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_build import calibration, routing
+from model_build.cache import StageCache, stage_key
+from model_build.config import BuildConfig
+from model_build.data import Dataset, default_data_path, load_dataset, subset
+from model_build.errors import BuildError, GateError
+from model_build.evaluate import EDGE_FP32_FILE, ArtifactRunner, test_metrics
+from model_build.progress import StageTimer
+from modelpack.manifest import (
+    Manifest,
+    ModelEntry,
+    OutputSpec,
+    RoutingEntry,
+    TensorSpec,
+    TokenizerEntry,
+    sha256_file,
+    write_manifest,
+)
+from modelpack.scores import SCORES, softmax
+from modelpack.tokenizer import TextTokenizer
+
+# Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
+TEACHER_CODE_VERSION = 2
+STUDENT_CODE_VERSION = 1
+EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    manifest: Manifest
+    metrics: dict[str, Any]
+
+
+def build(
+    config: BuildConfig,
+    *,
+    data_path: Path | str | None,
+    out_dir: Path,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+    model_version: str | None = None,
+) -> BuildResult:
+    from model_build.teacher import minilm_dir
+
+    timer = StageTimer()
+    cache = StageCache(cache_dir, enabled=use_cache)
+    final_dir = Path(out_dir)
+    if final_dir.exists() and any(final_dir.iterdir()) and not (final_dir / "manifest.json").exists():
+        raise BuildError(f"{final_dir} exists and is not an artifact folder; choose an empty or new folder")
+    # Build into a staging folder renamed at the end: a failed build never leaves a half artifact.
+    out_dir = final_dir.parent / f".{final_dir.name}.partial"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+
+    with timer.stage("data"):
+        data_path = Path(data_path or default_data_path())
+        dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
+        tokenizer = TextTokenizer(
+            minilm_dir() / TOKENIZER_FILE, max_seq_len=config.max_seq_len, length_buckets=config.length_buckets
+        )
+        train_ids = tokenizer.encode(dataset.train.texts, pad_to=config.max_seq_len)
+    data_digest = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}
+
+    teacher_key = stage_key(
+        "teacher", data=data_digest, teacher=config.teacher, seq=config.max_seq_len,
+        seed=config.seed, code=TEACHER_CODE_VERSION,
+    )
+    with timer.stage("teacher"):
+        teacher_dir, hit = cache.cached(
+            "teacher", teacher_key, lambda d: _train_teacher(config, dataset, tokenizer, train_ids, d)
+        )
+        timer.mark_cached("teacher", hit)
+
+    student_key = stage_key(
+        "student", teacher=teacher_key, student=config.student, distill=config.distill,
+        representative=config.representative_size, gates=config.gates, code=STUDENT_CODE_VERSION,
+    )
+    with timer.stage("student"):
+        student_dir, hit = cache.cached(
+            "student", student_key,
+            lambda d: _train_student(config, dataset, train_ids, np.load(teacher_dir / "train_logits.npy"), d),
+        )
+        timer.mark_cached("student", hit)
+
+    with timer.stage("calibrate"):
+        for src, name in ((teacher_dir / CLOUD_FILE, CLOUD_FILE), (student_dir / EDGE_FILE, EDGE_FILE),
+                          (student_dir / EDGE_FP32_FILE, EDGE_FP32_FILE),
+                          (minilm_dir() / TOKENIZER_FILE, TOKENIZER_FILE)):
+            shutil.copyfile(src, out_dir / name)
+        draft = _manifest(config, dataset, data_path, out_dir, model_version or _version(teacher_key, student_key))
+        runner = ArtifactRunner(out_dir, draft)
+        fitted, val_report = _fit_on_validation(config, dataset, runner)
+        manifest = dataclasses.replace(
+            draft,
+            edge=dataclasses.replace(draft.edge, temperature=fitted["edge_temperature"]),
+            cloud=dataclasses.replace(
+                draft.cloud, temperature=fitted["cloud_temperature"], oos_threshold=fitted["oos_threshold"]
+            ),
+            routing=fitted["routing"],
+        )
+        runner.manifest = manifest
+        write_manifest(manifest, out_dir)
+
+    with timer.stage("evaluate"):
+        metrics, test_logits = test_metrics(runner, dataset, latency_repeats=config.latency_repeats)
+        metrics["validation"] = val_report
+        metrics["int8_graph"] = json.loads((student_dir / "graph.json").read_text())
+        _test_calibration_and_curves(metrics, test_logits, dataset, manifest)
+        metrics["goals"] = goals(metrics)
+        _check_gates(config, metrics)
+
+    with timer.stage("report"):
+        from model_build import report
+
+        plots = _plots(metrics, test_logits, dataset, manifest, out_dir)
+        metrics["timings_s"] = timer.seconds
+        metrics["cached_stages"] = [k for k, v in timer.cached.items() if v]
+        (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+        report.write_report_md(_jsonable(metrics), out_dir, plots)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    out_dir.rename(final_dir)
+    return BuildResult(out_dir=final_dir, manifest=manifest, metrics=metrics)
+
+
+# --- training stages ---------------------------------------------------------------------------------
+
+def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):
+    from model_build.convert import to_tflite_dynamic_range, to_tflite_fp32
+    from model_build.teacher import Teacher
+
+    teacher = Teacher(config.teacher, dataset.num_labels, seed=config.seed)
+    teacher.train(train_ids, np.asarray(dataset.train.labels))
+    np.save(folder / "train_logits.npy", teacher.logits(train_ids))
+    # A fixed sequence length keeps the whole float graph in XNNPACK (a dynamic one splits it in 13
+    # pieces); runtimes pad the cloud model's input to it (the manifest says so in its input shape).
+    model = teacher.export_model(config.max_seq_len)
+    convert = to_tflite_dynamic_range if config.teacher.precision == "dynamic_range" else to_tflite_fp32
+    (folder / CLOUD_FILE).write_bytes(convert(model))
+
+
+def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path):
+    from model_build.convert import float_ops, graph_ops, to_tflite_fp32, to_tflite_int8
+    from model_build.distill import distill_student
+
+    model = distill_student(config, dataset, train_ids, teacher_logits)
+    rng = np.random.default_rng(config.seed)
+    pick = rng.choice(len(train_ids), size=min(config.representative_size, len(train_ids)), replace=False)
+    int8 = to_tflite_int8(model, train_ids[pick], allowed_float_ops=config.gates.allowed_float_ops)
+    (folder / EDGE_FILE).write_bytes(int8)
+    (folder / EDGE_FP32_FILE).write_bytes(to_tflite_fp32(model))
+    ops = graph_ops(int8)
+    (folder / "graph.json").write_text(json.dumps({
+        "ops": sorted({op.name for op in ops}),
+        "op_count": len(ops),
+        "float_ops": float_ops(int8),
+    }))
+
+
+# --- calibration and routing -------------------------------------------------------------------------
+
+def _traffic_fraction(config: BuildConfig, dataset: Dataset) -> float | None:
+    mix = config.traffic_oos_fraction
+    if mix == "val" or dataset.oos_index is None:
+        return None
+    if mix == "test":
+        return float((np.asarray(dataset.test.labels) == dataset.oos_index).mean())
+    return float(mix)
+
+
+def _fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRunner):
+    """Temperatures, the cloud's oos threshold and the routing threshold, all fit on validation data
+    re-weighted to the traffic mix the build assumes (the test split's share of oos by default)."""
+    val = dataset.val
+    y = np.asarray(val.labels)
+    oos = dataset.oos_index
+    fraction = _traffic_fraction(config, dataset)
+    is_oos = y == oos if oos is not None else np.zeros(len(y), dtype=bool)
+    w = calibration.traffic_weights(is_oos, fraction if is_oos.any() else None)
+    edge_logits, cloud_logits = runner.logits("edge", val), runner.logits("cloud", val)
+    t_edge = calibration.fit_temperature(edge_logits, y, weights=w)
+    t_cloud = calibration.fit_temperature(cloud_logits, y, weights=w)
+    edge_probs, cloud_probs = softmax(edge_logits, t_edge), softmax(cloud_logits, t_cloud)
+    cloud_pred = cloud_probs.argmax(axis=1)
+    report: dict[str, Any] = {"traffic_oos_fraction": fraction, "edge_temperature": t_edge,
+                              "cloud_temperature": t_cloud}
+    oos_threshold = None
+    if oos is not None and is_oos.any():
+        choice = routing.choose_oos_threshold(
+            cloud_probs, y, oos, min_in_scope_accuracy=config.cloud_min_in_scope_accuracy, weights=w
+        )
+        if choice.feasible and np.isfinite(choice.threshold):
+            oos_threshold = float(choice.threshold)
+            cloud_pred = routing.predict_with_oos(cloud_probs, oos_threshold, oos)
+        report["cloud_oos"] = dataclasses.asdict(choice)
+    comparison = routing.compare_scores(
+        edge_probs, edge_probs.argmax(axis=1), cloud_pred, y, target_ratio=config.routing_target, weights=w
+    )
+    best = comparison.best_choice
+    report["routing_choices"] = {name: dataclasses.asdict(c) for name, c in comparison.choices.items()}
+    report["routing_best"] = comparison.best
+    threshold = best.threshold if np.isfinite(best.threshold) else (1e9 if best.threshold > 0 else -1e9)
+    fitted = {
+        "edge_temperature": t_edge,
+        "cloud_temperature": t_cloud,
+        "oos_threshold": oos_threshold,
+        "routing": RoutingEntry(
+            score=comparison.best,
+            threshold=float(threshold),
+            target_joint_over_teacher=config.routing_target,
+            traffic_oos_fraction=fraction,
+            expected_escalation_rate=best.escalation_rate,
+        ),
+    }
+    return fitted, report
+
+
+def _test_calibration_and_curves(metrics, test_logits, dataset: Dataset, manifest: Manifest) -> None:
+    y = np.asarray(dataset.test.labels)
+    for key, which, entry in (("edge_int8", "edge", manifest.edge), ("teacher", "cloud", manifest.cloud)):
+        metrics[key]["ece_before"] = calibration.ece(softmax(test_logits[which], 1.0), y, n_bins=15)
+        metrics[key]["temperature"] = entry.temperature
+
+
+def goals(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each goal of the build with its measured value and whether it is met."""
+    t, e, f, r = (metrics.get(k, {}) for k in ("teacher", "edge_int8", "edge_fp32", "routing"))
+
+    def goal(value, target, ok):
+        return {"value": value, "target": target, "met": bool(ok) if value is not None else None}
+
+    out = {
+        "teacher_in_scope_accuracy": goal(t.get("in_scope_accuracy"), ">= 0.965", t.get("in_scope_accuracy", 0) >= 0.965),
+        "edge_ece": goal(e.get("ece"), "<= 0.02", e.get("ece", 1) <= 0.02),
+        "escalation_rate": goal(r.get("escalation_rate"), "<= 0.20", r.get("escalation_rate", 1) <= 0.20),
+        "joint_over_teacher": goal(r.get("joint_over_teacher"), ">= 0.99", r.get("joint_over_teacher", 0) >= 0.99 - 1e-9),
+        "joint_oos_recall": goal(r.get("joint_oos_recall"), ">= 0.70", r.get("joint_oos_recall", 0) >= 0.70),
+        "joint_in_scope_accuracy": goal(r.get("joint_in_scope_accuracy"), ">= 0.95", r.get("joint_in_scope_accuracy", 0) >= 0.95),
+    }
+    if f:
+        out["int8_accuracy_drop"] = goal(e.get("accuracy_drop_vs_fp32"), "<= 0.005", e.get("accuracy_drop_vs_fp32", 1) <= 0.005)
+        out["int8_size_ratio"] = goal(e.get("size_ratio_vs_fp32"), "<= 0.26", e.get("size_ratio_vs_fp32", 1) <= 0.26)
+        for b in (1, 32):
+            key = f"latency_ms_b{b}"
+            out[f"int8_latency_b{b}"] = goal(e.get(key), f"<= fp32 ({f.get(key)})", e.get(key, 1e9) <= f.get(key, 0))
+    graph = metrics.get("int8_graph", {})
+    if graph:
+        out["int8_float_ops"] = goal(len(graph["float_ops"]), "0 (or shown to cost nothing)", not graph["float_ops"])
+    return out
+
+
+def _check_gates(config: BuildConfig, metrics: dict[str, Any]) -> None:
+    """Hard gates: an int8 model that broke its promises is not shipped (the report is still written)."""
+    e = metrics["edge_int8"]
+    if "accuracy_drop_vs_fp32" in e and e["accuracy_drop_vs_fp32"] > config.gates.max_int8_accuracy_drop:
+        raise GateError(f"int8 accuracy {e['accuracy']:.4f} is more than {config.gates.max_int8_accuracy_drop} "
+                        f"below the float student's {metrics['edge_fp32']['accuracy']:.4f}")
+    if "size_ratio_vs_fp32" in e and e["size_ratio_vs_fp32"] > config.gates.max_int8_size_ratio:
+        raise GateError(f"int8 file is {e['size_ratio_vs_fp32']:.1%} of the fp32 file "
+                        f"(gate {config.gates.max_int8_size_ratio:.0%})")
+
+
+# --- artifact ----------------------------------------------------------------------------------------
+
+def _entry(folder: Path, file: str, precision: str, n_labels: int) -> ModelEntry:
+    from model_build.convert import input_details, output_details
+
+    tflite = (folder / file).read_bytes()
+    inputs = tuple(TensorSpec(t.name, t.dtype.lower(), t.shape_signature) for t in input_details(tflite))
+    (out,) = output_details(tflite)
+    dtype = out.dtype.lower()
+    quantized = dtype in ("int8", "uint8")
+    return ModelEntry(
+        file=file,
+        sha256=sha256_file(folder / file),
+        size_bytes=len(tflite),
+        precision=precision,
+        inputs=inputs,
+        output=OutputSpec(
+            dtype=dtype, shape=(-1, n_labels), logits=True,
+            scale=out.scale if quantized else None, zero_point=out.zero_point if quantized else None,
+        ),
+        temperature=1.0,
+    )
+
+
+def _manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folder: Path, version: str) -> Manifest:
+    n = dataset.num_labels
+    return Manifest(
+        model_version=version,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        labels=dataset.labels,
+        oos_label=dataset.oos_label,
+        tokenizer=TokenizerEntry(
+            file=TOKENIZER_FILE, sha256=sha256_file(folder / TOKENIZER_FILE),
+            max_seq_len=config.max_seq_len, length_buckets=config.length_buckets, pad_id=0,
+        ),
+        edge=_entry(folder, EDGE_FILE, "int8", n),
+        cloud=_entry(folder, CLOUD_FILE, config.teacher.precision, n),
+        routing=RoutingEntry(score="max_prob", threshold=0.0, target_joint_over_teacher=config.routing_target,
+                             traffic_oos_fraction=None, expected_escalation_rate=0.0),
+        data={
+            "name": dataset.name, "path": str(data_path), "sha256": dataset.source_sha256,
+            "sizes": {s: len(dataset.split(s)) for s in ("train", "val", "test")},
+        },
+        build={"preset": config.preset, "config": _jsonable(config.to_dict()), "git_commit": _git_commit()},
+    )
+
+
+def _version(teacher_key: str, student_key: str) -> str:
+    day = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    return f"{day}-{stage_key('version', t=teacher_key, s=student_key)[:8]}"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _plots(metrics, test_logits, dataset: Dataset, manifest: Manifest, out_dir: Path) -> dict[str, str]:
+    from model_build import report
+
+    y = np.asarray(dataset.test.labels)
+    oos = manifest.oos_index
+    edge_raw = test_logits["edge"]
+    before = calibration.reliability_bins(softmax(edge_raw, 1.0), y, n_bins=15)
+    after = calibration.reliability_bins(softmax(edge_raw, manifest.edge.temperature), y, n_bins=15)
+    report.plot_reliability(before, after, out_dir / "reliability_edge.png", "Edge int8 model (test split)")
+    edge_probs = softmax(edge_raw, manifest.edge.temperature)
+    cloud_probs = softmax(test_logits["cloud"], manifest.cloud.temperature)
+    cloud_pred = cloud_probs.argmax(axis=1)
+    if oos is not None and manifest.cloud.oos_threshold is not None:
+        cloud_pred = routing.predict_with_oos(cloud_probs, manifest.cloud.oos_threshold, oos)
+    edge_pred = edge_probs.argmax(axis=1)
+    curves = {
+        name: routing.escalation_curve(edge_pred, cloud_pred, y, fn(edge_probs), name=name)
+        for name, fn in SCORES.items()
+    }
+    chosen = curves[manifest.routing.score]
+    metrics["routing"]["curve"] = {
+        name: [dataclasses.asdict(p) for p in routing.curve_at_rates(c)] for name, c in curves.items()
+    }
+    in_scope = y != oos if oos is not None else np.ones(len(y), dtype=bool)
+    if oos is not None:
+        c_in = routing.escalation_curve(edge_pred[in_scope], cloud_pred[in_scope], y[in_scope],
+                                        SCORES[manifest.routing.score](edge_probs[in_scope]), name="in-scope")
+        metrics["routing"]["curve_in_scope"] = [dataclasses.asdict(p) for p in routing.curve_at_rates(c_in)]
+    point = routing.apply_threshold(edge_pred, cloud_pred, y, SCORES[manifest.routing.score](edge_probs),
+                                    manifest.routing.threshold, oos_index=oos)
+    marker = routing.RoutingChoice(
+        score_name=manifest.routing.score, threshold=point.threshold, escalation_rate=point.escalation_rate,
+        joint_accuracy=point.joint_accuracy, joint_over_teacher=point.joint_over_teacher,
+        teacher_accuracy=point.teacher_accuracy, target_ratio=manifest.routing.target_joint_over_teacher,
+        reachable=True, n_escalated=int(round(point.escalation_rate * point.n)),
+    )
+    report.plot_escalation_curve(curves, marker, chosen.teacher_accuracy, out_dir / "escalation_curve.png")
+    return {"reliability": "reliability_edge.png", "escalation": "escalation_curve.png"}
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value

@@ -1,0 +1,156 @@
+"""Upload an artifact folder to S3 under `{prefix}/{version}/`, manifest last, then update latest.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from model_build.errors import PublishError
+
+MANIFEST_NAME = "manifest.json"
+LATEST_NAME = "latest.json"
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    bucket: str
+    version: str
+    manifest_key: str
+    manifest_sha256: str
+    latest_key: str
+    uploaded: tuple[str, ...]  # in upload order; the manifest is last
+    published_at: str
+    republished: bool  # True when this version was already there with the same manifest
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "uploaded": list(self.uploaded)}
+
+
+def publish(
+    artifact_dir: Path | str,
+    *,
+    bucket: str,
+    prefix: str = "models",
+    s3_client: Any,
+    version: str | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> PublishResult:
+    folder = Path(artifact_dir)
+    manifest_bytes, manifest = _read_manifest(folder)
+    version = version or manifest["model_version"]
+    if not _VERSION_RE.fullmatch(version):
+        raise PublishError(f"version {version!r} is not a safe S3 key part (letters, digits, . _ + -)")
+    _check_named_files(manifest, folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST_NAME)
+
+    base = "/".join(part for part in (prefix.strip("/"), version) if part)
+    manifest_key = f"{base}/{MANIFEST_NAME}"
+    latest_key = "/".join(part for part in (prefix.strip("/"), LATEST_NAME) if part)
+    manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+
+    existing = _get_or_none(s3_client, bucket, manifest_key)
+    if existing is not None and existing != manifest_bytes:
+        raise PublishError(
+            f"s3://{bucket}/{manifest_key} already exists with a different manifest "
+            f"(SHA-256 {hashlib.sha256(existing).hexdigest()}, local {manifest_sha256}); "
+            "published versions are immutable: bump model_version"
+        )
+
+    uploaded: list[str] = []
+    # The manifest goes last: a reader that finds it can rely on every file it names being there.
+    for path in [*files, folder / MANIFEST_NAME]:
+        key = f"{base}/{path.relative_to(folder).as_posix()}"
+        with path.open("rb") as body:
+            _put(s3_client, bucket, key, body, _content_type(path))
+        uploaded.append(key)
+
+    published_at = clock().astimezone(timezone.utc).isoformat(timespec="seconds")
+    latest = {"model_version": version, "manifest_key": manifest_key,
+              "manifest_sha256": manifest_sha256, "published_at": published_at}
+    _put(s3_client, bucket, latest_key, (json.dumps(latest, indent=2) + "\n").encode(), "application/json")
+    return PublishResult(bucket=bucket, version=version, manifest_key=manifest_key,
+                         manifest_sha256=manifest_sha256, latest_key=latest_key, uploaded=tuple(uploaded),
+                         published_at=published_at, republished=existing is not None)
+
+
+def _read_manifest(folder: Path) -> tuple[bytes, dict[str, Any]]:
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: not an artifact folder")
+    path = folder / MANIFEST_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PublishError(f"{folder}: no {MANIFEST_NAME}; build the artifact first") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PublishError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise PublishError(f"{path}: must hold a JSON object")
+    if not isinstance(manifest.get("model_version"), str) or not manifest["model_version"]:
+        raise PublishError(f"{path}: 'model_version' must be a non-empty string")
+    return raw, manifest
+
+
+def _named_files(node: Any) -> Iterator[tuple[str, str]]:
+    # Schema-agnostic on purpose: any {"file", "sha256"} entry anywhere is a file the runtimes will fetch.
+    if isinstance(node, dict):
+        if isinstance(node.get("file"), str) and isinstance(node.get("sha256"), str):
+            yield node["file"], node["sha256"]
+        for value in node.values():
+            yield from _named_files(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _named_files(value)
+
+
+def _check_named_files(manifest: dict[str, Any], folder: Path) -> None:
+    for name, expected in _named_files(manifest):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise PublishError(f"{folder / MANIFEST_NAME} names {name!r}, outside the artifact folder")
+        path = folder / name
+        if not path.is_file():
+            raise PublishError(f"{path} is named in {MANIFEST_NAME} but missing")
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            raise PublishError(f"{path}: SHA-256 {actual} differs from the manifest's {expected}")
+
+
+def _content_type(path: Path) -> str:
+    if path.suffix == ".json":
+        return "application/json"
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _get_or_none(s3: Any, bucket: str, key: str) -> bytes | None:
+    try:
+        with s3.get_object(Bucket=bucket, Key=key)["Body"] as body:
+            return body.read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchKey":
+            return None
+        raise _publish_error(exc, bucket, key) from None
+    except BotoCoreError as exc:
+        raise _publish_error(exc, bucket, key) from None
+
+
+def _put(s3: Any, bucket: str, key: str, body: Any, content_type: str) -> None:
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    except (ClientError, BotoCoreError) as exc:
+        raise _publish_error(exc, bucket, key) from None
+
+
+def _publish_error(exc: Exception, bucket: str, key: str) -> PublishError:
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+        return PublishError(f"bucket {bucket!r} does not exist")
+    return PublishError(f"s3://{bucket}/{key}: {exc}")
