@@ -38,7 +38,7 @@ from modelpack.scores import SCORES, softmax
 from modelpack.tokenizer import TextTokenizer
 
 # Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
-TEACHER_CODE_VERSION = 2
+TEACHER_CODE_VERSION = 3
 STUDENT_CODE_VERSION = 1
 EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
 
@@ -135,7 +135,7 @@ def build(
         metrics["timings_s"] = timer.seconds
         metrics["cached_stages"] = [k for k, v in timer.cached.items() if v]
         (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
-        report.write_report_md(_jsonable(metrics), out_dir, plots)
+        report.write_report_md(_jsonable(report_view(metrics, manifest, dataset, config)), out_dir, plots)
     if final_dir.exists():
         shutil.rmtree(final_dir)
     out_dir.rename(final_dir)
@@ -281,7 +281,8 @@ def _check_gates(config: BuildConfig, metrics: dict[str, Any]) -> None:
 
 # --- artifact ----------------------------------------------------------------------------------------
 
-def _entry(folder: Path, file: str, precision: str, n_labels: int) -> ModelEntry:
+def model_entry(folder: Path, file: str, precision: str, n_labels: int) -> ModelEntry:
+    """The manifest entry of a .tflite file, read from the file itself (tensors, quantization, digest)."""
     from model_build.convert import input_details, output_details
 
     tflite = (folder / file).read_bytes()
@@ -314,8 +315,8 @@ def _manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folder: Pa
             file=TOKENIZER_FILE, sha256=sha256_file(folder / TOKENIZER_FILE),
             max_seq_len=config.max_seq_len, length_buckets=config.length_buckets, pad_id=0,
         ),
-        edge=_entry(folder, EDGE_FILE, "int8", n),
-        cloud=_entry(folder, CLOUD_FILE, config.teacher.precision, n),
+        edge=model_entry(folder, EDGE_FILE, "int8", n),
+        cloud=model_entry(folder, CLOUD_FILE, config.teacher.precision, n),
         routing=RoutingEntry(score="max_prob", threshold=0.0, target_joint_over_teacher=config.routing_target,
                              traffic_oos_fraction=None, expected_escalation_rate=0.0),
         data={
@@ -378,7 +379,67 @@ def _plots(metrics, test_logits, dataset: Dataset, manifest: Manifest, out_dir: 
         reachable=True, n_escalated=int(round(point.escalation_rate * point.n)),
     )
     report.plot_escalation_curve(curves, marker, chosen.teacher_accuracy, out_dir / "escalation_curve.png")
-    return {"reliability": "reliability_edge.png", "escalation": "escalation_curve.png"}
+    return {"reliability": str(out_dir / "reliability_edge.png"), "escalation_curve": str(out_dir / "escalation_curve.png")}
+
+
+def report_view(metrics: dict[str, Any], manifest: Manifest, dataset: Dataset, config: BuildConfig) -> dict:
+    """metrics.json rearranged into the sections report.md renders."""
+    t, e, r, v = metrics["teacher"], metrics["edge_int8"], metrics["routing"], metrics["validation"]
+    oos = dataset.oos_index
+
+    def share(split) -> float:
+        return float((np.asarray(split.labels) == oos).mean()) if oos is not None else 0.0
+
+    curve = r.get("curve", {}).get(manifest.routing.score, [])
+    return {
+        "title": f"Model build report: {manifest.model_version} ({config.preset} preset)",
+        "data": {
+            "dataset": dataset.name, "variant": config.preset, "n_classes": dataset.num_labels,
+            "oos_label": dataset.oos_label,
+            "splits": {s: {"n": len(dataset.split(s)), "oos_fraction": share(dataset.split(s))}
+                       for s in ("train", "val", "test")},
+        },
+        "teacher": {
+            "name": f"all-MiniLM-L6-v2 fine-tuned from layer {config.teacher.train_from_layer} "
+                    f"({manifest.cloud.precision}, {manifest.cloud.size_bytes / 1e6:.1f} MB)",
+            "split": "test", **{k: t.get(k) for k in ("accuracy", "in_scope_accuracy", "oos_recall")},
+            "oos_threshold": manifest.cloud.oos_threshold, "temperature": manifest.cloud.temperature,
+            "latency_ms": t.get("latency_ms_b1"), "ece_before": t.get("ece_before"), "ece_after": t.get("ece"),
+        },
+        "edge": {"split": "test", "fp32": metrics.get("edge_fp32", {}), "int8": e},
+        "float_ops": {"count": len(metrics["int8_graph"]["float_ops"]), "ops": metrics["int8_graph"]["float_ops"],
+                      "all_ops": metrics["int8_graph"]["ops"]},
+        "calibration": {
+            "model": "edge int8", "temperature": manifest.edge.temperature, "fit_split": "val",
+            "eval_split": "test", "oos_fraction": v.get("traffic_oos_fraction"),
+            "ece_before": e.get("ece_before"), "ece_after": e.get("ece"), "n_bins": 15,
+        },
+        "routing": {
+            "score": manifest.routing.score, "threshold": manifest.routing.threshold,
+            "target_ratio": manifest.routing.target_joint_over_teacher,
+            "oos_fraction": manifest.routing.traffic_oos_fraction, "chosen_on": "val (re-weighted)",
+            "reachable": v["routing_choices"][manifest.routing.score]["reachable"],
+            "splits": {"test": {
+                "escalation_rate": r["escalation_rate"], "joint_accuracy": r["joint_accuracy"],
+                "teacher_accuracy": r["cloud_only_accuracy"], "edge_accuracy": r["edge_only_accuracy"],
+                "joint_over_teacher": r["joint_over_teacher"], "joint_oos_recall": r["joint_oos_recall"],
+                "in_scope_accuracy": r["joint_in_scope_accuracy"],
+                "in_scope_escalation_rate": r["in_scope_escalation_rate"],
+                "oos_escalation_rate": r["oos_escalation_rate"],
+            }},
+            "scores": v["routing_choices"],
+        },
+        "escalation_table": {
+            "score": manifest.routing.score, "split": "test", "teacher_accuracy": r["cloud_only_accuracy"],
+            "rows": [dict(row, budget=b) for row, b in zip(curve, routing.TABLE_RATES)],
+        },
+        "escalation_table_in_scope": {
+            "score": manifest.routing.score, "split": "test, in-scope only",
+            "rows": [dict(row, budget=b) for row, b in zip(r.get("curve_in_scope", []), routing.TABLE_RATES)],
+        },
+        "goals": metrics["goals"],
+        "timings": metrics.get("timings_s", {}),
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,7 +11,7 @@ optional; a present section shows its key numbers, with ``n/a`` where one is mis
       "data": {"dataset", "variant", "n_classes", "oos_label", "splits": {name: {"n", "oos_fraction"}}},
       "teacher": {"name", "split", "accuracy", "in_scope_accuracy", "oos_recall", "oos_precision",
                   "oos_threshold", "temperature", "latency_ms"},
-      "edge": {"fp32": {"size_bytes", "latency_ms_p50", "latency_ms_p95", "accuracy"}, "int8": {...},
+      "edge": {"fp32": {"size_bytes", "latency_ms_b1", "latency_ms_b32", "accuracy", "ece"}, "int8": {...},
                "split": str},
       "float_ops": {"count": int, "ops": {op_name: count}}  # or a list of op names
       "calibration": {"model", "temperature", "fit_split", "eval_split", "oos_fraction",
@@ -60,9 +60,11 @@ _SECTION_TITLES: dict[str, str] = {
     "calibration": "Calibration",
     "routing": "Routing",
     "escalation_table": "Escalation curve",
+    "escalation_table_in_scope": "Escalation curve, in-scope requests only",
     "goals": "Goals",
     "timings": "Stage timings",
 }
+_OPTIONAL_SECTIONS = frozenset({"escalation_table_in_scope"})  # not listed as missing when absent
 _PLOT_HOMES: dict[str, str] = {"reliability": "calibration", "escalation_curve": "routing"}
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -224,6 +226,7 @@ def render_report_md(
         "calibration": _calibration,
         "routing": _routing,
         "escalation_table": _escalation_table,
+        "escalation_table_in_scope": _escalation_table,
         "goals": _goals,
         "timings": _timings,
     }
@@ -233,7 +236,8 @@ def render_report_md(
         section = data.get(key)
         home_plots = [name for name, home in _PLOT_HOMES.items() if home == key and name in plot_links]
         if section is None:
-            missing.append(_SECTION_TITLES[key])
+            if key not in _OPTIONAL_SECTIONS:
+                missing.append(_SECTION_TITLES[key])
             continue
         lines += [f"## {_SECTION_TITLES[key]}", ""]
         lines += render(section)
@@ -297,12 +301,15 @@ def _edge(section: Any) -> list[str]:
     lines = []
     if "split" in section:
         lines += [f"Accuracy on the {section['split']} split.", ""]
-    lines += ["| model | size | latency p50 | latency p95 | accuracy |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "| model | size | latency p50, batch 1 | latency p50, batch 32 | accuracy | ECE |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in variants or ("fp32", "int8"):
         row = section.get(name, {})
         lines.append(
-            f"| {name} | {_bytes(row.get('size_bytes'))} | {_ms(row.get('latency_ms_p50'))} "
-            f"| {_ms(row.get('latency_ms_p95'))} | {_pct(row.get('accuracy'))} |"
+            f"| {name} | {_bytes(row.get('size_bytes'))} | {_ms(row.get('latency_ms_b1'))} "
+            f"| {_ms(row.get('latency_ms_b32'))} | {_pct(row.get('accuracy'))} | {_num(row.get('ece'))} |"
         )
     fp32, int8 = section.get("fp32"), section.get("int8")
     if isinstance(fp32, dict) and isinstance(int8, dict):

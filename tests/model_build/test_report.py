@@ -89,8 +89,8 @@ def routed_split(rate: float, joint: float, teacher: float, recall: float, in_sc
     }
 
 
-def edge_variant(size: int, p50: float, p95: float, accuracy: float) -> dict[str, Any]:
-    return {"size_bytes": size, "latency_ms_p50": p50, "latency_ms_p95": p95, "accuracy": accuracy}
+def edge_variant(size: int, b1: float, b32: float, accuracy: float) -> dict[str, Any]:
+    return {"size_bytes": size, "latency_ms_b1": b1, "latency_ms_b32": b32, "accuracy": accuracy}
 
 
 def score_choice(threshold: float, rate: float, joint: float) -> dict[str, Any]:

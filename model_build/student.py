@@ -1,0 +1,307 @@
+"""The edge student: a small Keras text classifier whose every op survives full-int8 conversion.
+
+Runtime contract of every student: ONE int32 input ``input_ids`` [batch, seq] holding full-vocabulary
+BERT ids (0 = pad), output ``logits`` [batch, num_labels]. Batches are padded to the longest sentence in
+them (length buckets 8/16/32), so the logits of a sentence must not depend on the padding length.
+
+Design decisions and what they cost (measured in bench/results/student_search.md):
+
+* The first op remaps BERT ids to rows of a small embedding table with a constant int16 GATHER. The int8
+  file shrinks ~3x (the embedding table dominates) while every runtime keeps feeding BERT ids. int16,
+  not int32: the map (30,522 entries) is the same size in the fp32 and the int8 file, so it counts
+  against the int8/fp32 size ratio; int16 halves it (61 KB).
+* Row 0 of the embedding table is a constant zero (pad). Padding positions therefore contribute exact
+  zeros, in float and in int8 (0 is exactly representable in a TFLite quantized tensor), which makes
+  pooling independent of the padding length without DIV/MAXIMUM/CAST-to-float ops that XNNPACK leaves
+  to slow int8 kernels.
+* Only ops XNNPACK runs in int8 after the lookup: CONV_2D, FULLY_CONNECTED, ADD, MUL, SUM/MEAN,
+  REDUCE_MAX, RELU. No LayerNorm, no softmax in the graph (the runtime applies softmax to the logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import keras
+import numpy as np
+from keras import ops
+
+BERT_VOCAB_SIZE = 30522
+PAD_ID = 0
+PAD_ROW = 0
+UNK_ROW = 1
+Architecture = Literal["bag", "cnn"]
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Architecture of a student. ``bag``: masked mean of embeddings + MLP. ``cnn``: 1-D convolutions of
+    several widths over the embeddings + global max pool + MLP."""
+
+    architecture: Architecture = "cnn"
+    embed_dim: int = 128
+    kernel_sizes: tuple[int, ...] = (1, 2, 3)  # cnn only
+    filters: int = 256  # cnn only: channels per kernel size
+    conv_layers: int = 1  # cnn only: extra stacked width-3 convs before pooling when > 1
+    hidden: tuple[int, ...] = (256,)  # MLP widths after pooling
+    dropout: float = 0.2  # after pooling and between MLP layers
+    embed_dropout: float = 0.1  # on the embedded sequence
+    seq_len: int = 32  # longest sequence served; shorter batches are padded to a bucket, longer truncated
+    max_tokens: int | None = None  # vocabulary rows kept by build_vocab_map (None: every training token)
+    extra: dict[str, str] = field(default_factory=dict)  # free-form notes (e.g. embedding init) for manifests
+
+
+def build_vocab_map(
+    token_id_lists: "list[list[int]] | np.ndarray",
+    vocab_size: int = BERT_VOCAB_SIZE,
+    max_tokens: int | None = None,
+) -> np.ndarray:
+    """Map every BERT id to a row of a pruned embedding table.
+
+    Row 0 is the pad row (id 0 only), row 1 the UNK row (every id not kept), rows 2.. the kept ids in
+    order of decreasing training frequency (ties by id, so the map is deterministic). ``max_tokens``
+    bounds the kept ids (pad and UNK rows not counted). Returns int16 of shape [vocab_size].
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for ids in token_id_lists:
+        arr = np.asarray(ids, dtype=np.int64).ravel()
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+            raise ValueError(f"token id out of range [0, {vocab_size}): {arr.min()}..{arr.max()}")
+        np.add.at(counts, arr, 1)
+    counts[PAD_ID] = 0
+    kept = np.flatnonzero(counts)
+    kept = kept[np.lexsort((kept, -counts[kept]))]  # most frequent first, ties by id
+    if max_tokens is not None:
+        kept = kept[:max_tokens]
+    if len(kept) + 2 > np.iinfo(np.int16).max:
+        raise ValueError(f"{len(kept)} kept tokens do not fit an int16 vocabulary map")
+    vocab_map = np.full(vocab_size, UNK_ROW, dtype=np.int16)
+    vocab_map[PAD_ID] = PAD_ROW
+    vocab_map[kept] = np.arange(2, len(kept) + 2, dtype=np.int16)
+    return vocab_map
+
+
+def embedding_init(
+    word_embeddings: np.ndarray, vocab_map: np.ndarray, dim: int, *, scale: float = 1.0
+) -> np.ndarray:
+    """Initial embedding table [rows, dim] from a teacher's word-embedding matrix [vocab, d]: each kept
+    row takes its token's vector, the UNK row the mean of all vectors, the pad row zeros; then a PCA
+    projection to ``dim`` (if smaller than d) fitted on the kept rows, rescaled to unit mean row norm
+    times ``scale``."""
+    vocab_map = np.asarray(vocab_map)
+    rows = int(vocab_map.max()) + 1
+    d = word_embeddings.shape[1]
+    table = np.zeros((rows, d), dtype=np.float64)
+    ids = np.flatnonzero(vocab_map >= 2)
+    table[vocab_map[ids]] = word_embeddings[ids]
+    table[UNK_ROW] = word_embeddings.mean(axis=0)
+    kept = table[2:]
+    centred = table - kept.mean(axis=0)
+    if dim < d:
+        _, _, vt = np.linalg.svd(centred[2:], full_matrices=False)
+        centred = centred @ vt[:dim].T
+    elif dim > d:
+        raise ValueError(f"embedding dim {dim} exceeds the teacher's {d}")
+    centred[PAD_ROW] = 0.0
+    norm = np.linalg.norm(centred[2:], axis=1).mean()
+    return (centred / norm * scale).astype(np.float32)
+
+
+def _gather(table, indices):
+    """Row lookup without the negative-index fix-up (LESS/ADD/SELECT_V2) that keras.ops.take adds to the
+    graph: every index here is a valid row by construction."""
+    import tensorflow as tf  # the only backend this project converts from
+
+    return tf.gather(table, indices)
+
+
+@keras.saving.register_keras_serializable(package="model_build")
+class TokenRemap(keras.layers.Layer):
+    """Full-vocabulary BERT ids -> rows of the pruned table, by a constant int16 gather."""
+
+    def __init__(self, vocab_size: int = BERT_VOCAB_SIZE, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+
+    def build(self, input_shape):
+        self.vocab_map = self.add_weight(
+            name="vocab_map", shape=(self.vocab_size,), dtype="int16", initializer="zeros", trainable=False
+        )
+
+    def call(self, ids):
+        return ops.cast(_gather(self.vocab_map, ids), "int32")
+
+    def compute_output_spec(self, ids):
+        return keras.KerasTensor(ids.shape, dtype="int32")
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size}
+
+
+@keras.saving.register_keras_serializable(package="model_build")
+class ZeroPadEmbedding(keras.layers.Layer):
+    """Embedding whose row 0 is a constant zero, so pad positions contribute exact zeros. The zero row is
+    concatenated to the trainable rows at call time; the converter folds the concat into one constant."""
+
+    def __init__(self, rows: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = rows
+        self.dim = dim
+
+    def build(self, input_shape):
+        self.table = self.add_weight(
+            name="table",
+            shape=(self.rows - 1, self.dim),
+            initializer=keras.initializers.RandomUniform(-0.05, 0.05),
+        )
+
+    def call(self, rows):
+        table = ops.concatenate([ops.zeros((1, self.dim), dtype=self.table.dtype), self.table], axis=0)
+        return _gather(table, rows)
+
+    def set_table(self, table: np.ndarray) -> None:
+        """Set the full table [rows, dim]; row 0 (pad) is ignored."""
+        self.table.assign(np.asarray(table, dtype=np.float32)[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="model_build")
+class MaskedMean(keras.layers.Layer):
+    """Mean over the non-pad positions of [batch, seq, dim] (pad rows are zero): SUM over the sequence
+    times 1/length, where length counts ids != 0 with integer ops and 1/length comes from a constant
+    reciprocal table (a GATHER). No DIV, no MAXIMUM, no cast to float."""
+
+    def __init__(self, seq_len: int, **kwargs):
+        super().__init__(**kwargs)
+        self.seq_len = seq_len
+
+    def build(self, input_shape):
+        recip = np.zeros(self.seq_len + 1, dtype=np.float32)
+        recip[1:] = 1.0 / np.arange(1, self.seq_len + 1)
+        self.recip = self.add_weight(
+            name="recip",
+            shape=recip.shape,
+            initializer=keras.initializers.Constant(recip),
+            trainable=False,
+        )
+
+    def call(self, inputs):
+        embedded, rows = inputs
+        lengths = ops.sum(ops.cast(ops.not_equal(rows, PAD_ROW), "int32"), axis=1)
+        inv = _gather(self.recip, ops.minimum(lengths, self.seq_len))
+        return ops.sum(embedded, axis=1) * ops.expand_dims(inv, -1)
+
+    def get_config(self):
+        return {**super().get_config(), "seq_len": self.seq_len}
+
+
+def build_student(config: StudentConfig, *, vocab_map: np.ndarray, num_labels: int) -> keras.Model:
+    """Build an uncompiled student. ``vocab_map`` comes from build_vocab_map; the embedding table has
+    ``vocab_map.max() + 1`` rows."""
+    vocab_map = np.asarray(vocab_map)
+    if vocab_map.ndim != 1 or vocab_map[PAD_ID] != PAD_ROW or vocab_map.min() < 0:
+        raise ValueError("vocab_map must be 1-D, non-negative, with id 0 mapped to row 0")
+    rows = int(vocab_map.max()) + 1
+    ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
+    remap = TokenRemap(vocab_size=len(vocab_map), name="token_remap")
+    row_ids = remap(ids)
+    remap.vocab_map.assign(vocab_map.astype(np.int16))
+    embedding = ZeroPadEmbedding(rows, config.embed_dim, name="embedding")
+    x = embedding(row_ids)
+    if config.embed_dropout:
+        # Noise shape drops whole token vectors; a dropped vector is zero, like a pad.
+        x = keras.layers.Dropout(config.embed_dropout, noise_shape=(None, None, 1), name="embed_dropout")(x)
+
+    if config.architecture == "bag":
+        x = MaskedMean(config.seq_len, name="masked_mean")([x, row_ids])
+    elif config.architecture == "cnn":
+        x = _cnn_features(x, config)
+    else:
+        raise ValueError(f"unknown architecture {config.architecture!r}")
+
+    for i, width in enumerate(config.hidden):
+        x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+        x = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")(x)
+    x = keras.layers.Dropout(config.dropout, name="dropout_out")(x)
+    logits = keras.layers.Dense(num_labels, name="logits")(x)
+    return keras.Model(ids, logits, name=f"student_{config.architecture}")
+
+
+def _cnn_features(x, config: StudentConfig):
+    """Convolutions without bias, ReLU, then a max over the sequence.
+
+    Padding independence, exactly: every window *starts* at a position and looks ahead (k-1 zeros are
+    padded on the right, then a 'valid' convolution). A window starting at a sentence token sees the
+    same values at any padding length (pad embeddings and the explicit padding are both zero); a window
+    starting at a pad position sees only zeros and, without bias, gives exactly 0 after the ReLU, which
+    never beats the max of ReLU outputs (>= 0). Centred 'same' windows would break this: a window
+    centred on the first pad position still sees the last token, and exists only if the batch is longer
+    than the sentence. The bias a convolution would have is applied after the pooling (Dense below)."""
+    pooled = []
+    for k in config.kernel_sizes:
+        h = x
+        for j in range(config.conv_layers):
+            width = k if j == 0 else 3
+            suffix = "" if j == 0 else f"_{j}"
+            if width > 1:
+                h = keras.layers.ZeroPadding1D((0, width - 1), name=f"lookahead{k}{suffix}")(h)
+            h = keras.layers.Conv1D(
+                config.filters, width, padding="valid", use_bias=False, activation="relu", name=f"conv{k}{suffix}"
+            )(h)
+        pooled.append(keras.layers.GlobalMaxPooling1D(name=f"maxpool{k}")(h))
+    return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="concat")(pooled)
+
+
+class DistillationLoss(keras.losses.Loss):
+    """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels, student).
+
+    Targets are one tensor [batch, 2 * num_labels]: one-hot labels then teacher logits (pack_targets).
+    With alpha = 0 the teacher half is ignored (hard-label training)."""
+
+    def __init__(self, temperature: float = 2.0, alpha: float = 0.5, name: str = "distillation", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if temperature <= 0 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+
+    def call(self, y_true, y_pred):
+        n = ops.shape(y_pred)[-1]
+        one_hot, teacher = y_true[..., :n], y_true[..., n:]
+        log_p = ops.log_softmax(y_pred, axis=-1)
+        ce = -ops.sum(one_hot * log_p, axis=-1)
+        if self.alpha == 0.0:
+            return ce
+        t = self.temperature
+        teacher_log_p = ops.log_softmax(teacher / t, axis=-1)
+        student_log_p = ops.log_softmax(y_pred / t, axis=-1)
+        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+        return self.alpha * t * t * kl + (1.0 - self.alpha) * ce
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "alpha": self.alpha}
+
+
+def distillation_loss(temperature: float = 2.0, alpha: float = 0.5) -> DistillationLoss:
+    """Loss for model.compile; fit with y = pack_targets(labels, teacher_logits, num_labels)."""
+    return DistillationLoss(temperature, alpha)
+
+
+def pack_targets(labels: np.ndarray, teacher_logits: np.ndarray | None, num_labels: int) -> np.ndarray:
+    """[batch, 2 * num_labels] float32: one-hot labels, then teacher logits (zeros when None)."""
+    labels = np.asarray(labels)
+    one_hot = np.eye(num_labels, dtype=np.float32)[labels]
+    if teacher_logits is None:
+        teacher_logits = np.zeros_like(one_hot)
+    if np.shape(teacher_logits) != one_hot.shape:
+        raise ValueError(f"teacher logits {np.shape(teacher_logits)} do not match {one_hot.shape}")
+    return np.concatenate([one_hot, np.asarray(teacher_logits, dtype=np.float32)], axis=1)
+
+
+def accuracy_from_packed(y_true, y_pred):
+    """Accuracy metric for packed targets (argmax of the one-hot half)."""
+    n = ops.shape(y_pred)[-1]
+    return ops.cast(ops.equal(ops.argmax(y_true[..., :n], axis=-1), ops.argmax(y_pred, axis=-1)), "float32")

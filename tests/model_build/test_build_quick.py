@@ -1,0 +1,134 @@
+"""The quick preset end to end on real CLINC150: train -> convert -> LiteRT -> manifest -> evaluate.
+
+One build per module (about a minute or two on 2 cores); every test reads the same artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_build.config import preset
+from model_build.evaluate import evaluate_artifact
+from model_build.pipeline import build
+from modelpack.classifier import Classifier
+from modelpack.errors import ChecksumMismatch
+from modelpack.manifest import Manifest, load_manifest
+from tests.conftest import CLINC, REPO
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = {
+    "teacher": ("accuracy", "in_scope_accuracy", "oos_recall", "ece"),
+    "student_float": ("accuracy",),
+    "edge_int8": ("accuracy", "in_scope_accuracy", "oos_recall", "ece", "size_bytes", "latency_ms_b1",
+                  "latency_ms_b32"),
+    "edge_fp32": ("accuracy", "size_bytes", "latency_ms_b1", "latency_ms_b32"),
+    "routing": ("threshold", "escalation_rate", "joint_accuracy", "joint_over_teacher", "joint_oos_recall"),
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    if not CLINC.exists():
+        pytest.fail(f"{CLINC} is missing: run `make data` (or .ci/run, which copies it)")
+    root = tmp_path_factory.mktemp("quick")
+    result = build(preset("quick"), data_path=CLINC, out_dir=root / "artifact", cache_dir=root / "cache")
+    return result, root
+
+
+def test_artifact_holds_the_promised_files(built):
+    result, _ = built
+    names = {p.name for p in result.out_dir.iterdir()}
+    assert {"manifest.json", "metrics.json", "report.md", "tokenizer.json", "edge_int8.tflite",
+            "cloud.tflite", "edge_fp32.tflite", "reliability_edge.png", "escalation_curve.png"} <= names
+    assert not (result.out_dir.parent / ".artifact.partial").exists()
+
+
+def test_manifest_round_trip_pins_the_contract(built):
+    result, _ = built
+    on_disk = json.loads((result.out_dir / "manifest.json").read_text())
+    loaded = load_manifest(result.out_dir)  # validates and checks every checksum
+    assert loaded == result.manifest
+    assert Manifest.from_dict(loaded.to_dict()) == loaded
+    assert json.loads(json.dumps(loaded.to_dict())) == on_disk
+    assert loaded.labels[-1] == "oos" and len(loaded.labels) == 151
+    assert loaded.edge.precision == "int8" and loaded.edge.output.dtype == "int8"
+    assert loaded.edge.output.scale and loaded.edge.inputs[0].dtype == "int32"
+    assert loaded.routing.traffic_oos_fraction == pytest.approx(1000 / 5500, abs=0.03)
+    assert loaded.build["git_commit"] is None or len(loaded.build["git_commit"]) >= 40
+    assert loaded.data["sha256"] == "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0"
+
+
+def test_metrics_hold_the_required_keys_as_fractions(built):
+    result, _ = built
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            value = metrics[section][key]
+            assert isinstance(value, (int, float)), f"{section}.{key}"
+            if key in ("accuracy", "in_scope_accuracy", "oos_recall", "ece", "escalation_rate", "joint_accuracy"):
+                assert 0.0 <= value <= 1.0, f"{section}.{key}={value}"
+    assert metrics["edge_int8"]["size_bytes"] < metrics["edge_fp32"]["size_bytes"]
+    assert metrics["int8_graph"]["float_ops"] == []
+    # The int8 model stays within half a point of the float student it came from (a build gate).
+    assert metrics["edge_int8"]["accuracy_drop_vs_fp32"] <= 0.005
+
+
+def test_runtime_classifier_agrees_with_the_build(built):
+    """The runtimes' reader (modelpack, no TensorFlow) runs the artifact and gets the build's answers."""
+    result, _ = built
+    edge = Classifier.from_folder(result.out_dir, "edge")
+    cloud = Classifier.from_folder(result.out_dir, "cloud")
+    texts = ["what is my bank balance", "set a timer for ten minutes", "how do i make pancakes"]
+    probs = edge.probabilities(texts)
+    assert probs.shape == (3, 151) and np.allclose(probs.sum(axis=1), 1.0)
+    # Padding to a longer bucket must not change the answer (batches mix lengths).
+    padded = edge.model.logits(edge.tokenizer.encode(texts, pad_to=32))
+    assert np.array_equal(padded.argmax(1), edge.logits(texts).argmax(1))
+    assert [p.label for p in cloud.predict(texts)][:2] != ["oos", "oos"]
+
+
+def test_evaluate_recomputes_the_metrics_from_the_files(built):
+    result, _ = built
+    stored = json.loads((result.out_dir / "metrics.json").read_text())
+    again = evaluate_artifact(result.out_dir, data_path=CLINC)
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            if not key.startswith("latency"):
+                assert again[section][key] == pytest.approx(stored[section][key], abs=1e-9), f"{section}.{key}"
+
+
+def test_second_build_reuses_cached_teacher_and_student(built):
+    _, root = built
+    again = build(preset("quick"), data_path=CLINC, out_dir=root / "again", cache_dir=root / "cache")
+    assert set(again.metrics["cached_stages"]) == {"teacher", "student"}
+
+
+def test_a_tampered_artifact_is_refused(built, tmp_path):
+    result, _ = built
+    copy = shutil.copytree(result.out_dir, tmp_path / "copy")
+    data = bytearray((copy / "edge_int8.tflite").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "edge_int8.tflite").write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch):
+        evaluate_artifact(copy, data_path=CLINC)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,greet\n,greet\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data", str(bad),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "error:" in proc.stderr and "line 3" in proc.stderr
