@@ -7,6 +7,7 @@ the schema bundled in ai_edge_litert (no TensorFlow needed, no interpreter alloc
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ def _quiet_converter() -> Iterator[None]:
         yield
         return
     try:
-        with open(os.devnull, "w") as devnull:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(io.StringIO()):
+            # Keras' export inside convert() prints the SavedModel signature to stdout: not ours to show.
             os.dup2(devnull.fileno(), 2)
             yield
     finally:

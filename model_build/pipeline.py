@@ -39,8 +39,9 @@ from modelpack.tokenizer import TextTokenizer
 
 # Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
 TEACHER_CODE_VERSION = 3
-STUDENT_CODE_VERSION = 1
+STUDENT_CODE_VERSION = 2
 EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
+EDGE_DYNAMIC_FILE = "edge_dynamic.tflite"
 
 
 @dataclass(frozen=True)
@@ -71,35 +72,10 @@ def build(
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
 
-    with timer.stage("data"):
-        data_path = Path(data_path or default_data_path())
-        dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
-        tokenizer = TextTokenizer(
-            minilm_dir() / TOKENIZER_FILE, max_seq_len=config.max_seq_len, length_buckets=config.length_buckets
-        )
-        train_ids = tokenizer.encode(dataset.train.texts, pad_to=config.max_seq_len)
-    data_digest = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}
-
-    teacher_key = stage_key(
-        "teacher", data=data_digest, teacher=config.teacher, seq=config.max_seq_len,
-        seed=config.seed, code=TEACHER_CODE_VERSION,
-    )
-    with timer.stage("teacher"):
-        teacher_dir, hit = cache.cached(
-            "teacher", teacher_key, lambda d: _train_teacher(config, dataset, tokenizer, train_ids, d)
-        )
-        timer.mark_cached("teacher", hit)
-
-    student_key = stage_key(
-        "student", teacher=teacher_key, student=config.student, distill=config.distill,
-        representative=config.representative_size, gates=config.gates, code=STUDENT_CODE_VERSION,
-    )
-    with timer.stage("student"):
-        student_dir, hit = cache.cached(
-            "student", student_key,
-            lambda d: _train_student(config, dataset, train_ids, np.load(teacher_dir / "train_logits.npy"), d),
-        )
-        timer.mark_cached("student", hit)
+    data_path = Path(data_path or default_data_path())
+    stages = train_stages(config, data_path, cache, timer)
+    dataset, teacher_dir, student_dir = stages.dataset, stages.teacher_dir, stages.student_dir
+    teacher_key, student_key = stages.teacher_key, stages.student_key
 
     with timer.stage("calibrate"):
         for src, name in ((teacher_dir / CLOUD_FILE, CLOUD_FILE), (student_dir / EDGE_FILE, EDGE_FILE),
@@ -144,6 +120,50 @@ def build(
 
 # --- training stages ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Stages:
+    dataset: Dataset
+    teacher_dir: Path  # cloud.tflite, train_logits.npy
+    student_dir: Path  # edge_int8.tflite, edge_fp32.tflite, edge_dynamic.tflite, graph.json
+    teacher_key: str
+    student_key: str
+
+
+def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer: StageTimer) -> Stages:
+    """Data, teacher and student: the expensive, cached part of a build (also used by bench/)."""
+    from model_build.teacher import minilm_dir
+
+    with timer.stage("data"):
+        dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
+        tokenizer = TextTokenizer(
+            minilm_dir() / TOKENIZER_FILE, max_seq_len=config.max_seq_len, length_buckets=config.length_buckets
+        )
+        train_ids = tokenizer.encode(dataset.train.texts, pad_to=config.max_seq_len)
+    data_digest = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}
+
+    teacher_key = stage_key(
+        "teacher", data=data_digest, teacher=config.teacher, seq=config.max_seq_len,
+        seed=config.seed, code=TEACHER_CODE_VERSION,
+    )
+    with timer.stage("teacher"):
+        teacher_dir, hit = cache.cached(
+            "teacher", teacher_key, lambda d: _train_teacher(config, dataset, tokenizer, train_ids, d)
+        )
+        timer.mark_cached("teacher", hit)
+
+    student_key = stage_key(
+        "student", teacher=teacher_key, student=config.student, distill=config.distill,
+        representative=config.representative_size, gates=config.gates, code=STUDENT_CODE_VERSION,
+    )
+    with timer.stage("student"):
+        student_dir, hit = cache.cached(
+            "student", student_key,
+            lambda d: _train_student(config, dataset, train_ids, np.load(teacher_dir / "train_logits.npy"), d),
+        )
+        timer.mark_cached("student", hit)
+    return Stages(dataset, teacher_dir, student_dir, teacher_key, student_key)
+
+
 def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):
     from model_build.convert import to_tflite_dynamic_range, to_tflite_fp32
     from model_build.teacher import Teacher
@@ -159,7 +179,7 @@ def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokeniz
 
 
 def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path):
-    from model_build.convert import float_ops, graph_ops, to_tflite_fp32, to_tflite_int8
+    from model_build.convert import float_ops, graph_ops, to_tflite_dynamic_range, to_tflite_fp32, to_tflite_int8
     from model_build.distill import distill_student
 
     model = distill_student(config, dataset, train_ids, teacher_logits)
@@ -168,6 +188,7 @@ def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_log
     int8 = to_tflite_int8(model, train_ids[pick], allowed_float_ops=config.gates.allowed_float_ops)
     (folder / EDGE_FILE).write_bytes(int8)
     (folder / EDGE_FP32_FILE).write_bytes(to_tflite_fp32(model))
+    (folder / EDGE_DYNAMIC_FILE).write_bytes(to_tflite_dynamic_range(model))  # for bench/quantization.py
     ops = graph_ops(int8)
     (folder / "graph.json").write_text(json.dumps({
         "ops": sorted({op.name for op in ops}),

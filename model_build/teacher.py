@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model_build.progress import keras_progress
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,11 @@ class Teacher:
             if mask.any():
                 group_ids = np.ascontiguousarray(ids[mask, :width])
                 groups.append((self.lower_states(group_ids), group_ids, np.asarray(labels)[mask]))
-        batches = _length_grouped_batches(groups, cfg.batch_size, seed=0)
-        steps_per_epoch = len(batches)
+        rng = np.random.default_rng(0)
+        steps_per_epoch = sum(math.ceil(len(g[1]) / cfg.batch_size) for g in groups)
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
-        epochs = math.ceil(total / steps_per_epoch)
         warmup = int(total * cfg.warmup_fraction)
         schedule = keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps=max(1, total - warmup), warmup_target=cfg.learning_rate, warmup_steps=warmup
@@ -116,13 +116,24 @@ class Teacher:
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-        model.fit(
-            batches,
-            epochs=epochs,
-            steps_per_epoch=min(steps_per_epoch, total),
-            verbose=0,
-            callbacks=[keras_progress("teacher", epochs)],
-        )
+        # A plain loop over train_on_batch: fit() wants one input shape, and the groups have two.
+        with tqdm(total=total, desc="teacher", unit="step", leave=False, file=sys.stderr) as bar:
+            step = 0
+            for epoch in range(math.ceil(total / steps_per_epoch)):
+                model.reset_metrics()
+                logs: dict = {}
+                for g, rows in _length_grouped_plan(groups, cfg.batch_size, rng):
+                    if step == total:
+                        break
+                    hidden, group_ids, group_labels = groups[g]
+                    logs = model.train_on_batch((hidden[rows], group_ids[rows]), group_labels[rows],
+                                                return_dict=True)
+                    step += 1
+                    bar.update(1)
+                    if step % 20 == 0:
+                        bar.set_postfix({k: f"{float(v):.3f}" for k, v in logs.items()})
+                shown = ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items())
+                bar.write(f"[teacher] epoch {epoch + 1}: {shown}", file=sys.stderr)
         return model
 
     def logits(self, ids: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
@@ -138,33 +149,11 @@ class Teacher:
 
 
 
-def _length_grouped_batches(groups, batch_size: int, *, seed: int):
-    """Shuffled batches, each drawn from one length group; reshuffled every epoch. (Keras is imported
-    here, not at module import: config.py imports this module.)"""
-    import keras
 
-    class LengthGroupedBatches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self._plan()
-
-        def _plan(self) -> None:
-            plan = []
-            for g, (_, ids, _) in enumerate(groups):
-                order = self.rng.permutation(len(ids))
-                plan += [(g, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-            self.plan = [plan[i] for i in self.rng.permutation(len(plan))]
-
-        def __len__(self) -> int:
-            return len(self.plan)
-
-        def __getitem__(self, index: int):
-            g, rows = self.plan[index]
-            hidden, ids, labels = groups[g]
-            return (hidden[rows], ids[rows]), labels[rows]
-
-        def on_epoch_end(self) -> None:
-            self._plan()
-
-    return LengthGroupedBatches()
+def _length_grouped_plan(groups, batch_size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """One epoch of shuffled batches, each drawn from a single length group."""
+    plan = []
+    for g, (_, ids, _) in enumerate(groups):
+        order = rng.permutation(len(ids))
+        plan += [(g, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    return [plan[i] for i in rng.permutation(len(plan))]
