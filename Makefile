@@ -9,7 +9,7 @@ REQS   := requirements/build.txt requirements/dev.txt requirements/constraints.t
           $(wildcard cloud_functions/requirements.txt edge_container/requirements.txt)
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test data build-quick build clean help
+.PHONY: venv test data build clean help lambda-src sam-build bench-budget bench-quantization
 
 help:
 	@echo "make test    - create .venv, install pinned requirements, fetch data if missing, run pytest"
@@ -34,5 +34,22 @@ test: $(STAMP) data
 build: $(STAMP) data
 	$(PY) -m model_build build --preset full --data $(DATA) --out artifacts/latest
 
+# The Lambda package holds only cloud_functions/ and modelpack/ (template.yaml: CodeUri build/lambda/).
+lambda-src:
+	rm -rf build/lambda && mkdir -p build/lambda
+	cp -R cloud_functions modelpack build/lambda/
+	cp cloud_functions/requirements.txt build/lambda/requirements.txt
+	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
+
+# Needs the AWS SAM CLI and a python3.12 on PATH (e.g. PATH="$$(pyenv prefix 3.12.1)/bin:$$PATH").
+sam-build: lambda-src
+	sam build --config-file infra/samconfig.toml
+
+bench-budget: $(STAMP)
+	$(PY) bench/budget_concurrency.py --json
+
+bench-quantization: $(STAMP) data
+	$(PY) bench/quantization.py --preset full --data $(DATA)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .cache
+	rm -rf $(VENV) .pytest_cache .cache build

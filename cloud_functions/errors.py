@@ -1,0 +1,94 @@
+"""Typed errors of the cloud tier.
+
+Every error a client can see is a `CloudError` subclass that names its HTTP status and a stable,
+machine-readable `code`. The handler maps them to responses in one place (`CloudError.body()` /
+`CloudError.headers()`); anything else is a 500 with no details leaked.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, ClassVar
+
+
+class CloudError(Exception):
+    """Base class. `status` and `code` are part of the API contract: never change a published code."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(CloudError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class UnknownTenant(CloudError):
+    status = 403
+    code = "UNKNOWN_TENANT"
+
+
+class IdempotencyConflict(CloudError):
+    """The same idempotency key was reused for a different charge."""
+
+    status = 409
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class BudgetExhausted(CloudError):
+    """The tenant's daily budget cannot cover this request; it refills at `resets_at` (next UTC midnight)."""
+
+    status = 429
+    code = "BUDGET_EXHAUSTED"
+
+    def __init__(self, tenant: str, *, requested: int, resets_at: datetime, now: datetime) -> None:
+        super().__init__(
+            f"daily budget of tenant {tenant!r} cannot cover {requested} unit(s)",
+            tenant=tenant,
+            requested=requested,
+            resets_at=resets_at.isoformat(),
+        )
+        self.tenant = tenant
+        self.requested = requested
+        self.resets_at = resets_at
+        self.retry_after_s = max(1, math.ceil((resets_at - now).total_seconds()))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class ConfigurationError(CloudError):
+    """The deployment is misconfigured (bad or missing environment value). The message names the key."""
+
+    status = 500
+    code = "CONFIGURATION_ERROR"
+
+
+class ModelUnavailable(CloudError):
+    status = 503
+    code = "MODEL_UNAVAILABLE"
+
+
+class BudgetStoreUnavailable(CloudError):
+    """The budget table could not be reached or kept conflicting.
+
+    The outcome of the charge is unknown to the caller: a retry with the same idempotency key is safe.
+    """
+
+    status = 503
+    code = "BUDGET_STORE_UNAVAILABLE"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}

@@ -1,0 +1,91 @@
+"""The Lambda's configuration: one frozen object built once at cold start from the environment.
+
+This is the only module of the package that reads `os.environ`. POWERTOOLS_* variables are read by
+Powertools itself and are not repeated here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud_functions.errors import ConfigurationError
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+_URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    budget_table: str
+    idempotency_table: str
+    default_daily_budget: int
+    cost_per_request: int
+    cost_per_text: int
+    max_texts_per_call: int
+    max_chars_per_text: int
+    model_uri: str
+    model_cache_dir: Path
+
+    @property
+    def model_is_remote(self) -> bool:
+        return self.model_uri.startswith("s3://")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        return cls(
+            budget_table=env.text("BUDGET_TABLE"),
+            idempotency_table=env.text("IDEMPOTENCY_TABLE"),
+            default_daily_budget=env.integer("DEFAULT_DAILY_BUDGET", default=1000, minimum=0),
+            cost_per_request=env.integer("COST_PER_REQUEST", default=1, minimum=0),
+            cost_per_text=env.integer("COST_PER_TEXT", default=1, minimum=0),
+            max_texts_per_call=env.integer("MAX_TEXTS_PER_CALL", default=32, minimum=1),
+            max_chars_per_text=env.integer("MAX_CHARS_PER_TEXT", default=512, minimum=1),
+            model_uri=env.model_uri("MODEL_URI"),
+            model_cache_dir=Path(env.text("MODEL_CACHE_DIR", default="/tmp/models")),
+        )
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, key: str, *, default: str | None = None) -> str:
+        value = self._environ.get(key, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigurationError(f"environment variable {key} is missing or empty", key=key)
+        return default
+
+    def integer(self, key: str, *, default: int, minimum: int) -> int:
+        raw = self._environ.get(key, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"environment variable {key}={raw!r} is not an integer", key=key
+            ) from None
+        if value < minimum:
+            raise ConfigurationError(f"environment variable {key}={value} must be >= {minimum}", key=key)
+        return value
+
+    def model_uri(self, key: str) -> str:
+        value = self.text(key)
+        if value.startswith("s3://"):
+            match = _S3_URI.match(value)
+            if match is None or not match["key"]:
+                raise ConfigurationError(
+                    f"environment variable {key}={value!r} is not s3://<bucket>/<key>", key=key
+                )
+        elif _URI_SCHEME.match(value):
+            raise ConfigurationError(
+                f"environment variable {key}={value!r}: only s3:// URIs or local paths are supported", key=key
+            )
+        return value
