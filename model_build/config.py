@@ -13,9 +13,10 @@ from model_build.teacher import TeacherConfig
 
 @dataclass(frozen=True)
 class DistillConfig:
-    epochs: int = 30
+    epochs: int = 12
     batch_size: int = 64
     learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
     temperature: float = 2.0  # softens the teacher's logits for the KL term
     alpha: float = 0.7  # weight of the KL term; 1 - alpha on the hard-label cross-entropy
 

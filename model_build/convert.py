@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,9 @@ class TensorInfo:
 
 @contextlib.contextmanager
 def _quiet_converter() -> Iterator[None]:
-    """The converter's C++ (MLIR, absl) logging goes to fd 2 and ignores Python logging; silence it for
-    the duration of a conversion and restore stderr afterwards. Errors still surface as exceptions."""
+    """The converter's C++ (MLIR, absl) logging goes to fd 2 and ignores Python logging, and Keras prints
+    its "Saved artifact at ..." export summary to stdout; silence both for the duration of a conversion.
+    Errors still surface as exceptions (with the converter's message)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -62,32 +64,31 @@ def _quiet_converter() -> Iterator[None]:
         os.close(saved)
 
 
-def _convert(converter, what: str) -> bytes:
+def _convert(model, what: str, configure: Callable[[Any], None] = lambda converter: None) -> bytes:
+    import tensorflow as tf
+
     try:
         with _quiet_converter():
+            # from_keras_model, not from_concrete_functions: the latter drops Keras 3 weights (NaN output).
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            configure(converter)
             return bytes(converter.convert())
     except Exception as exc:  # the converter raises bare Exception / ConverterError with MLIR text
         raise ConversionError(f"{what} conversion failed: {exc}") from exc
 
 
-def _converter(model):
-    import tensorflow as tf
-
-    # from_keras_model, not from_concrete_functions: the latter drops Keras 3 weights (NaN output).
-    return tf.lite.TFLiteConverter.from_keras_model(model)
-
-
 def to_tflite_fp32(model) -> bytes:
-    return _convert(_converter(model), "fp32")
+    return _convert(model, "fp32")
 
 
 def to_tflite_dynamic_range(model) -> bytes:
     """int8 weights, float activations (weights dequantized or hybrid kernels at run time)."""
     import tensorflow as tf
 
-    converter = _converter(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return _convert(converter, "dynamic-range")
+    def configure(converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    return _convert(model, "dynamic-range", configure)
 
 
 def to_tflite_int8(
@@ -117,12 +118,13 @@ def to_tflite_int8(
             for row in batch:
                 yield [row[None, :]]
 
-    converter = _converter(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_output_type = tf.int8  # the int32 ids input stays int32 whatever we ask
-    tflite = _convert(converter, "int8")
+    def configure(converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_output_type = tf.int8  # the int32 ids input stays int32 whatever we ask
+
+    tflite = _convert(model, "int8", configure)
     leftover = [op for op in float_ops(tflite) if op not in set(allowed_float_ops)]
     if leftover:
         raise ConversionError(f"int8 graph computes in float: {sorted(set(leftover))} (allowed: "
@@ -150,6 +152,11 @@ def _model(tflite: bytes):
         raise ConversionError(f"not a TFLite flatbuffer: {exc}") from exc
 
 
+def _present(indices) -> list[int]:
+    """Tensor indices of an op, without the -1 placeholders of omitted optional inputs."""
+    return [i for i in (indices if indices is not None else []) if i >= 0]
+
+
 def graph_ops(tflite: bytes) -> list[OpInfo]:
     """Ops of the main subgraph in execution order, with the dtypes of their (non-optional) tensors."""
     schema = _schema()
@@ -159,7 +166,7 @@ def graph_ops(tflite: bytes) -> list[OpInfo]:
     graph = model.subgraphs[0]
 
     def dtypes(indices) -> tuple[str, ...]:
-        return tuple(type_names[graph.tensors[i].type] for i in (indices if indices is not None else []) if i >= 0)
+        return tuple(type_names[graph.tensors[i].type] for i in _present(indices))
 
     result = []
     for op in graph.operators or []:

@@ -13,8 +13,14 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
     """A trained float Keras student. `train_ids` are padded BERT ids, `teacher_logits` the teacher's on them."""
     import keras
 
-    from model_build.encoder import load_weights
-    from model_build.student import build_student, build_vocab_map, distillation_loss, embedding_init, pack_targets
+    from model_build.student import (
+        build_student,
+        build_vocab_map,
+        distillation_loss,
+        embedding_init,
+        load_word_embeddings,
+        pack_targets,
+    )
     from model_build.teacher import minilm_dir
 
     keras.utils.set_random_seed(config.seed)
@@ -22,11 +28,16 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
     vocab_map = build_vocab_map(train_ids, max_tokens=cfg.max_tokens)
     model = build_student(cfg, vocab_map=vocab_map, num_labels=dataset.num_labels)
     # Start from the teacher's word embeddings (PCA-projected): rare tokens get a sensible vector.
-    words = load_weights(minilm_dir())["embeddings.word_embeddings.weight"]
+    words = load_word_embeddings(minilm_dir())
     model.get_layer("embedding").set_table(embedding_init(words, vocab_map, cfg.embed_dim))
-    steps = int(np.ceil(len(train_ids) / d.batch_size)) * d.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(d.learning_rate, decay_steps=steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=distillation_loss(d.temperature, d.alpha))
+    # The recipe measured in bench/results/student_search.md: AdamW, half an epoch of warm-up, cosine decay.
+    per_epoch = int(np.ceil(len(train_ids) / d.batch_size))
+    warmup = per_epoch // 2
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=per_epoch * d.epochs - warmup, warmup_target=d.learning_rate, warmup_steps=warmup
+    )
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=d.weight_decay)
+    model.compile(optimizer=optimizer, loss=distillation_loss(d.temperature, d.alpha))
     targets = pack_targets(np.asarray(dataset.train.labels), teacher_logits, dataset.num_labels)
     model.fit(
         train_ids,

@@ -39,7 +39,7 @@ from modelpack.tokenizer import TextTokenizer
 
 # Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
 TEACHER_CODE_VERSION = 3
-STUDENT_CODE_VERSION = 2
+STUDENT_CODE_VERSION = 3
 EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
 EDGE_DYNAMIC_FILE = "edge_dynamic.tflite"
 

