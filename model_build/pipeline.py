@@ -426,6 +426,7 @@ def report_view(metrics: dict[str, Any], manifest: Manifest, dataset: Dataset, c
             "split": "test", **{k: t.get(k) for k in ("accuracy", "in_scope_accuracy", "oos_recall")},
             "oos_threshold": manifest.cloud.oos_threshold, "temperature": manifest.cloud.temperature,
             "latency_ms": t.get("latency_ms_b1"), "ece_before": t.get("ece_before"), "ece_after": t.get("ece"),
+            "with_oos_rule": metrics.get("teacher_with_oos_rule", {}),
         },
         "edge": {"split": "test", "fp32": metrics.get("edge_fp32", {}), "int8": e},
         "float_ops": {"count": len(metrics["int8_graph"]["float_ops"]), "ops": metrics["int8_graph"]["float_ops"],
