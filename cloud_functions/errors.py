@@ -35,6 +35,39 @@ class BadRequest(CloudError):
     code = "BAD_REQUEST"
 
 
+class InvalidJson(BadRequest):
+    """The body is not a JSON object."""
+
+    code = "INVALID_JSON"
+
+
+class InvalidRequest(BadRequest):
+    """A field is missing, of the wrong type, or unknown; `field` names it (e.g. `texts[3]`)."""
+
+    code = "INVALID_REQUEST"
+
+
+class TooManyTexts(BadRequest):
+    """More texts than MAX_TEXTS_PER_CALL: split the batch."""
+
+    code = "TOO_MANY_TEXTS"
+
+
+class TextTooLong(BadRequest):
+    """A text is longer than MAX_CHARS_PER_TEXT characters: shorten it."""
+
+    code = "TEXT_TOO_LONG"
+
+
+class InvalidIdempotencyKey(BadRequest):
+    code = "INVALID_IDEMPOTENCY_KEY"
+
+
+class NotFound(CloudError):
+    status = 404
+    code = "NOT_FOUND"
+
+
 class UnknownTenant(CloudError):
     status = 403
     code = "UNKNOWN_TENANT"
@@ -45,6 +78,16 @@ class IdempotencyConflict(CloudError):
 
     status = 409
     code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotencyInProgress(CloudError):
+    """A request with the same idempotency key is still running: retry after it has finished."""
+
+    status = 409
+    code = "IDEMPOTENCY_IN_PROGRESS"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class BudgetExhausted(CloudError):
@@ -89,6 +132,16 @@ class BudgetStoreUnavailable(CloudError):
 
     status = 503
     code = "BUDGET_STORE_UNAVAILABLE"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class IdempotencyStoreUnavailable(CloudError):
+    """The idempotency table could not be read or written; a retry with the same key is safe."""
+
+    status = 503
+    code = "IDEMPOTENCY_STORE_UNAVAILABLE"
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}

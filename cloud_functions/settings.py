@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from cloud_functions.errors import ConfigurationError
@@ -50,6 +51,34 @@ class Settings:
         )
 
 
+BACKENDS = ("litert", "bedrock")
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSettings:
+    """Which backend answers, and how. Every value has a default, so the template need not set any:
+    the default is the packaged teacher on LiteRT. Bedrock prices are USD per million tokens (the unit of
+    the Bedrock price list); they only feed the reported `usage.cost_usd`, not the budget units."""
+
+    backend: str = "litert"
+    top_k: int = 3
+    bedrock_model_id: str = ""
+    bedrock_input_usd_per_mtok: Decimal = Decimal(0)
+    bedrock_output_usd_per_mtok: Decimal = Decimal(0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceSettings:
+        env = _Env(os.environ if environ is None else environ)
+        backend = env.choice("INFERENCE_BACKEND", BACKENDS, default="litert")
+        return cls(
+            backend=backend,
+            top_k=env.integer("TOP_K", default=3, minimum=1),
+            bedrock_model_id=env.text("BEDROCK_MODEL_ID", default=None if backend == "bedrock" else ""),
+            bedrock_input_usd_per_mtok=env.decimal("BEDROCK_INPUT_USD_PER_MTOK"),
+            bedrock_output_usd_per_mtok=env.decimal("BEDROCK_OUTPUT_USD_PER_MTOK"),
+        )
+
+
 class _Env:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -61,6 +90,24 @@ class _Env:
         if default is None:
             raise ConfigurationError(f"environment variable {key} is missing or empty", key=key)
         return default
+
+    def choice(self, key: str, allowed: tuple[str, ...], *, default: str) -> str:
+        value = self.text(key, default=default)
+        if value not in allowed:
+            raise ConfigurationError(
+                f"environment variable {key}={value!r} must be one of {', '.join(allowed)}", key=key
+            )
+        return value
+
+    def decimal(self, key: str) -> Decimal:
+        raw = self._environ.get(key, "").strip() or "0"
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise ConfigurationError(f"environment variable {key}={raw!r} is not a number", key=key) from None
+        if not value.is_finite() or value < 0:
+            raise ConfigurationError(f"environment variable {key}={raw!r} must be >= 0", key=key)
+        return value
 
     def integer(self, key: str, *, default: int, minimum: int) -> int:
         raw = self._environ.get(key, "").strip()

@@ -313,7 +313,7 @@ def test_the_stack_deploys_and_table_names_reach_the_function(translated: dict[s
 
     assert env["BUDGET_TABLE"] == physical["BudgetTable"] == outputs["BudgetTableName"]
     assert env["IDEMPOTENCY_TABLE"] == physical["IdempotencyTable"]
-    assert env["MODEL_URI"] == f"s3://{physical['ModelBucket']}/models/teacher/current/"
+    assert env["MODEL_URI"] == f"s3://{physical['ModelBucket']}/models/"
     assert outputs["ModelBucketName"] == physical["ModelBucket"]
     assert [k["AttributeName"] for k in budget_table["KeySchema"]] == [budget.PARTITION_KEY, budget.SORT_KEY]
     settings = Settings.from_env({name: str(value) for name, value in env.items()})

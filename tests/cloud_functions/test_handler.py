@@ -1,0 +1,594 @@
+"""The Lambda handler end to end: API Gateway REST proxy events (tests/events/) -> lambda_handler, with the
+template's tables in moto and the real tiny teacher. Budgets are read back from the table itself."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from cloud_functions.backends import BackendError, BedrockBackend, Inference, LiteRTBackend
+from cloud_functions.budget import BudgetLedger
+from cloud_functions.model_store import ModelStore
+from cloud_functions.settings import Settings
+from modelpack.classifier import Classifier
+
+from .conftest import Aws, FakeClock
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+REPO = Path(__file__).resolve().parents[2]
+TENANT = "k1acme0001"  # requestContext.identity.apiKeyId of the recorded events
+KEY = "edge-7f3c2a10-0001"  # their Idempotency-Key
+TEXTS = ["what is my account balance", "set a timer for five minutes"]  # the recorded infer body
+LABELS = ("balance", "greeting", "timer", "weather", "oos")
+LIMIT = 20
+
+
+@dataclass
+class FakeContext:
+    """The parts of a LambdaContext that Powertools and the handler read."""
+
+    aws_request_id: str = "8f5e1a9c-3b2d-4c1e-9f00-000000000001"
+    function_name: str = "test-inference"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test-inference"
+    log_group_name: str = "/aws/lambda/test-inference"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+    raw_body: str
+
+
+def event(name: str, *, body: Any = ..., headers: dict[str, str | None] | None = None,
+          api_key_id: str | None = TENANT) -> dict[str, Any]:
+    """A recorded event, changed where asked. `body` may be a JSON-able value or raw text (bytes: base64)."""
+    recorded: dict[str, Any] = json.loads((EVENTS / f"{name}.json").read_text())
+    changed = copy.deepcopy(recorded)
+    if body is not ...:
+        if isinstance(body, bytes):
+            changed["body"], changed["isBase64Encoded"] = base64.b64encode(body).decode(), True
+        else:
+            changed["body"] = body if isinstance(body, str) or body is None else json.dumps(body)
+    for header, value in (headers or {}).items():
+        for table in (changed["headers"], changed["multiValueHeaders"]):
+            table.pop(header, None)
+            if value is not None:
+                table[header] = value if table is changed["headers"] else [value]
+    if api_key_id is None:
+        del changed["requestContext"]["identity"]["apiKeyId"]
+    else:
+        changed["requestContext"]["identity"]["apiKeyId"] = api_key_id
+    return changed
+
+
+@pytest.fixture
+def handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "EdgeCloudInferenceTest")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "inference")
+    from cloud_functions import handler as module
+
+    # Powertools reads the namespace when the module is first imported, maybe by another test module.
+    monkeypatch.setattr(module.metrics.provider, "namespace", "EdgeCloudInferenceTest")
+    module.use_runtime(None)
+    yield module
+    module.use_runtime(None)
+
+
+@pytest.fixture
+def env(aws: Aws, tiny_artifact: Path, tmp_path: Path) -> dict[str, str]:
+    return {
+        "BUDGET_TABLE": aws.budget_table,
+        "IDEMPOTENCY_TABLE": aws.idempotency_table,
+        "DEFAULT_DAILY_BUDGET": str(LIMIT),
+        "COST_PER_REQUEST": "1",
+        "COST_PER_TEXT": "1",
+        "MAX_TEXTS_PER_CALL": "4",
+        "MAX_CHARS_PER_TEXT": "64",
+        "MODEL_URI": str(tiny_artifact),
+        "MODEL_CACHE_DIR": str(tmp_path / "models"),
+    }
+
+
+@pytest.fixture(scope="session")
+def teacher(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> LiteRTBackend:
+    """The tiny teacher loaded once (a backend holds no state between calls)."""
+    return LiteRTBackend.load(ModelStore(str(tiny_artifact), cache_dir=tmp_path_factory.mktemp("c")).fetch())
+
+
+Install = Callable[..., None]
+
+
+@pytest.fixture
+def install(handler: ModuleType, aws: Aws, clock: FakeClock, env: dict[str, str]) -> Install:
+    def install(*, backend: Any = None, **overrides: str) -> None:
+        settings = Settings.from_env({**env, **overrides})
+        handler.use_runtime(
+            handler.build_runtime(settings, dynamodb_client=aws.dynamodb, clock=clock, backend=backend)
+        )
+
+    return install
+
+
+Invoke = Callable[..., Reply]
+
+
+@pytest.fixture
+def invoke(handler: ModuleType) -> Invoke:
+    def invoke(request: dict[str, Any], *, request_id: str = FakeContext.aws_request_id) -> Reply:
+        response = handler.lambda_handler(request, FakeContext(aws_request_id=request_id))
+        headers = {name: values[-1] for name, values in (response.get("multiValueHeaders") or {}).items()}
+        headers.update(response.get("headers") or {})
+        return Reply(response["statusCode"], headers, json.loads(response["body"]), response["body"])
+
+    return invoke
+
+
+@pytest.fixture
+def ledger(aws: Aws, clock: FakeClock) -> BudgetLedger:
+    return BudgetLedger(aws.budget_table, dynamodb_client=aws.dynamodb, default_limit=LIMIT, clock=clock)
+
+
+def _charge(aws: Aws, tenant: str, key: str) -> dict[str, str] | None:
+    item = aws.dynamodb.get_item(
+        TableName=aws.budget_table, Key={"tenant_id": {"S": tenant}, "sk": {"S": f"charge#{key}"}}
+    ).get("Item")
+    return None if item is None else {name: next(iter(value.values())) for name, value in item.items()}
+
+
+# --------------------------------------------------------------------------- success
+
+
+def test_an_inference_is_answered_by_the_teacher_charged_and_reported(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, tiny_artifact: Path, aws: Aws
+) -> None:
+    install()  # the model is loaded from MODEL_URI by the first request, as in Lambda
+
+    reply = invoke(event("infer"))
+
+    assert reply.status == 200, reply.body
+    assert reply.headers["Content-Type"] == "application/json"
+    expected = Classifier.from_folder(tiny_artifact, "cloud").predict(TEXTS)
+    assert [r["label"] for r in reply.body["results"]] == [p.label for p in expected]
+    assert [r["confidence"] for r in reply.body["results"]] == pytest.approx([p.confidence for p in expected])
+    for result in reply.body["results"]:
+        assert [t["confidence"] for t in result["top_k"]] == sorted(
+            (t["confidence"] for t in result["top_k"]), reverse=True
+        )
+        assert len(result["top_k"]) == 3 and result["top_k"][0]["label"] == result["label"]
+    assert reply.body["model_version"] == "tiny-1"
+    assert reply.body["cost"] == 1 + 2  # per request + per text
+    assert reply.body["budget"] == {
+        "remaining": LIMIT - 3,
+        "limit": LIMIT,
+        "period": "2026-03-14",
+        "resets_at": "2026-03-15T00:00:00+00:00",
+    }
+    assert reply.body["request_id"] == "edge-req-42"
+    assert ledger.status(TENANT).spent == 3
+    assert _charge(aws, TENANT, KEY) is not None  # charged under the client's key
+
+
+def test_without_a_request_id_the_api_gateway_request_id_is_echoed(
+    install: Install, invoke: Invoke, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+
+    reply = invoke(event("infer", body={"texts": ["hello there"]}))
+
+    assert reply.status == 200
+    assert reply.body["request_id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    assert "usage" not in reply.body  # the packaged model is not metered per call
+
+
+def test_the_budget_route_reports_the_callers_budget(
+    install: Install, invoke: Invoke, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+    assert invoke(event("infer")).status == 200
+
+    reply = invoke(event("budget"))
+
+    assert reply.status == 200
+    assert reply.body == {
+        "tenant": TENANT, "period": "2026-03-14", "limit": LIMIT, "remaining": LIMIT - 3, "spent": 3,
+        "resets_at": "2026-03-15T00:00:00+00:00",
+    }
+    assert invoke(event("budget", api_key_id="k2other0002")).body["remaining"] == LIMIT
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+LONG = "x" * 65
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ("{not json", "INVALID_JSON", None),
+        ("", "INVALID_JSON", None),
+        ([1, 2], "INVALID_JSON", None),
+        ({}, "INVALID_REQUEST", "texts"),
+        ({"texts": []}, "INVALID_REQUEST", "texts"),
+        ({"texts": "hello"}, "INVALID_REQUEST", "texts"),
+        ({"texts": ["ok", 7]}, "INVALID_REQUEST", "texts[1]"),
+        ({"texts": ["ok", "   "]}, "INVALID_REQUEST", "texts[1]"),
+        ({"texts": ["a", "b", "c", "d", "e"]}, "TOO_MANY_TEXTS", "texts"),
+        ({"texts": ["ok", LONG]}, "TEXT_TOO_LONG", "texts[1]"),
+        ({"texts": ["ok"], "edge": []}, "INVALID_REQUEST", "edge"),
+        ({"texts": ["ok"], "edge": [{"label": "timer", "confidence": 1.5}]}, "INVALID_REQUEST", "edge[0]"),
+        ({"texts": ["ok"], "edge": [{"label": "timer", "confidence": True}]}, "INVALID_REQUEST", "edge[0]"),
+        ({"texts": ["ok"], "request_id": 42}, "INVALID_REQUEST", "request_id"),
+        ({"texts": ["ok"], "tenant": "someone-else"}, "INVALID_REQUEST", "tenant"),
+        (b"\xff\xfe not utf-8", "INVALID_JSON", None),
+    ],
+    ids=[
+        "not-json", "empty-body", "not-an-object", "no-texts", "empty-texts", "texts-not-a-list",
+        "text-not-a-string", "blank-text", "too-many-texts", "text-too-long", "edge-wrong-length",
+        "edge-confidence-out-of-range", "edge-confidence-bool", "request-id-not-a-string",
+        "tenant-in-the-body", "binary-body",
+    ],
+)
+def test_bad_requests_are_400_with_a_stable_code_and_cost_nothing(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend,
+    body: Any, code: str, field: str | None,
+) -> None:
+    install(backend=teacher)
+
+    reply = invoke(event("infer", body=body))
+
+    assert reply.status == 400
+    assert reply.body["error"]["code"] == code
+    assert reply.body["error"].get("field") == field
+    assert "Traceback" not in reply.raw_body
+    assert ledger.status(TENANT).spent == 0
+
+
+def test_a_bad_idempotency_key_is_400(install: Install, invoke: Invoke, teacher: LiteRTBackend) -> None:
+    install(backend=teacher)
+
+    reply = invoke(event("infer", headers={"Idempotency-Key": "has spaces in it"}))
+
+    assert (reply.status, reply.body["error"]["code"]) == (400, "INVALID_IDEMPOTENCY_KEY")
+
+
+def test_an_unknown_route_is_a_json_404(install: Install, invoke: Invoke, teacher: LiteRTBackend) -> None:
+    install(backend=teacher)
+    request = event("budget")
+    request["path"] = request["resource"] = "/v1/models"
+
+    reply = invoke(request)
+
+    assert (reply.status, reply.body["error"]["code"]) == (404, "NOT_FOUND")
+
+
+# --------------------------------------------------------------------------- tenants and budgets
+
+
+def test_a_request_without_an_api_key_identity_is_an_unknown_tenant(
+    install: Install, invoke: Invoke, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+
+    for name in ("infer", "budget"):
+        reply = invoke(event(name, api_key_id=None))
+        assert (reply.status, reply.body["error"]["code"]) == (403, "UNKNOWN_TENANT")
+
+
+def test_an_exhausted_budget_refuses_a_whole_batch_it_cannot_cover(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher, DEFAULT_DAILY_BUDGET="5")
+    assert invoke(event("infer", headers={"Idempotency-Key": "first"})).status == 200  # 3 units, 2 left
+
+    # Mid-batch: 3 texts cost 4 > 2 left. Nothing is taken, no text is answered.
+    refused = invoke(event("infer", body={"texts": ["a", "b", "c"]}, headers={"Idempotency-Key": "second"}))
+
+    assert refused.status == 429
+    assert refused.body["error"]["code"] == "BUDGET_EXHAUSTED"
+    assert refused.body["error"]["resets_at"] == "2026-03-15T00:00:00+00:00"
+    assert refused.body["error"]["requested"] == 4
+    assert refused.headers["Retry-After"] == str(12 * 3600)  # noon -> midnight UTC
+    assert ledger.status(TENANT).remaining == 2
+
+    # What is left still buys a smaller call, to the last unit.
+    last = invoke(event("infer", body={"texts": ["hello"]}, headers={"Idempotency-Key": "third"}))
+    assert (last.status, last.body["budget"]["remaining"]) == (200, 0)
+
+
+def test_tenants_spend_their_own_budgets(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+    ledger.set_limit("k2other0002", 3)
+
+    assert invoke(event("infer", api_key_id="k2other0002")).status == 200
+    assert invoke(event("infer", api_key_id="k2other0002", headers={"Idempotency-Key": "k2"})).status == 429
+
+    assert ledger.status(TENANT).spent == 0 and ledger.status("k2other0002").spent == 3
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def test_a_replayed_key_gets_the_same_response_and_is_charged_once(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws
+) -> None:
+    install(backend=teacher)
+
+    first = invoke(event("infer"), request_id="lambda-1")
+    again = invoke(event("infer"), request_id="lambda-2")
+
+    assert (first.status, again.status) == (200, 200)
+    assert again.raw_body == first.raw_body
+    assert ledger.status(TENANT).spent == 3
+    records = aws.dynamodb.scan(TableName=aws.idempotency_table)["Items"]
+    assert [r["status"]["S"] for r in records] == ["COMPLETED"]
+
+
+def test_a_replay_from_a_cold_container_is_served_from_the_table(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+    first = invoke(event("infer"))
+    install(backend=teacher)  # a new execution environment: empty local cache
+
+    again = invoke(event("infer"))
+
+    assert again.raw_body == first.raw_body and ledger.status(TENANT).spent == 3
+
+
+def test_a_key_reused_for_other_texts_is_a_conflict_and_costs_nothing(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+    assert invoke(event("infer")).status == 200
+
+    reply = invoke(event("infer", body={"texts": ["something else entirely"]}))
+
+    assert (reply.status, reply.body["error"]["code"]) == (409, "IDEMPOTENCY_KEY_REUSED")
+    assert ledger.status(TENANT).spent == 3
+
+
+def test_the_same_key_from_another_tenant_is_another_request(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    install(backend=teacher)
+
+    mine = invoke(event("infer"))
+    theirs = invoke(event("infer", api_key_id="k2other0002"))
+
+    assert (mine.status, theirs.status) == (200, 200)
+    assert ledger.status(TENANT).spent == 3 and ledger.status("k2other0002").spent == 3
+
+
+def test_without_the_header_each_invocation_is_charged_under_its_lambda_request_id(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws
+) -> None:
+    install(backend=teacher)
+    request = event("infer", headers={"Idempotency-Key": None})
+
+    assert invoke(request, request_id="lambda-1").status == 200
+    assert invoke(request, request_id="lambda-1").status == 200  # the same invocation retried
+    assert invoke(request, request_id="lambda-2").status == 200  # a new call
+
+    assert ledger.status(TENANT).spent == 6
+    assert _charge(aws, TENANT, "lambda-1") is not None and _charge(aws, TENANT, "lambda-2") is not None
+    assert aws.dynamodb.scan(TableName=aws.idempotency_table)["Items"] == []  # nothing cached
+
+
+def test_a_request_arriving_while_its_key_is_in_flight_is_told_to_retry(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    inner: list[Reply] = []
+
+    class _RetriedMidFlight:
+        """Answers like the teacher, but first lets the same request (same key) arrive again."""
+
+        model_version, labels = teacher.model_version, teacher.labels
+
+        def infer(self, texts: Any) -> Inference:
+            inner.append(invoke(event("infer"), request_id="lambda-retry"))
+            return teacher.infer(texts)
+
+    install(backend=_RetriedMidFlight())
+
+    outer = invoke(event("infer"), request_id="lambda-first")
+
+    assert outer.status == 200
+    (retry,) = inner
+    assert (retry.status, retry.body["error"]["code"]) == (409, "IDEMPOTENCY_IN_PROGRESS")
+    assert retry.headers["Retry-After"] == "1"
+    assert ledger.status(TENANT).spent == 3
+
+
+def test_after_the_idempotency_record_expires_the_ledger_still_charges_a_key_once(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws
+) -> None:
+    install(backend=teacher)
+    first = invoke(event("infer"))
+    for record in aws.dynamodb.scan(TableName=aws.idempotency_table)["Items"]:  # as if its TTL had passed
+        aws.dynamodb.delete_item(TableName=aws.idempotency_table, Key={"id": record["id"]})
+    install(backend=teacher)
+
+    again = invoke(event("infer"))
+
+    assert again.status == 200 and again.body["results"] == first.body["results"]
+    assert ledger.status(TENANT).spent == 3  # the charge record under the key was found: no second charge
+
+
+def test_free_calls_write_nothing_to_the_budget(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws
+) -> None:
+    install(backend=teacher, COST_PER_REQUEST="0", COST_PER_TEXT="0")
+
+    reply = invoke(event("infer"))
+
+    assert reply.status == 200 and reply.body["cost"] == 0
+    assert reply.body["budget"]["remaining"] == LIMIT
+    assert _charge(aws, TENANT, KEY) is None
+
+
+def test_a_bedrock_backend_reports_its_token_usage(
+    install: Install, invoke: Invoke, ledger: BudgetLedger
+) -> None:
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    backend = BedrockBackend(client, model_id="amazon.nova-micro-v1:0", labels=LABELS, oos_label="oos",
+                             input_usd_per_mtok=Decimal("0.035"), output_usd_per_mtok=Decimal("0.14"))
+    answer = {"answers": [{"label": "balance", "confidence": 0.95}, {"label": "timer", "confidence": 0.9}]}
+    with Stubber(client) as stubber:
+        stubber.add_response(
+            "converse",
+            {"output": {"message": {"role": "assistant", "content": [{"text": json.dumps(answer)}]}},
+             "stopReason": "end_turn", "usage": {"inputTokens": 200, "outputTokens": 30, "totalTokens": 230},
+             "metrics": {"latencyMs": 300}},
+            {"modelId": "amazon.nova-micro-v1:0", "system": ANY, "messages": ANY, "inferenceConfig": ANY},
+        )
+        install(backend=backend)
+
+        reply = invoke(event("infer"))
+
+    assert reply.status == 200
+    assert [r["label"] for r in reply.body["results"]] == ["balance", "timer"]
+    assert reply.body["model_version"] == "bedrock:amazon.nova-micro-v1:0"
+    assert reply.body["usage"] == {"input_tokens": 200, "output_tokens": 30, "cost_usd": "0.0000112"}
+    assert ledger.status(TENANT).spent == 3  # budget units are the configured price, not the tokens
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class _BrokenBackend:
+    model_version = "broken-1"
+    labels = ("balance", "oos")
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def infer(self, texts: Any) -> Inference:
+        self.calls += 1
+        raise self.error
+
+
+def test_a_model_failure_refunds_the_charge(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, aws: Aws, teacher: LiteRTBackend
+) -> None:
+    broken = _BrokenBackend(BackendError("interpreter exploded"))
+    install(backend=broken)
+
+    reply = invoke(event("infer"))
+
+    assert (reply.status, reply.body["error"]["code"]) == (503, "MODEL_UNAVAILABLE")
+    assert "exploded" not in reply.raw_body
+    assert broken.calls == 1
+    assert ledger.status(TENANT).spent == 0 and ledger.status(TENANT).remaining == LIMIT
+    assert _charge(aws, TENANT, KEY)["state"] == "refunded"  # type: ignore[index]
+
+    # The failed call was not cached: a retry with the same key runs, and is charged, once.
+    install(backend=teacher)
+    assert invoke(event("infer")).status == 200
+    assert ledger.status(TENANT).spent == 3
+
+
+def test_an_unexpected_error_is_a_bare_500_and_still_refunds(
+    install: Install, invoke: Invoke, ledger: BudgetLedger
+) -> None:
+    install(backend=_BrokenBackend(KeyError("secret internals")))
+
+    reply = invoke(event("infer"))
+
+    assert reply.status == 500
+    assert reply.body == {"error": {"code": "INTERNAL_ERROR", "message": "internal error"}}
+    assert ledger.status(TENANT).spent == 0
+
+
+def test_a_model_that_cannot_load_costs_nothing(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, tmp_path: Path
+) -> None:
+    install(MODEL_URI=str(tmp_path / "no-model-here"))
+
+    reply = invoke(event("infer"))
+
+    assert (reply.status, reply.body["error"]["code"]) == (503, "MODEL_UNAVAILABLE")
+    assert str(tmp_path) not in reply.raw_body
+    assert ledger.status(TENANT).spent == 0
+    assert invoke(event("budget")).status == 200  # the budget route needs no model
+
+
+# --------------------------------------------------------------------------- wiring and observability
+
+
+def test_the_first_invocation_builds_everything_from_the_environment(
+    handler: ModuleType, invoke: Invoke, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    handler.use_runtime(None)
+
+    reply = invoke(event("infer"))
+
+    assert reply.status == 200 and reply.body["model_version"] == "tiny-1"
+    assert reply.body["budget"]["remaining"] == LIMIT - 3  # today by the real clock, in the moto table
+    assert handler.runtime().service.ledger.status(TENANT).spent == 3
+
+
+def test_a_misconfigured_deployment_answers_500_naming_no_secrets(
+    handler: ModuleType, invoke: Invoke, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("BUDGET_TABLE")
+
+    reply = invoke(event("infer"))
+
+    assert (reply.status, reply.body["error"]["code"]) == (500, "CONFIGURATION_ERROR")
+    assert reply.body["error"]["key"] == "BUDGET_TABLE"
+
+
+def test_importing_the_handler_reads_no_settings_and_loads_nothing() -> None:
+    code = (
+        "import sys, cloud_functions.handler as h; "
+        "assert h._runtime is None; "
+        "assert 'modelpack.classifier' not in sys.modules and 'ai_edge_litert' not in sys.modules"
+    )
+    clean_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "AWS_DEFAULT_REGION": "us-east-1"}
+
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean_env, check=True, timeout=60)
+
+
+def test_metrics_go_out_as_embedded_metric_format(
+    install: Install, invoke: Invoke, teacher: LiteRTBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install(backend=teacher)
+    capsys.readouterr()
+
+    invoke(event("infer"))
+
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    metrics = {name: blob[name] for blob in blobs for name in blob if not name.startswith("_")}
+    namespaces = {blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] for blob in blobs}
+    assert namespaces == {"EdgeCloudInferenceTest"}
+    assert metrics["UnitsCharged"] == [3.0] and metrics["TextsInferred"] == [2.0]
+    assert metrics["EdgeCompared"] == [2.0] and metrics["Requests"] == [1.0]
