@@ -1,0 +1,253 @@
+"""The HTTP API (Starlette). Handlers only decode, call the service, encode. `Api.endpoint` times each one
+and maps every `EdgeError` it raises, and the app's handlers map 404/405/500; all through `_error_response`,
+the one place an error becomes a `{"error": {"code", "message"}}` body."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import metadata
+from time import perf_counter
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edge_container import oip
+from edge_container.errors import (
+    AdminDisabled,
+    BadRequest,
+    EdgeError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    NotReady,
+    Unauthorized,
+)
+from edge_container.openapi import openapi_document
+from edge_container.schemas import json_object, one_or_many, parse_predict, prediction_json, read_json
+from edge_container.settings import Settings
+from edge_container.wiring import EdgeStack
+
+log = logging.getLogger("edge_container.app")
+Handler = Callable[[Request], Awaitable[tuple[Response, str]]]
+_TEXT = frozenset({"text"})
+_TEXTS = frozenset({"texts"})
+
+
+def _error_response(exc: EdgeError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def _version() -> str:
+    try:
+        return metadata.version("edge-cloud-inference")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+class Api:
+    def __init__(self, stack: EdgeStack) -> None:
+        self.stack, self.settings, self.service = stack, stack.settings, stack.service
+        self.metrics = stack.metrics
+
+    def endpoint(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        errors, family = self.metrics.errors, self.metrics.request_seconds
+        latency: dict[str, Any] = {}  # children bound once per source: .labels() takes a lock per call
+
+        async def run(request: Request) -> Response:
+            start = perf_counter()
+            try:
+                response, source = await handler(request)
+            except EdgeError as exc:
+                errors.labels(name, exc.code).inc()
+                return _error_response(exc)
+            except Exception:  # a bug: logged with its traceback; the client gets a bare 500, the connection lives
+                log.exception("unhandled error in %s", name)
+                errors.labels(name, EdgeError.code).inc()
+                return _error_response(EdgeError("internal error"))
+            child = latency.get(source) or latency.setdefault(source, family.labels(name, source))
+            child.observe(perf_counter() - start)
+            return response
+
+        return run
+
+    # --- native API -------------------------------------------------------------------------------------
+    async def predict(self, request: Request) -> tuple[Response, str]:
+        req = parse_predict(await read_json(request, self.settings.max_body_bytes), self.settings)
+        prediction = await self.service.predict(req.texts, route=req.route, deadline_ms=req.deadline_ms,
+                                                request_id=req.request_id)
+        sources = {r.source for r in prediction.results}
+        return (JSONResponse(prediction_json(prediction, self.service.policy.name),
+                             headers={"x-request-id": prediction.request_id}),
+                sources.pop() if len(sources) == 1 else "mixed")
+
+    # --- compatibility with the Flask edge/cloud tutorial --------------------------------------------------
+    async def health(self, request: Request) -> tuple[Response, str]:
+        return JSONResponse({"status": "healthy"}), "none"
+
+    async def compat_predict(self, request: Request) -> tuple[Response, str]:
+        body = json_object(await read_json(request, self.settings.max_body_bytes), _TEXT)
+        rows = await self.service.edge(one_or_many(body, self.settings))
+        probs = rows.probs[0]
+        return JSONResponse({"confidence": probs.tolist(), "label": rows.model.labels[int(probs.argmax())]}), "edge"
+
+    async def compat_joint(self, request: Request) -> tuple[Response, str]:
+        body = json_object(await read_json(request, self.settings.max_body_bytes), _TEXT)
+        result = (await self.service.predict(one_or_many(body, self.settings))).results[0]
+        source = "cloud" if result.source == "cloud" else "edge"
+        return JSONResponse({"source": source, "label": result.label, "confidence": result.confidence,
+                             "reason": result.reason}), result.source
+
+    async def compat_batch(self, request: Request) -> tuple[Response, str]:
+        body = json_object(await read_json(request, self.settings.max_body_bytes), _TEXTS)
+        rows = await self.service.edge(one_or_many(body, self.settings))
+        return JSONResponse({"confidences": rows.probs.tolist(),
+                             "labels": [rows.model.labels[i] for i in rows.probs.argmax(axis=1).tolist()]}), "edge"
+
+    # --- Open Inference Protocol v2 -------------------------------------------------------------------------
+    async def v2_server(self, request: Request) -> tuple[Response, str]:
+        return JSONResponse({"name": "edge_container", "version": _version(), "extensions": []}), "none"
+
+    async def v2_live(self, request: Request) -> tuple[Response, str]:
+        return JSONResponse({"live": True}), "none"
+
+    async def v2_ready(self, request: Request) -> tuple[Response, str]:
+        return self._readiness({"ready": True}, {"ready": False}), "none"
+
+    def _model_named(self, request: Request) -> None:
+        name = request.path_params["name"]
+        if name != self.settings.model_name:
+            raise ModelNotFound(f"no model named {name!r}; this server serves {self.settings.model_name!r}")
+
+    async def v2_model(self, request: Request) -> tuple[Response, str]:
+        self._model_named(request)
+        return JSONResponse(oip.model_metadata(self.settings.model_name, self.stack.models.current)), "none"
+
+    async def v2_model_ready(self, request: Request) -> tuple[Response, str]:
+        self._model_named(request)
+        name = self.settings.model_name
+        return self._readiness({"name": name, "ready": True}, {"name": name, "ready": False}), "none"
+
+    async def v2_infer(self, request: Request) -> tuple[Response, str]:
+        self._model_named(request)
+        texts, wanted, request_id = oip.parse_infer(await read_json(request, self.settings.max_body_bytes),
+                                                    self.settings)
+        rows = await self.service.edge(texts)
+        return JSONResponse(oip.infer_response(self.settings.model_name, rows.model, rows.probs, wanted,
+                                               request_id)), "edge"
+
+    # --- operations -----------------------------------------------------------------------------------------
+    async def healthz(self, request: Request) -> tuple[Response, str]:
+        return JSONResponse({"status": "ok"}), "none"
+
+    async def readyz(self, request: Request) -> tuple[Response, str]:
+        ready = {"status": "ready", "model_version": self.stack.models.current.version} if self.stack.ready else {}
+        return self._readiness(ready, {"status": "not_ready"}), "none"
+
+    def _readiness(self, ready: dict[str, Any], not_ready: dict[str, Any]) -> Response:
+        if self.stack.ready:
+            return JSONResponse(ready)
+        err = NotReady("the model is not loaded and warmed up yet")
+        return JSONResponse({**not_ready, **err.body()}, status_code=err.status, headers=err.headers())
+
+    async def metrics_text(self, request: Request) -> tuple[Response, str]:
+        return Response(self.metrics.exposition(), media_type=self.metrics.content_type), "none"
+
+    async def openapi(self, request: Request) -> tuple[Response, str]:
+        return JSONResponse(openapi_document(_version())), "none"
+
+    # --- admin ----------------------------------------------------------------------------------------------
+    def _authorise(self, request: Request) -> None:
+        token = self.settings.admin_token
+        if token is None:
+            raise AdminDisabled("admin endpoints are disabled: set EDGE_ADMIN_TOKEN")
+        given = request.headers.get("x-admin-token", "")
+        if not given and request.headers.get("authorization", "").startswith("Bearer "):
+            given = request.headers["authorization"][7:]
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("missing or wrong admin token (x-admin-token or Authorization: Bearer)")
+
+    async def admin_model(self, request: Request) -> tuple[Response, str]:
+        self._authorise(request)
+        return JSONResponse(self._status()), "none"
+
+    async def admin_reload(self, request: Request) -> tuple[Response, str]:
+        self._authorise(request)
+        raw = await read_json(request, self.settings.max_body_bytes, empty=None)
+        source = json_object(raw or {}, frozenset({"source"})).get("source", "folder")
+        if source not in ("folder", "s3"):
+            raise BadRequest("source must be 'folder' or 's3'")
+        await self.stack.reloader.reload(source)
+        return JSONResponse(self._status()), "none"
+
+    async def admin_rollback(self, request: Request) -> tuple[Response, str]:
+        self._authorise(request)
+        await self.stack.models.rollback()
+        return JSONResponse(self._status()), "none"
+
+    def _status(self) -> dict[str, Any]:
+        circuit = self.service.cloud.breaker.state if self.service.cloud else "disabled"
+        budget_until = self.service.budget.blocked_until
+        return {**self.stack.models.status(), "policy": self.service.policy.describe(), "circuit": circuit,
+                "budget_blocked_until": budget_until.isoformat() if budget_until else None}
+
+
+def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = None) -> Starlette:
+    """The ASGI app. Nothing is loaded here: the lifespan loads and warms the model before serving."""
+    stack = stack or EdgeStack.create(settings or Settings.from_env())
+    api = Api(stack)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await stack.start()
+        try:
+            yield
+        finally:
+            await stack.stop()
+
+    def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
+        return Route(path, api.endpoint(name, handler), methods=[method], name=name)
+
+    routes = [
+        route("/v1/predict", "predict", api.predict, "POST"),
+        route("/health", "health", api.health),
+        route("/predict", "compat_predict", api.compat_predict, "POST"),
+        route("/joint_predict", "compat_joint_predict", api.compat_joint, "POST"),
+        route("/batch_predict", "compat_batch_predict", api.compat_batch, "POST"),
+        route("/v2", "v2_server", api.v2_server),
+        route("/v2/health/live", "v2_live", api.v2_live),
+        route("/v2/health/ready", "v2_ready", api.v2_ready),
+        route("/v2/models/{name}", "v2_model", api.v2_model),
+        route("/v2/models/{name}/ready", "v2_model_ready", api.v2_model_ready),
+        route("/v2/models/{name}/infer", "v2_infer", api.v2_infer, "POST"),
+        route("/healthz", "healthz", api.healthz),
+        route("/readyz", "readyz", api.readyz),
+        route("/metrics", "metrics", api.metrics_text),
+        route("/openapi.json", "openapi", api.openapi),
+        route("/admin/model", "admin_model", api.admin_model),
+        route("/admin/reload", "admin_reload", api.admin_reload, "POST"),
+        route("/admin/rollback", "admin_rollback", api.admin_rollback, "POST"),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: EdgeError = {404: NotFound, 405: MethodNotAllowed}.get(exc.status_code, BadRequest)(
+            f"{request.method} {request.url.path}: {exc.detail}")
+        stack.metrics.errors.labels("unmatched", error.code).inc()
+        return _error_response(error)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        stack.metrics.errors.labels("unmatched", EdgeError.code).inc()
+        return _error_response(EdgeError("internal error"))
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app.state.stack = stack
+    return app

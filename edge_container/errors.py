@@ -1,0 +1,155 @@
+"""Typed errors of the edge service.
+
+`EdgeError` subclasses are what a client can see: each names its HTTP status and a stable `code`, and
+`app.py` maps them to `{"error": {"code", "message"}}` responses in one place. `CloudFailure` subclasses
+never reach a client: the service turns them into an edge fallback whose `reason` is the subclass's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+
+class EdgeError(Exception):
+    """Base class. `status` and `code` are part of the API contract: never change a published code."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class ConfigurationError(EdgeError):
+    """A bad or missing EDGE_* value; `key` names it. Raised at start-up, before anything is served."""
+
+    code = "CONFIGURATION_ERROR"
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message, key=key)
+        self.key = key
+
+
+class BadRequest(EdgeError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class InvalidJson(BadRequest):
+    code = "INVALID_JSON"
+
+
+class EmptyText(BadRequest):
+    code = "EMPTY_TEXT"
+
+
+class TextTooLong(BadRequest):
+    code = "TEXT_TOO_LONG"
+
+
+class TooManyTexts(BadRequest):
+    code = "TOO_MANY_TEXTS"
+
+
+class PayloadTooLarge(EdgeError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class Unauthorized(EdgeError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class AdminDisabled(EdgeError):
+    status = 403
+    code = "ADMIN_DISABLED"
+
+
+class NotFound(EdgeError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class ModelNotFound(NotFound):
+    code = "MODEL_NOT_FOUND"
+
+
+class MethodNotAllowed(EdgeError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class ReloadRefused(EdgeError):
+    """The new artifact failed verification (manifest, checksum, load or smoke inference); the old one serves."""
+
+    status = 409
+    code = "RELOAD_REFUSED"
+
+
+class NothingToRollBack(EdgeError):
+    status = 409
+    code = "NO_PREVIOUS_MODEL"
+
+
+class Overloaded(EdgeError):
+    """The batch queue is full: shed load now rather than answer late."""
+
+    status = 503
+    code = "OVERLOADED"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class NotReady(Overloaded):
+    code = "NOT_READY"
+
+
+class CloudFailure(Exception):
+    """The cloud did not answer an escalation; `reason` is what the fallback result reports."""
+
+    reason: ClassVar[str] = "cloud_error"
+
+
+class CloudError(CloudFailure):
+    """5xx, connection refused or reset, an unexpected 4xx or a response that breaks the contract."""
+
+
+class CloudTimeout(CloudFailure):
+    reason = "cloud_timeout"
+
+
+class DeadlineExceeded(CloudFailure):
+    """The request's own deadline left no (or no more) time for the cloud."""
+
+    reason = "deadline"
+
+
+class CircuitOpen(CloudFailure):
+    reason = "circuit_open"
+
+
+class CloudDisabled(CloudFailure):
+    reason = "cloud_disabled"
+
+
+class BudgetExhausted(CloudFailure):
+    reason = "budget_exhausted"
+
+    def __init__(self, message: str, *, resets_at: datetime | None) -> None:
+        super().__init__(message)
+        self.resets_at = resets_at

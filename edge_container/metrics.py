@@ -1,0 +1,54 @@
+"""Prometheus metrics of one app instance, in a registry of its own (two apps in one process never clash)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.request_seconds = Histogram(
+            "edge_request_duration_seconds", "Request latency by endpoint and answer source",
+            ["endpoint", "source"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("edge_http_errors_total", "Error responses by endpoint and code",
+                              ["endpoint", "code"], registry=r)
+        self.stage_seconds = Histogram("edge_stage_duration_seconds", "Time spent per stage",
+                                       ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.batch_size = Histogram("edge_batch_size", "Texts per model batch", buckets=_BATCH_BUCKETS, registry=r)
+        self.texts = Counter("edge_texts_total", "Texts answered by source", ["source"], registry=r)
+        self.escalations = Counter("edge_escalations_total", "Texts sent to the cloud by routing reason",
+                                   ["reason"], registry=r)
+        self.fallbacks = Counter("edge_fallbacks_total", "Escalated texts answered by the edge, by reason",
+                                 ["reason"], registry=r)
+        self.cloud_errors = Counter("edge_cloud_errors_total", "Failed cloud attempts by kind", ["kind"], registry=r)
+        self.cloud_calls = Counter("edge_cloud_calls_total", "Cloud calls by outcome", ["outcome"], registry=r)
+        self.circuit = Enum("edge_cloud_circuit_state", "Circuit breaker state towards the cloud",
+                            states=["closed", "open", "half_open"], registry=r)
+        self.budget_remaining = Gauge("edge_cloud_budget_remaining", "Budget units left, as last reported",
+                                      registry=r)
+        self.budget_limit = Gauge("edge_cloud_budget_limit", "Budget units per period, as last reported",
+                                  registry=r)
+        self.model_info = Info("edge_model", "The edge model version being served", registry=r)
+        self.model_loaded = Gauge("edge_model_loaded_timestamp_seconds", "When the served model was loaded",
+                                  registry=r)
+        self.reloads = Counter("edge_model_reloads_total", "Model load attempts by outcome", ["outcome"],
+                               registry=r)
+        self.queue_depth = Gauge("edge_queue_depth", "Requests waiting for an interpreter", registry=r)
+        # Pre-bound children for the per-request hot path (a .labels() lookup costs a lock and a dict).
+        self.stage = {s: self.stage_seconds.labels(s) for s in ("queue", "tokenize", "infer", "cloud")}
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

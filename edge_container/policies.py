@@ -1,0 +1,162 @@
+"""Routing policies: which edge answers go to the cloud. A small strategy, one class per rule, chosen by name.
+
+Scores come from `modelpack.scores`, the same functions the build used to choose the manifest's threshold:
+a score computed any other way would make that threshold meaningless. Every policy sees calibrated
+probabilities (the manifest's temperature is already applied) and the routing entry of the model version
+that produced them, so a hot reload brings its own threshold.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import ClassVar
+
+import numpy as np
+
+from edge_container.settings import Settings
+from modelpack.manifest import RoutingEntry
+from modelpack.scores import SCORES
+
+
+class Policy(ABC):
+    name: ClassVar[str]
+    escalate_reason: ClassVar[str] = "low_confidence"
+    keep_reason: ClassVar[str] = "confident"
+
+    @abstractmethod
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        """Boolean mask [n]: True sends that text to the cloud."""
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
+
+
+class ThresholdPolicy(Policy):
+    """The build's rule: escalate when the manifest's score is below the manifest's threshold."""
+
+    name = "threshold"
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        return SCORES[routing.score](probs) < routing.threshold
+
+
+class _FixedScorePolicy(Policy):
+    score: ClassVar[str]
+    default_threshold: ClassVar[float]
+
+    def __init__(self, threshold: float | None = None) -> None:
+        self.threshold = threshold
+
+    def threshold_for(self, routing: RoutingEntry) -> float:
+        # The manifest's threshold was calibrated for its own score only: reuse it when the scores agree.
+        if self.threshold is not None:
+            return self.threshold
+        return routing.threshold if routing.score == self.score else self.default_threshold
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        return SCORES[self.score](probs) < self.threshold_for(routing)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "score": self.score, "threshold": self.threshold}
+
+
+class MarginPolicy(_FixedScorePolicy):
+    """Top-1 minus top-2 probability: catches answers torn between two intents."""
+
+    name = "margin"
+    score = "margin"
+    default_threshold = 0.2
+
+
+class EntropyPolicy(_FixedScorePolicy):
+    """1 - normalised entropy: catches answers spread over many intents."""
+
+    name = "entropy"
+    score = "neg_entropy"
+    default_threshold = 0.5
+
+
+class AdaptivePolicy(Policy):
+    """Keeps the escalation rate near a target: escalate the scores below the target-quantile of the last
+    `window` scores. Unlike a fixed fraction of the mean score, a quantile holds the rate whatever the
+    shape of the score distribution, and it follows drift within one window. Until `min_samples` scores
+    are seen it uses the manifest's threshold. It ignores calibration: it trades accuracy for a cost cap.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, target_rate: float | None = None, *, window: int = 1000, min_samples: int = 50) -> None:
+        self.target_rate, self.min_samples = target_rate, min(min_samples, window)
+        self._window: deque[float] = deque(maxlen=window)
+
+    def rate_for(self, routing: RoutingEntry) -> float:
+        return routing.expected_escalation_rate if self.target_rate is None else self.target_rate
+
+    def current_threshold(self, routing: RoutingEntry) -> float:
+        if len(self._window) < self.min_samples:
+            return routing.threshold
+        return float(np.quantile(np.fromiter(self._window, float, len(self._window)), self.rate_for(routing)))
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        scores = SCORES[routing.score](probs)
+        threshold = self.current_threshold(routing)
+        self._window.extend(scores.tolist())
+        return scores < threshold
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "target_rate": self.target_rate, "window": self._window.maxlen,
+                "seen": len(self._window)}
+
+
+class RandomPolicy(Policy):
+    """Escalates a random share of traffic, whatever the score: an A/B baseline and a way to sample
+    cloud labels for monitoring the edge model."""
+
+    name = "random"
+    escalate_reason = "sampled"
+    keep_reason = "not_sampled"
+
+    def __init__(self, rate: float | None = None, *, rng: random.Random | None = None) -> None:
+        self.rate, self._rng = rate, rng or random.Random()
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        rate = routing.expected_escalation_rate if self.rate is None else self.rate
+        return np.array([self._rng.random() < rate for _ in range(len(probs))], dtype=bool)
+
+
+class EdgeOnlyPolicy(Policy):
+    name = "edge_only"
+    keep_reason = "forced_edge"
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        return np.zeros(len(probs), dtype=bool)
+
+
+class CloudOnlyPolicy(Policy):
+    name = "cloud_only"
+    escalate_reason = "forced_cloud"
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        return np.ones(len(probs), dtype=bool)
+
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (ThresholdPolicy, MarginPolicy, EntropyPolicy, AdaptivePolicy, RandomPolicy,
+                EdgeOnlyPolicy, CloudOnlyPolicy)
+}
+
+
+def make_policy(name: str, settings: Settings | None = None) -> Policy:
+    s = settings or Settings()
+    if name == "margin":
+        return MarginPolicy(s.margin_threshold)
+    if name == "entropy":
+        return EntropyPolicy(s.entropy_threshold)
+    if name == "adaptive":
+        return AdaptivePolicy(s.target_escalation_rate, window=s.adaptive_window)
+    if name == "random":
+        return RandomPolicy(s.target_escalation_rate)
+    return POLICIES[name]()

@@ -1,0 +1,213 @@
+"""The joint-inference service: edge model through the batcher, a routing policy, the cloud for the rest.
+
+Graceful degradation is the rule here: whatever the cloud does (slow, down, out of budget, circuit open,
+no time left), every text gets an answer; an escalation the cloud did not answer carries the edge's label
+with `source="edge_fallback"` and the reason. Only the edge's own failures (queue full, no model) fail a
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import numpy as np
+
+from edge_container.batcher import Batcher, BatchInfo
+from edge_container.cloud import Answer, CloudClient, CloudReply
+from edge_container.errors import BudgetExhausted, CloudDisabled, CloudFailure
+from edge_container.metrics import Metrics
+from edge_container.policies import Policy
+from edge_container.reload import ModelManager
+from edge_container.runtime import EdgeModel
+
+Route = Literal["auto", "edge", "cloud"]
+ROUTES: tuple[Route, ...] = ("auto", "edge", "cloud")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    label: str
+    confidence: float
+    source: Literal["edge", "cloud", "edge_fallback"]
+    reason: str
+    edge: Answer  # the edge model's own answer, whoever answered
+    edge_model_version: str
+    cloud_model_version: str | None = None
+    top_k: tuple[Answer, ...] = ()  # the cloud's, when it answered
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    request_id: str
+    results: tuple[Result, ...]
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRows:
+    """The batcher's answer for one request: its rows of calibrated probabilities, and who made them."""
+
+    model: EdgeModel
+    probs: np.ndarray
+
+    def answers(self) -> list[Answer]:
+        labels = self.model.labels
+        return [Answer(labels[i], float(p[i])) for i, p in zip(self.probs.argmax(axis=1).tolist(), self.probs)]
+
+
+class BudgetGate:
+    """Once the cloud says the budget is spent, stop escalating until the period resets."""
+
+    def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 default_block: timedelta = timedelta(minutes=1)) -> None:
+        self._clock, self._default = clock, default_block
+        self.blocked_until: datetime | None = None
+
+    def is_open(self) -> bool:
+        if self.blocked_until is not None and self._clock() >= self.blocked_until:
+            self.blocked_until = None
+        return self.blocked_until is None
+
+    def block(self, until: datetime | None) -> None:
+        # A cloud that did not say when its budget resets is asked again after `default_block`.
+        self.blocked_until = until if until is not None else self._clock() + self._default
+
+
+class EdgeService:
+    def __init__(
+        self,
+        *,
+        models: ModelManager,
+        policy: Policy,
+        cloud: CloudClient | None,
+        executor: Executor,
+        metrics: Metrics,
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_size: int,
+        workers: int,
+        default_deadline_ms: int,
+        budget: BudgetGate | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.models, self.policy, self.cloud, self.metrics = models, policy, cloud, metrics
+        self._executor, self._clock, self.default_deadline_ms = executor, clock, default_deadline_ms
+        self.budget = budget or BudgetGate()
+        # Request ids: unique per process and cheap (uuid4 per request costs a urandom syscall).
+        self._ids, self._id_prefix = itertools.count(1), uuid.uuid4().hex[:12]
+        self._texts = {s: metrics.texts.labels(s) for s in ("edge", "cloud", "edge_fallback")}
+        self.batcher: Batcher[tuple[str, ...], EdgeRows] = Batcher(
+            self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s, queue_size=queue_size,
+            concurrency=workers, size=len, observer=self._observe_batch)
+        metrics.watch_queue(lambda: self.batcher.depth)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def edge(self, texts: Sequence[str]) -> EdgeRows:
+        """Calibrated edge probabilities for `texts`, through the batcher; no routing."""
+        return await self.batcher.submit(tuple(texts))
+
+    async def predict(self, texts: Sequence[str], *, route: Route = "auto", deadline_ms: int | None = None,
+                      request_id: str | None = None) -> Prediction:
+        start = time.perf_counter()
+        deadline = self._clock() + (deadline_ms or self.default_deadline_ms) / 1000.0
+        request_id = request_id or f"{self._id_prefix}-{next(self._ids)}"
+        rows = await self.edge(texts)
+        version, edge = rows.model.version, rows.answers()
+        escalate, up, keep = self._route(route, rows)
+        results = [Result(a.label, a.confidence, "edge", keep, a, version) for a in edge]
+        chosen = np.flatnonzero(escalate).tolist()
+        if chosen:
+            self.metrics.escalations.labels(up).inc(len(chosen))
+            try:
+                reply = await self._ask_cloud([texts[i] for i in chosen], [edge[i] for i in chosen], request_id,
+                                              deadline)
+            except CloudFailure as failure:  # degrade, never fail: the edge's answer, and why
+                self.metrics.fallbacks.labels(failure.reason).inc(len(chosen))
+                for i in chosen:
+                    results[i] = Result(edge[i].label, edge[i].confidence, "edge_fallback", failure.reason, edge[i],
+                                        version)
+            else:
+                for i, answer in zip(chosen, reply.results):
+                    results[i] = Result(answer.label, answer.confidence, "cloud", up, edge[i], version,
+                                        reply.model_version, answer.top_k)
+        for source, count in Counter(r.source for r in results).items():
+            self._texts[source].inc(count)
+        return Prediction(request_id, tuple(results), (time.perf_counter() - start) * 1000.0)
+
+    def _route(self, route: Route, rows: EdgeRows) -> tuple[np.ndarray, str, str]:
+        """(escalate mask, reason for escalated texts, reason for the others)."""
+        n = len(rows.probs)
+        if route == "edge":
+            return np.zeros(n, dtype=bool), "", "forced_edge"
+        if route == "cloud":
+            return np.ones(n, dtype=bool), "forced_cloud", ""
+        mask = self.policy.escalate(rows.probs, rows.model.manifest.routing)
+        return mask, self.policy.escalate_reason, self.policy.keep_reason
+
+    async def _ask_cloud(self, texts: list[str], edge: list[Answer], request_id: str, deadline: float) -> CloudReply:
+        if self.cloud is None:
+            raise CloudDisabled("no cloud is configured (EDGE_CLOUD_URL)")
+        if not self.budget.is_open():
+            raise BudgetExhausted("the cloud budget is spent", resets_at=self.budget.blocked_until)
+        started = time.perf_counter()
+        try:
+            reply = await self.cloud.infer(texts, idempotency_key=idempotency_key(request_id, texts),
+                                           deadline=deadline, request_id=request_id, edge=edge)
+        except BudgetExhausted as exc:
+            self.budget.block(exc.resets_at)
+            self.metrics.budget_remaining.set(0)
+            self.metrics.cloud_calls.labels(exc.reason).inc()
+            raise
+        except CloudFailure as exc:
+            self.metrics.cloud_calls.labels(exc.reason).inc()
+            raise
+        finally:
+            self.metrics.stage["cloud"].observe(time.perf_counter() - started)
+        self.metrics.cloud_calls.labels("ok").inc()
+        if reply.budget is not None:
+            self.metrics.budget_remaining.set(reply.budget.remaining)
+            self.metrics.budget_limit.set(reply.budget.limit)
+            if reply.budget.remaining <= 0:  # the next call would be refused: do not spend it
+                self.budget.block(reply.budget.resets_at)
+        return reply
+
+    async def _run_batch(self, jobs: Sequence[tuple[str, ...]]) -> list[EdgeRows]:
+        model = self.models.current  # this batch runs on this version to the end, even across a swap
+        texts = [text for job in jobs for text in job]
+        out = await asyncio.get_running_loop().run_in_executor(self._executor, model.run, texts)
+        self.metrics.stage["tokenize"].observe(out.tokenize_s)
+        self.metrics.stage["infer"].observe(out.infer_s)
+        rows, start = [], 0
+        for job in jobs:
+            rows.append(EdgeRows(model, out.probs[start:start + len(job)]))
+            start += len(job)
+        return rows
+
+    def _observe_batch(self, info: BatchInfo) -> None:
+        self.metrics.batch_size.observe(info.size)
+        for wait in info.queue_waits_s:
+            self.metrics.stage["queue"].observe(wait)
+
+
+def idempotency_key(request_id: str, texts: Sequence[str]) -> str:
+    """The same request (id and escalated texts) always gets the same key: a client's retry of it is
+    replayed by the cloud, not charged again; a different set of texts is different work."""
+    digest = hashlib.sha256(request_id.encode())
+    for text in texts:
+        digest.update(b"\x1f" + text.encode())
+    return f"edge-{digest.hexdigest()[:48]}"

@@ -1,0 +1,201 @@
+"""The service's configuration: one frozen object built once at start-up from EDGE_* variables.
+
+This is the only module that reads `os.environ`. A bad value fails start-up with a `ConfigurationError`
+naming the variable; nothing is half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edge_container.errors import ConfigurationError
+
+POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "random", "edge_only", "cloud_only")
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+\.json)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    model_dir: Path = Path("/models")
+    model_name: str = "edge"  # the Open Inference Protocol model name
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_level: str = "info"
+    access_log: bool = False
+    # Routing
+    policy: str = "threshold"
+    target_escalation_rate: float | None = None  # adaptive/random; None = the manifest's expected rate
+    margin_threshold: float | None = None  # None = the manifest's threshold if it routes on margin, else 0.2
+    entropy_threshold: float | None = None  # on neg_entropy; None = manifest's if it routes on it, else 0.5
+    adaptive_window: int = 1000
+    # Batching and the interpreter pool
+    max_batch_size: int = 32
+    max_wait_ms: float = 0.0  # 0: take what is queued when an interpreter frees up, never wait for more
+    queue_size: int = 256
+    workers: int = 2
+    # Cloud
+    cloud_url: str | None = None
+    cloud_api_key: str | None = None
+    cloud_sigv4_region: str | None = None  # set to sign requests with SigV4 (IAM-authorised API)
+    cloud_sigv4_service: str = "execute-api"
+    cloud_timeout_ms: int = 800
+    cloud_retries: int = 2
+    cloud_backoff_ms: int = 50
+    cloud_max_connections: int = 32
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
+    default_deadline_ms: int = 2000
+    # Request limits
+    max_texts: int = 64
+    max_text_chars: int = 1000
+    max_body_bytes: int = 1 << 20
+    # Model management
+    admin_token: str | None = None
+    reload_poll_s: float = 10.0  # 0 disables watching the folder (and S3)
+    s3_latest_uri: str | None = None
+    s3_cache_dir: Path = Path("/tmp/edge-models")
+
+    @property
+    def cloud_enabled(self) -> bool:
+        return self.cloud_url is not None
+
+    @property
+    def cloud_infer_url(self) -> str:
+        assert self.cloud_url is not None
+        return self.cloud_url.rstrip("/") + "/v1/infer"
+
+    @property
+    def s3_location(self) -> tuple[str, str]:
+        """(bucket, key of latest.json)."""
+        match = _S3_URI.match(self.s3_latest_uri or "")
+        assert match is not None
+        return match["bucket"], match["key"]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        d = cls()  # defaults live on the fields above, in one place
+        settings = cls(
+            model_dir=Path(env.text("EDGE_MODEL_DIR", str(d.model_dir))),
+            model_name=env.text("EDGE_MODEL_NAME", d.model_name),
+            host=env.text("EDGE_HOST", d.host),
+            port=env.integer("EDGE_PORT", d.port, low=0, high=65535),
+            log_level=env.choice("EDGE_LOG_LEVEL", d.log_level, ("critical", "error", "warning", "info", "debug")),
+            access_log=env.boolean("EDGE_ACCESS_LOG", d.access_log),
+            policy=env.choice("EDGE_POLICY", d.policy, POLICY_NAMES),
+            target_escalation_rate=env.opt_number("EDGE_TARGET_ESCALATION_RATE", low=0.0, high=1.0),
+            margin_threshold=env.opt_number("EDGE_MARGIN_THRESHOLD", low=0.0, high=1.0),
+            entropy_threshold=env.opt_number("EDGE_ENTROPY_THRESHOLD", low=0.0, high=1.0),
+            adaptive_window=env.integer("EDGE_ADAPTIVE_WINDOW", d.adaptive_window, low=10),
+            max_batch_size=env.integer("EDGE_MAX_BATCH_SIZE", d.max_batch_size, low=1, high=4096),
+            max_wait_ms=env.number("EDGE_MAX_WAIT_MS", d.max_wait_ms, low=0.0, high=1000.0),
+            queue_size=env.integer("EDGE_QUEUE_SIZE", d.queue_size, low=1),
+            workers=env.integer("EDGE_WORKERS", d.workers, low=1, high=64),
+            cloud_url=env.opt_url("EDGE_CLOUD_URL"),
+            cloud_api_key=env.opt_text("EDGE_CLOUD_API_KEY"),
+            cloud_sigv4_region=env.opt_text("EDGE_CLOUD_SIGV4_REGION"),
+            cloud_sigv4_service=env.text("EDGE_CLOUD_SIGV4_SERVICE", d.cloud_sigv4_service),
+            cloud_timeout_ms=env.integer("EDGE_CLOUD_TIMEOUT_MS", d.cloud_timeout_ms, low=1, high=120_000),
+            cloud_retries=env.integer("EDGE_CLOUD_RETRIES", d.cloud_retries, low=0, high=10),
+            cloud_backoff_ms=env.integer("EDGE_CLOUD_BACKOFF_MS", d.cloud_backoff_ms, low=0, high=60_000),
+            cloud_max_connections=env.integer("EDGE_CLOUD_MAX_CONNECTIONS", d.cloud_max_connections, low=1),
+            breaker_failures=env.integer("EDGE_BREAKER_FAILURES", d.breaker_failures, low=1),
+            breaker_reset_s=env.number("EDGE_BREAKER_RESET_S", d.breaker_reset_s, low=0.0),
+            default_deadline_ms=env.integer("EDGE_DEFAULT_DEADLINE_MS", d.default_deadline_ms, low=1, high=600_000),
+            max_texts=env.integer("EDGE_MAX_TEXTS", d.max_texts, low=1),
+            max_text_chars=env.integer("EDGE_MAX_TEXT_CHARS", d.max_text_chars, low=1),
+            max_body_bytes=env.integer("EDGE_MAX_BODY_BYTES", d.max_body_bytes, low=64),
+            admin_token=env.opt_text("EDGE_ADMIN_TOKEN"),
+            reload_poll_s=env.number("EDGE_RELOAD_POLL_S", d.reload_poll_s, low=0.0),
+            s3_latest_uri=env.opt_s3_uri("EDGE_S3_LATEST_URI"),
+            s3_cache_dir=Path(env.text("EDGE_S3_CACHE_DIR", str(d.s3_cache_dir))),
+        )
+        if settings.cloud_url and not (settings.cloud_api_key or settings.cloud_sigv4_region):
+            raise ConfigurationError(
+                "EDGE_CLOUD_URL is set but neither EDGE_CLOUD_API_KEY nor EDGE_CLOUD_SIGV4_REGION is",
+                key="EDGE_CLOUD_API_KEY",
+            )
+        if settings.admin_token is not None and len(settings.admin_token) < 16:
+            raise ConfigurationError("EDGE_ADMIN_TOKEN must be at least 16 characters", key="EDGE_ADMIN_TOKEN")
+        return settings
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, key: str) -> str:
+        return self._environ.get(key, "").strip()
+
+    def _bad(self, key: str, raw: str, what: str) -> ConfigurationError:
+        return ConfigurationError(f"environment variable {key}={raw!r} {what}", key=key)
+
+    def text(self, key: str, default: str) -> str:
+        return self._raw(key) or default
+
+    def opt_text(self, key: str) -> str | None:
+        return self._raw(key) or None
+
+    def integer(self, key: str, default: int, *, low: int, high: int | None = None) -> int:
+        raw = self._raw(key)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self._bad(key, raw, "is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise self._bad(key, raw, f"must be in [{low}, {high if high is not None else '∞'}]")
+        return value
+
+    def number(self, key: str, default: float, *, low: float, high: float | None = None) -> float:
+        value = self.opt_number(key, low=low, high=high)
+        return default if value is None else value
+
+    def opt_number(self, key: str, *, low: float, high: float | None = None) -> float | None:
+        raw = self._raw(key)
+        if not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self._bad(key, raw, "is not a number") from None
+        if not (low <= value <= (high if high is not None else float("inf"))):
+            raise self._bad(key, raw, f"must be in [{low}, {high if high is not None else '∞'}]")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self._raw(key).lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise self._bad(key, raw, "is not a boolean (true/false)")
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self._raw(key) or default
+        if raw not in allowed:
+            raise self._bad(key, raw, f"must be one of {', '.join(allowed)}")
+        return raw
+
+    def opt_url(self, key: str) -> str | None:
+        raw = self._raw(key)
+        if not raw:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise self._bad(key, raw, "must be an http(s) base URL without query or fragment")
+        return raw
+
+    def opt_s3_uri(self, key: str) -> str | None:
+        raw = self._raw(key)
+        if raw and not _S3_URI.match(raw):
+            raise self._bad(key, raw, "must be s3://<bucket>/<prefix>/latest.json")
+        return raw or None

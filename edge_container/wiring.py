@@ -1,0 +1,115 @@
+"""Everything the app needs, built from Settings in one place; outside clients can be passed in."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import httpx
+
+from edge_container.breaker import CircuitBreaker
+from edge_container.cloud import CloudClient, SigV4Signer
+from edge_container.errors import ConfigurationError
+from edge_container.metrics import Metrics
+from edge_container.policies import Policy, make_policy
+from edge_container.reload import FolderSource, ModelManager, Reloader, S3Source
+from edge_container.runtime import EdgeModel
+from edge_container.service import EdgeService
+from edge_container.settings import Settings
+from modelpack.manifest import MANIFEST_NAME
+
+log = logging.getLogger("edge_container")
+
+
+@dataclass
+class EdgeStack:
+    settings: Settings
+    metrics: Metrics
+    models: ModelManager
+    service: EdgeService
+    reloader: Reloader
+    folder: FolderSource
+    http: httpx.AsyncClient | None
+    executor: ThreadPoolExecutor
+    _owns_http: bool = field(default=False, repr=False)
+
+    @classmethod
+    def create(cls, settings: Settings, *, http: httpx.AsyncClient | None = None, s3_client: Any = None,
+               aws_credentials: Any = None, policy: Policy | None = None) -> EdgeStack:
+        """Build, start nothing. `http`, `s3_client` and `aws_credentials` default to real ones, made here."""
+        metrics = Metrics()
+        models = ModelManager(partial(EdgeModel.load, slots=settings.workers), metrics=metrics)
+        owns_http = http is None and settings.cloud_enabled
+        if owns_http:
+            limit = settings.cloud_max_connections
+            http = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+                                     timeout=settings.cloud_timeout_ms / 1000.0)
+        cloud = None
+        if settings.cloud_enabled:
+            assert http is not None
+            breaker = CircuitBreaker(failures=settings.breaker_failures, reset_s=settings.breaker_reset_s,
+                                     on_change=metrics.circuit.state)
+            cloud = CloudClient(
+                http, url=settings.cloud_infer_url, api_key=settings.cloud_api_key, breaker=breaker,
+                timeout_s=settings.cloud_timeout_ms / 1000.0, retries=settings.cloud_retries,
+                backoff_s=settings.cloud_backoff_ms / 1000.0, signer=_signer(settings, aws_credentials),
+                on_error=lambda kind: metrics.cloud_errors.labels(kind).inc())
+        executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="edge-infer")
+        service = EdgeService(
+            models=models, policy=policy or make_policy(settings.policy, settings), cloud=cloud,
+            executor=executor, metrics=metrics, max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.workers,
+            default_deadline_ms=settings.default_deadline_ms)
+        folder = FolderSource(settings.model_dir)
+        sources: list[FolderSource | S3Source] = [folder]
+        if settings.s3_latest_uri:
+            bucket, key = settings.s3_location
+            if s3_client is None:
+                import boto3  # optional dependency: only with EDGE_S3_LATEST_URI
+
+                s3_client = boto3.client("s3")
+            sources.append(S3Source(s3_client, bucket=bucket, latest_key=key, cache_dir=settings.s3_cache_dir))
+        reloader = Reloader(models, sources, poll_s=settings.reload_poll_s)
+        return cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)
+
+    async def start(self) -> None:
+        """Load and warm the model (readiness waits for this), then start serving and watching."""
+        if (self.settings.model_dir / MANIFEST_NAME).is_file():
+            self.folder.mark_seen()
+            await self.models.load(self.settings.model_dir, source="folder")
+        elif self.settings.s3_latest_uri:
+            await self.reloader.reload("s3")
+        else:
+            raise ConfigurationError(f"no {MANIFEST_NAME} in EDGE_MODEL_DIR={self.settings.model_dir} "
+                                     "and no EDGE_S3_LATEST_URI to fetch one from", key="EDGE_MODEL_DIR")
+        await self.service.start()
+        self.reloader.start()
+        log.info("edge ready: model %s, policy %s, cloud %s", self.models.current.version,
+                 self.service.policy.name, self.settings.cloud_url or "disabled")
+
+    async def stop(self) -> None:
+        await self.reloader.stop()
+        await self.service.stop()
+        if self._owns_http and self.http is not None:
+            await self.http.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.models.ready and self.service.batcher.running
+
+
+def _signer(settings: Settings, credentials: Any) -> SigV4Signer | None:
+    if not settings.cloud_sigv4_region:
+        return None
+    if credentials is None:
+        import botocore.session  # optional dependency: only with EDGE_CLOUD_SIGV4_REGION
+
+        credentials = botocore.session.get_session().get_credentials()
+        if credentials is None:
+            raise ConfigurationError("EDGE_CLOUD_SIGV4_REGION is set but no AWS credentials were found",
+                                     key="EDGE_CLOUD_SIGV4_REGION")
+    return SigV4Signer(credentials, region=settings.cloud_sigv4_region, service=settings.cloud_sigv4_service)

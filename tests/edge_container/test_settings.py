@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from edge_container.errors import ConfigurationError
+from edge_container.policies import POLICIES
+from edge_container.settings import POLICY_NAMES, Settings
+
+
+def test_defaults_when_the_environment_is_empty() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.model_dir == Path("/models") and settings.port == 8080 and settings.policy == "threshold"
+    assert not settings.cloud_enabled
+
+
+def test_reads_every_kind_of_value() -> None:
+    settings = Settings.from_env({
+        "EDGE_MODEL_DIR": "/srv/model", "EDGE_PORT": "9000", "EDGE_POLICY": "adaptive",
+        "EDGE_TARGET_ESCALATION_RATE": "0.15", "EDGE_MAX_WAIT_MS": "2.5", "EDGE_ACCESS_LOG": "true",
+        "EDGE_CLOUD_URL": "https://api.example.com/prod/", "EDGE_CLOUD_API_KEY": "k",
+        "EDGE_S3_LATEST_URI": "s3://models-bucket/edge/latest.json", "EDGE_WORKERS": "3",
+    })
+    assert settings.model_dir == Path("/srv/model") and settings.port == 9000 and settings.workers == 3
+    assert settings.policy == "adaptive" and settings.target_escalation_rate == 0.15
+    assert settings.max_wait_ms == 2.5 and settings.access_log is True
+    assert settings.cloud_infer_url == "https://api.example.com/prod/v1/infer"
+    assert settings.s3_location == ("models-bucket", "edge/latest.json")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("EDGE_PORT", "http"), ("EDGE_PORT", "70000"), ("EDGE_WORKERS", "0"), ("EDGE_MAX_WAIT_MS", "fast"),
+    ("EDGE_POLICY", "smart"), ("EDGE_ACCESS_LOG", "maybe"), ("EDGE_CLOUD_URL", "ftp://x"),
+    ("EDGE_TARGET_ESCALATION_RATE", "1.5"), ("EDGE_S3_LATEST_URI", "s3://bucket"), ("EDGE_ADMIN_TOKEN", "short"),
+])
+def test_a_bad_value_fails_naming_its_variable(key: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({key: value})
+    assert info.value.key == key and key in str(info.value)
+
+
+def test_a_cloud_url_needs_an_api_key_or_sigv4() -> None:
+    with pytest.raises(ConfigurationError, match="EDGE_CLOUD_API_KEY"):
+        Settings.from_env({"EDGE_CLOUD_URL": "http://127.0.0.1:1"})
+    assert Settings.from_env({"EDGE_CLOUD_URL": "http://127.0.0.1:1", "EDGE_CLOUD_SIGV4_REGION": "eu-west-1"})
+
+
+def test_every_policy_name_has_a_class() -> None:
+    assert set(POLICY_NAMES) == set(POLICIES)
