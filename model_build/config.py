@@ -19,6 +19,7 @@ class DistillConfig:
     weight_decay: float = 1e-4
     temperature: float = 2.0  # softens the teacher's logits for the KL term
     alpha: float = 0.7  # weight of the KL term; 1 - alpha on the hard-label cross-entropy
+    oos_weight: float = 1.0  # loss weight of out-of-scope training texts (CLINC has 100 vs 100 per intent)
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,14 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=d.weight_decay)
     model.compile(optimizer=optimizer, loss=distillation_loss(d.temperature, d.alpha))
     targets = pack_targets(np.asarray(dataset.train.labels), teacher_logits, dataset.num_labels)
+    labels = np.asarray(dataset.train.labels)
+    weights = np.ones(len(labels), dtype=np.float32)
+    if dataset.oos_index is not None:
+        weights[labels == dataset.oos_index] = d.oos_weight
     model.fit(
         train_ids,
         targets,
+        sample_weight=weights,
         batch_size=d.batch_size,
         epochs=d.epochs,
         shuffle=True,
