@@ -9,12 +9,14 @@ REQS   := requirements/build.txt requirements/dev.txt requirements/constraints.t
           $(wildcard cloud_functions/requirements.txt edge_container/requirements.txt)
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test data build clean help lambda-src sam-build bench-budget bench-quantization
+.PHONY: venv test data build up demo clean help lambda-src sam-build bench-budget bench-quantization
 
 help:
 	@echo "make test    - create .venv, install pinned requirements, fetch data if missing, run pytest"
 	@echo "make data    - make sure CLINC150 is at $(DATA) (downloads and verifies it if missing)"
-	@echo "make build   - full model build into artifacts/latest (about 20 min on 2 cores)"
+	@echo "make up      - the whole system on loopback: moto (DynamoDB+S3), the Lambda over HTTP, the edge (Ctrl-C stops)"
+	@echo "make demo    - replay the CLINC150 test split through the local stack; writes reports/demo.{json,md}"
+	@echo "make build   - full model build into artifacts/latest (about 20-30 min on 2 cores)"
 
 venv: $(STAMP)
 
@@ -30,6 +32,17 @@ data: $(STAMP)
 
 test: $(STAMP) data
 	$(PY) -m pytest
+
+# Model for `up`/`demo`: artifacts/latest, built on first use (PRESET=quick for a toy model in ~2 min).
+PRESET ?= full
+SCENARIO ?= normal
+UP_ARGS ?=
+
+up: $(STAMP) data
+	PRESET=$(PRESET) $(PY) -m infra.stack up $(UP_ARGS)
+
+demo: $(STAMP) data
+	PRESET=$(PRESET) $(PY) -m infra.demo --scenario $(SCENARIO)
 
 build: $(STAMP) data
 	$(PY) -m model_build build --preset full --data $(DATA) --out artifacts/latest
