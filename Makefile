@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make test` and (once the local stack lands) `make up`.
+# Two commands on a fresh machine: `make test` and `make up`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

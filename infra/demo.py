@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.stack import DEFAULT_WORK_DIR, LOCAL_EDGE_DEFAULTS, REPO_ROOT, LocalStack, StackError, ensure_artifact
+from infra.stack import LOCAL_EDGE_DEFAULTS, REPO_ROOT, LocalStack, StackError, ensure_artifact
 
 PROG = "python -m infra.demo"
 SOURCES = ("edge", "cloud", "edge_fallback")
@@ -626,7 +626,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--breaker-reset-s", type=float, default=3.0,
                         help="EDGE_BREAKER_RESET_S for this run (default %(default)s: recovery shows in a short run)")
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "reports")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR.with_name("local-stack-demo"))
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="the stack's logs and caches (default: a temporary folder, removed afterwards, so "
+                        "demos can run side by side)")
     return parser
 
 

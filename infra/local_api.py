@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # protocol TCP: asyncio then sets TCP_NODELAY (else +40 ms per reused connection)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
