@@ -66,7 +66,8 @@ class EdgeRows:
 
 
 class BudgetGate:
-    """Once the cloud says the budget is spent, stop escalating until the period resets."""
+    """Once the cloud says the budget is spent, stop escalating until the period resets (re-checking
+    every `default_block`, so a budget raised mid-day is noticed)."""
 
     def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  default_block: timedelta = timedelta(minutes=1)) -> None:
@@ -79,8 +80,10 @@ class BudgetGate:
         return self.blocked_until is None
 
     def block(self, until: datetime | None) -> None:
-        # A cloud that did not say when its budget resets is asked again after `default_block`.
-        self.blocked_until = until if until is not None else self._clock() + self._default
+        # Ask again after `default_block` at the latest, even when the reset is hours away: an operator may
+        # raise the budget mid-day, and one refused escalation a minute costs nothing (a 429 charges nothing).
+        recheck = self._clock() + self._default
+        self.blocked_until = recheck if until is None else min(until, recheck)
 
 
 class EdgeService:

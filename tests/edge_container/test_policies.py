@@ -89,3 +89,21 @@ def test_every_policy_is_made_by_name(name: str) -> None:
     policy = make_policy(name, Settings(target_escalation_rate=0.3, margin_threshold=0.1))
     assert policy.name == name
     assert policy.escalate(PROBS, routing()).shape == (3,)
+
+
+def test_budget_gate_rechecks_before_a_distant_reset():
+    from datetime import UTC, datetime, timedelta
+
+    from edge_container.service import BudgetGate
+
+    now = [datetime(2026, 11, 22, 9, 0, tzinfo=UTC)]
+    gate = BudgetGate(clock=lambda: now[0], default_block=timedelta(minutes=1))
+    gate.block(datetime(2026, 11, 23, tzinfo=UTC))  # resets at midnight, 15 hours away
+    assert not gate.is_open()
+    now[0] += timedelta(seconds=59)
+    assert not gate.is_open()
+    now[0] += timedelta(seconds=2)
+    assert gate.is_open()  # asks the cloud again after a minute
+    gate.block(now[0] + timedelta(seconds=10))  # a reset sooner than the re-check wins
+    now[0] += timedelta(seconds=11)
+    assert gate.is_open()
