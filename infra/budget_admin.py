@@ -91,7 +91,7 @@ def _table_name(args: argparse.Namespace, client_options: dict[str, Any]) -> str
     raise AdminError("no budget table: pass --table or --stack, or set BUDGET_TABLE")
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -118,12 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     set_limit = commands.add_parser("set-limit", parents=[common], help="set a tenant's daily limit (units)")
     set_limit.add_argument("tenant")
-    set_limit.add_argument("limit", type=_non_negative, metavar="N")
+    set_limit.add_argument("limit", type=non_negative_int, metavar="N")
     show = commands.add_parser("show", parents=[common], help="show a tenant's budget for today (UTC)")
     show.add_argument("tenant")
     show.add_argument(
         "--default-limit",
-        type=_non_negative,
+        type=non_negative_int,
         default=None,
         help="the deployment's DefaultDailyBudget, for tenants without a configured limit",
     )

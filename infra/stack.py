@@ -46,6 +46,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
+from infra.budget_admin import non_negative_int
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARTIFACT = REPO_ROOT / "artifacts" / "latest"
 DEFAULT_WORK_DIR = REPO_ROOT / ".cache" / "local-stack"
@@ -638,18 +640,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
 
 
 def _port(text: str) -> int:
-    value = _non_negative(text)
+    value = non_negative_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port")
     return value
@@ -669,7 +663,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--edge-port", type=_port, default=DEFAULT_EDGE_PORT, help="default %(default)s; 0 picks a free one")
     up.add_argument("--cloud-port", type=_port, default=DEFAULT_CLOUD_PORT, help="default %(default)s; 0: a free one")
     up.add_argument("--moto-port", type=_port, default=DEFAULT_MOTO_PORT, help="default %(default)s; 0: a free one")
-    up.add_argument("--daily-budget", type=_non_negative, default=10_000,
+    up.add_argument("--daily-budget", type=non_negative_int, default=10_000,
                     help="the tenant's daily budget in cost units (default %(default)s)")
     up.add_argument("--tenant", default="demo", help="the tenant the API key belongs to (default %(default)s)")
     up.add_argument("--api-key", help="the tenant's x-api-key (default: a random one, printed)")
