@@ -594,7 +594,7 @@ def explain(report: dict[str, Any], args: argparse.Namespace, manifest: Any, res
     if routed and cloud and routed / cloud < target:
         notes.append(
             f"the routing alone reaches {100 * routed / cloud:.2f} % of cloud-only accuracy on this split, below "
-            f"the build's target of {100 * target:.0f} %: the threshold was fit on the validation split (the "
+            f"the build's target of {100 * target:.1f} %: the threshold was fit on the validation split (the "
             "artifact's metrics.json, routing.joint_over_teacher, has the build's own test-split figure)")
     return notes
 
