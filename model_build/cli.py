@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         help="out-of-scope share of the traffic the threshold and temperatures are fit for: a number in "
         "[0, 1), 'test' (the test split's share, default) or 'val' (the validation split as it is)",
     )
-    b.add_argument("--routing-target", type=float, default=0.99, help="joint accuracy / teacher accuracy (0.99)")
+    b.add_argument("--routing-target", type=float, default=None,
+                   help="joint accuracy / teacher accuracy the threshold must reach on validation data (0.995: "
+                        "a threshold fit for 0.99 on CLINC150's validation split lands at 0.989 on its test split)")
     b.add_argument("--model-version", help="version string (default: date + config digest)")
     b.add_argument("--seed", type=int, default=0)
 
@@ -95,12 +97,10 @@ def _run(args: argparse.Namespace) -> int:
     from model_build.config import preset
     from model_build.pipeline import build
 
-    config = preset(
-        args.preset,
-        traffic_oos_fraction=args.traffic_oos_fraction,
-        routing_target=args.routing_target,
-        seed=args.seed,
-    )
+    overrides = {"traffic_oos_fraction": args.traffic_oos_fraction, "seed": args.seed}
+    if args.routing_target is not None:
+        overrides["routing_target"] = args.routing_target
+    config = preset(args.preset, **overrides)
     result = build(
         config,
         data_path=args.data,
