@@ -140,12 +140,6 @@ class Teacher:
         model = self.export_model(ids.shape[1])
         return np.asarray(model.predict(ids, batch_size=batch_size, verbose=0), dtype=np.float32)
 
-    def save(self, path: Path) -> None:
-        self.export_model().save_weights(path)
-
-    def load(self, path: Path) -> None:
-        self.export_model().load_weights(path)
-
 
 
 
