@@ -253,7 +253,12 @@ def apply_threshold(
     s = _as_scores(score, n)
     w = _as_weights(weights, n)
 
-    escalate = s < threshold
+    return _routed(edge, teacher, y, s < threshold, float(threshold), oos_index, w)
+
+
+def _routed(edge: IntArray, teacher: IntArray, y: IntArray, escalate: BoolArray, threshold: float,
+            oos_index: int | None, w: FloatArray) -> RoutedMetrics:
+    n = y.size
     joint = np.where(escalate, teacher, edge)
     is_oos = y == oos_index if oos_index is not None else np.zeros(n, dtype=np.bool_)
     everyone = np.ones(n, dtype=np.bool_)
@@ -261,7 +266,7 @@ def apply_threshold(
     teacher_accuracy = _mean(teacher == y, w, everyone)
     return RoutedMetrics(
         n=n,
-        threshold=float(threshold),
+        threshold=threshold,
         escalation_rate=_mean(escalate, w, everyone),
         joint_accuracy=joint_accuracy,
         edge_accuracy=_mean(edge == y, w, everyone),
@@ -391,6 +396,134 @@ def compare_scores(
         edge_only_accuracy=first.edge_accuracy,
         cloud_only_accuracy=first.teacher_accuracy,
     )
+
+
+@dataclass(frozen=True)
+class DeferralChoice:
+    """The three-way rule: ``score < oos_threshold`` → the edge answers ``oos`` itself; ``score <
+    threshold`` → the cloud; otherwise the edge's own answer. The cheapest pair (fewest escalations, then
+    the higher joint accuracy) meeting ``joint_accuracy >= target_ratio * teacher_accuracy``.
+
+    Out-of-scope texts are the ones the edge is least sure of, and paying the cloud to say ``oos`` about a
+    text the edge already finds hopeless buys nothing: the lowest band is answered at the edge. With
+    ``oos_threshold = -inf`` it is the two-way rule of :func:`choose_threshold`. When no pair meets the
+    target, ``reachable`` is False and the pair is (-inf, +inf): escalate everything.
+    """
+
+    score_name: str
+    oos_threshold: float
+    threshold: float
+    escalation_rate: float
+    edge_oos_rate: float
+    joint_accuracy: float
+    joint_over_teacher: float
+    teacher_accuracy: float
+    target_ratio: float
+    reachable: bool
+    two_way_escalation_rate: float  # the best two-way rule on the same data, for comparison
+
+
+def choose_deferral(
+    score: npt.ArrayLike,
+    edge_pred: npt.ArrayLike,
+    teacher_pred: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    oos_index: int,
+    *,
+    target_ratio: float = DEFAULT_TARGET_RATIO,
+    weights: npt.ArrayLike | None = None,
+    name: str = "",
+) -> DeferralChoice:
+    """Fit both thresholds of the three-way rule. O(c^2) in the number c of realisable cuts (<= n + 1):
+    for each lower cut i (the i least-confident answered ``oos``), every upper cut j >= i."""
+    y = _as_labels(labels)
+    n = y.size
+    edge = _as_labels(edge_pred, n, "edge_pred")
+    teacher = _as_labels(teacher_pred, n, "teacher_pred")
+    s = _as_scores(score, n)
+    w = _as_weights(weights, n)
+    if oos_index < 0:
+        raise ValueError(f"oos_index must be >= 0, got {oos_index}")
+    if not target_ratio > 0.0:
+        raise ValueError(f"target_ratio must be positive, got {target_ratio}")
+
+    order = np.argsort(s, kind="stable")
+    s_sorted, w_sorted = s[order], w[order]
+
+    def cumulative(mask: BoolArray) -> FloatArray:
+        return np.concatenate(([0.0], np.cumsum(w_sorted * mask[order])))
+
+    total_w = cumulative(np.ones(n, dtype=np.bool_))
+    oos_ok, teacher_ok, edge_ok = cumulative(y == oos_index), cumulative(teacher == y), cumulative(edge == y)
+    total = float(total_w[-1])
+    teacher_accuracy = float(teacher_ok[-1]) / total
+    if not teacher_accuracy > 0.0:
+        raise ValueError("the teacher is never right on this split: no target to meet")
+    need = target_ratio * teacher_accuracy * total - _EPS * total
+    cuts = _realisable_cuts(s_sorted)
+    thresholds = _cut_thresholds(s_sorted, cuts)
+
+    best: tuple[float, float, int, int] | None = None  # (escalated weight, -joint, i, j) over cut indices
+    two_way: float | None = None
+    edge_rest = float(edge_ok[-1])
+    for a, i in enumerate(cuts.tolist()):
+        upper = cuts[a:]
+        joint = oos_ok[i] + (teacher_ok[upper] - teacher_ok[i]) + (edge_rest - edge_ok[upper])
+        meets = np.flatnonzero(joint >= need)
+        if meets.size == 0:
+            continue
+        b = int(meets[0])  # escalated weight grows with j: the first j meeting the target is the cheapest
+        cost = float(total_w[upper[b]] - total_w[i])
+        if a == 0:
+            two_way = cost
+        key = (round(cost, 9), -round(float(joint[b]), 9), a, a + b)
+        if best is None or key < best:
+            best = key
+    if best is None:
+        return DeferralChoice(name, -np.inf, np.inf, 1.0, 0.0, teacher_accuracy, 1.0, teacher_accuracy,
+                              float(target_ratio), False, 1.0)
+    _, neg_joint, a, c = best
+    i, j = int(cuts[a]), int(cuts[c])
+    joint_accuracy = float(oos_ok[i] + teacher_ok[j] - teacher_ok[i] + edge_rest - edge_ok[j]) / total
+    return DeferralChoice(
+        score_name=name,
+        oos_threshold=float(thresholds[a]),
+        threshold=float(thresholds[c]),
+        escalation_rate=float(total_w[j] - total_w[i]) / total,
+        edge_oos_rate=float(total_w[i]) / total,
+        joint_accuracy=joint_accuracy,
+        joint_over_teacher=joint_accuracy / teacher_accuracy,
+        teacher_accuracy=teacher_accuracy,
+        target_ratio=float(target_ratio),
+        reachable=True,
+        two_way_escalation_rate=(two_way if two_way is not None else total) / total,
+    )
+
+
+def apply_deferral(
+    edge_pred: npt.ArrayLike,
+    teacher_pred: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    score: npt.ArrayLike,
+    threshold: float,
+    oos_threshold: float | None,
+    *,
+    oos_index: int | None,
+    weights: npt.ArrayLike | None = None,
+) -> RoutedMetrics:
+    """:func:`apply_threshold` with the edge's own ``oos`` answer below ``oos_threshold`` (None: none).
+    A text the edge answers ``oos`` is never escalated; ``edge_accuracy`` is then the edge's with its rule."""
+    y = _as_labels(labels)
+    n = y.size
+    edge = _as_labels(edge_pred, n, "edge_pred")
+    teacher = _as_labels(teacher_pred, n, "teacher_pred")
+    s = _as_scores(score, n)
+    w = _as_weights(weights, n)
+    if oos_threshold is None or oos_index is None:
+        return _routed(edge, teacher, y, s < threshold, float(threshold), oos_index, w)
+    answered_oos = s < oos_threshold
+    edge = np.where(answered_oos, oos_index, edge)
+    return _routed(edge, teacher, y, ~answered_oos & (s < threshold), float(threshold), oos_index, w)
 
 
 def curve_at_rates(curve: Curve, rates: Sequence[float] = TABLE_RATES) -> tuple[CurvePoint, ...]:
