@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,11 @@ def load_samples(data: Path, *, limit: int | None) -> list[Sample]:
 
 
 async def replay(edge_url: str, samples: Sequence[Sample], *, concurrency: int, timeline: Timeline,
+                 headers: Mapping[str, str] | None = None,
                  on_outcome: Callable[[Outcome], None] | None = None, timeout_s: float = 30.0) -> list[Outcome]:
-    """Every sample once through `POST /v1/predict`, `concurrency` in flight at most. No retries: a request
-    that fails is counted as failed."""
+    """Every sample once through `POST /v1/predict`, `concurrency` in flight at most, with `headers` (the
+    client key and the JSON content type: `LocalStack.edge_headers`). No retries: a request that fails is
+    counted as failed."""
     import httpx
 
     outcomes: list[Outcome | None] = [None] * len(samples)
@@ -109,7 +111,8 @@ async def replay(edge_url: str, samples: Sequence[Sample], *, concurrency: int, 
         queue.put_nowait(i)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s, connect=5.0)
-    async with httpx.AsyncClient(base_url=edge_url, limits=limits, timeout=timeout) as client:
+    client = httpx.AsyncClient(base_url=edge_url, headers=headers, limits=limits, timeout=timeout)
+    async with client:
 
         async def worker() -> None:
             while True:
@@ -551,7 +554,7 @@ def _replay_on_a_stack(args: argparse.Namespace, model_dir: Path, samples: Seque
             if args.scenario == "faults":
                 faults = asyncio.create_task(inject_faults(stack, timeline, progress, budget))
             outcomes = await replay(stack.edge_url, samples, concurrency=args.concurrency, timeline=timeline,
-                                    on_outcome=progress)
+                                    headers=stack.edge_headers, on_outcome=progress)
             if faults is not None:
                 if not faults.done():
                     timeline.add("replay ended", "before every fault step ran: replay more texts")

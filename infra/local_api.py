@@ -1,8 +1,12 @@
 """The Lambda handler served over HTTP on loopback, the way API Gateway (REST, proxy integration) calls it.
 
-    python -m infra.local_api --port 8080 --model-dir artifacts/latest \\
-        --dynamodb-endpoint http://127.0.0.1:5000 --create-tables \\
-        --api-key s3cr3t-acme=acme --api-key s3cr3t-beta=beta
+    LOCAL_API_KEYS=s3cr3t-acme=acme,s3cr3t-beta=beta python -m infra.local_api --port 8080 \\
+        --model-dir artifacts/latest --dynamodb-endpoint http://127.0.0.1:5000 --create-tables
+
+    python -m infra.local_api --api-keys-file keys.txt ...   # one KEY=TENANT a line; # comments
+
+The accepted keys come from the environment (`LOCAL_API_KEYS`, comma-separated KEY=TENANT) or a file
+(`--api-keys-file`, best 0600), never from the command line: `ps` shows a command line to every user.
 
 Like API Gateway with `ApiKeyRequired`: a request without an `x-api-key` header, or with a key not in the
 map, gets 403 {"message": "Forbidden"} and never reaches the function. A known key becomes the event's
@@ -35,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 PROG = "python -m infra.local_api"
+API_KEYS_ENV = "LOCAL_API_KEYS"
 READY_PREFIX = "READY "
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 FUNCTION_TIMEOUT_S = 30.0  # template.yaml Globals.Function.Timeout
@@ -48,10 +53,44 @@ class ApiKey:
 
 
 def parse_api_key(text: str) -> ApiKey:
-    value, sep, key_id = text.partition("=")
+    value, sep, key_id = (part.strip() for part in text.rpartition("="))  # a key may end in base64's "="
     if not sep or not value or not key_id:
-        raise argparse.ArgumentTypeError(f"expected KEY=TENANT, got {text!r}")
+        # Never echo the entry: it is (or holds) a secret, and this message ends up in a log.
+        raise ValueError("an API key entry is not KEY=TENANT")
     return ApiKey(value, key_id)
+
+
+def parse_api_keys(entries: Sequence[str]) -> list[ApiKey]:
+    """KEY=TENANT entries; blank ones and `#` comments skipped. ValueError names an entry by position only."""
+    keys = []
+    for n, entry in enumerate((e.strip() for e in entries), start=1):
+        if not entry or entry.startswith("#"):
+            continue
+        try:
+            keys.append(parse_api_key(entry))
+        except ValueError as exc:
+            raise ValueError(f"entry {n}: {exc}") from None
+    return keys
+
+
+def load_api_keys(keys_file: str | None, environ: Mapping[str, str]) -> list[ApiKey]:
+    """The accepted keys: from `keys_file` (one KEY=TENANT a line) if given, else $LOCAL_API_KEYS
+    (comma-separated). ValueError if that gives none, or an entry is malformed."""
+    if keys_file is not None:
+        try:
+            with open(keys_file, encoding="utf-8") as handle:
+                entries, where = handle.read().splitlines(), f"--api-keys-file {keys_file}"
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--api-keys-file {keys_file}: cannot be read: {exc}") from None
+    else:
+        entries, where = environ.get(API_KEYS_ENV, "").split(","), f"${API_KEYS_ENV}"
+    try:
+        keys = parse_api_keys(entries)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if not keys:
+        raise ValueError(f"{where}: no API key (KEY=TENANT); set {API_KEYS_ENV} or pass --api-keys-file")
+    return keys
 
 
 # --------------------------------------------------------------------------- the event API Gateway sends
@@ -239,6 +278,12 @@ def _response(result: Mapping[str, Any], response_class: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        api_keys = load_api_keys(args.api_keys_file, os.environ)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.pop(API_KEYS_ENV, None)  # the handler has no business with them
     # Powertools reads these when the handler module is imported, which happens below.
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "inference")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "EdgeCloudInferenceLocal")
@@ -262,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     host, port = sock.getsockname()[:2]
     app = create_app(
-        args.api_key,
+        api_keys,
         build_runtime=lambda: _build_runtime(args),
         stage=args.stage,
         on_ready=lambda: print(f"{READY_PREFIX}http://{host}:{port}", flush=True),
@@ -306,8 +351,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--model-dir", required=True, help="artifact folder, or an s3:// model URI")
-    parser.add_argument("--api-key", type=parse_api_key, action="append", required=True,
-                        metavar="KEY=TENANT", help="an accepted x-api-key and its key id (repeatable)")
+    parser.add_argument("--api-keys-file", metavar="PATH",
+                        help=f"accepted x-api-keys, one KEY=TENANT a line (default: ${API_KEYS_ENV}, "
+                        "comma-separated); never on the command line, where ps shows them")
     parser.add_argument("--dynamodb-endpoint", help="e.g. http://127.0.0.1:5000 (default: AWS itself)")
     parser.add_argument("--create-tables", action="store_true", help="create the template's tables first")
     parser.add_argument("--table-prefix", default="local", help="names of created tables: PREFIX-<LogicalId>")

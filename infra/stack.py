@@ -23,7 +23,13 @@ process it made, and Ctrl-C in the terminal reaches only this launcher, which st
    latest.json for hot reloads.
 
 Every child gets fake AWS credentials and `AWS_ENDPOINT_URL` pointing at the local moto: nothing here can
-reach a real AWS account. Their output goes to `<work dir>/logs/<name>.log`.
+reach a real AWS account. Their output goes to `<work dir>/logs/<name>.log` (folder 0700, files 0600).
+
+Secrets (the tenant's and the stack's API keys, the edge's admin token and client key) never go on a
+child's command line, which `ps` shows to every user: the cloud reads its keys from a 0600 file
+(`--api-keys-file`), the edge its client keys from one (`EDGE_CLIENT_KEYS_FILE`), both in
+`<work dir>/secrets/` (0700, removed on stop); the edge's cloud key and admin token are in its environment,
+which only its owner can read. So no log holds a key either: a child's log starts with its command line.
 """
 
 from __future__ import annotations
@@ -61,7 +67,10 @@ SERVICE_BUDGET = 10**9
 DEFAULT_EDGE_PORT, DEFAULT_CLOUD_PORT, DEFAULT_MOTO_PORT = 8080, 8081, 5000  # `up`'s; the class picks free ones
 # What the stack sets on the edge itself: an override from edge_env would break the wiring silently.
 WIRED_EDGE_VARIABLES = ("EDGE_HOST", "EDGE_PORT", "EDGE_MODEL_DIR", "EDGE_S3_LATEST_URI", "EDGE_S3_CACHE_DIR",
-                        "EDGE_CLOUD_URL", "EDGE_CLOUD_API_KEY", "EDGE_ADMIN_TOKEN")
+                        "EDGE_CLOUD_URL", "EDGE_CLOUD_API_KEY", "EDGE_ADMIN_TOKEN", "EDGE_CLIENT_KEYS",
+                        "EDGE_CLIENT_KEYS_FILE")
+EDGE_CLIENT_ID = "local"  # the one client the stack configures on the edge (key: LocalStack.edge_client_key)
+_SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 # The edge's defaults (800 ms per cloud attempt, 2 s per request) are sized for API Gateway + Lambda, which
 # scale out. The local cloud is ONE execution environment in front of a one-request-at-a-time moto: under
 # concurrent escalations its queue, not its work, sets the latency (~15-20 calls/s at most on 2 cores, so
@@ -103,8 +112,11 @@ class _Child:
     def start(self) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        _private_dir(self.log_path.parent)
+        # 0600 from the start, and again if an older run left it readable to others.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             self._offset = log.tell()
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
@@ -193,6 +205,23 @@ class _Child:
             _signal_group(self.process.pid, signal.SIGKILL)  # anything it started and left behind
             self.process = None
             raise StackError(f"{self.name} exited with status {code} while starting" + self.tail_note())
+
+
+def _private_dir(path: Path) -> Path:
+    """`path` created if missing, then 0700 (mkdir's mode is cut by the umask, and the folder may be old)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """`text` in a 0600 file in a 0700 folder: written, never first created readable to others."""
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -300,6 +329,9 @@ class LocalStack:
         # A second key, for the stack's own calls (warm-up, the demo's cloud-only pass): never the tenant's.
         self.service_api_key = f"local-{secrets.token_urlsafe(18)}"
         self.service_tenant = "local-stack"
+        # The edge's one client: what `/v1/predict` callers send as x-api-key (see edge_headers).
+        self.edge_client_id = EDGE_CLIENT_ID
+        self.edge_client_key = secrets.token_urlsafe(24)
         self.moto_url = self.cloud_url = self.edge_url = ""
         self.bucket = f"{RESOURCE_PREFIX}-modelbucket"
         self.budget_table = f"{RESOURCE_PREFIX}-BudgetTable"
@@ -326,8 +358,7 @@ class LocalStack:
                              "`python -m model_build build --preset quick --out DIR`")
         for name, about in (("moto", _MOTO), ("cloud", _CLOUD), ("edge", _EDGE)):
             _check_free(self.host, self._ports[name], about)
-        logs = self.work_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = _private_dir(self.work_dir / "logs")
         for old in logs.glob("*.log"):  # one run's logs per folder; restarts within a run append
             old.unlink()
         try:
@@ -350,6 +381,7 @@ class LocalStack:
             if child is not None:
                 child.stop(self._stop_grace_s)
         self._clients.clear()
+        shutil.rmtree(self._secrets_dir, ignore_errors=True)  # this run's keys; a new start makes new ones
         if self._owns_work_dir:  # a temporary folder of ours: model caches are large, do not leave them
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -370,6 +402,11 @@ class LocalStack:
         return {c.name: c.log_path for c in (self._moto, self._cloud, self._edge) if c is not None}
 
     @property
+    def edge_headers(self) -> dict[str, str]:
+        """What a client of the edge's JSON routes sends: its client key and the JSON content type."""
+        return {"x-api-key": self.edge_client_key, "content-type": "application/json"}
+
+    @property
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in (self._moto, self._cloud, self._edge) if c is not None and c.pid}
 
@@ -377,13 +414,15 @@ class LocalStack:
 
     def start_cloud(self) -> None:
         """Start (or start again) the cloud on its port, and warm it with one call on the stack's own key."""
+        # Written at every start: it reads them once, at start-up.
+        keys_file = self._secret_file("cloud-api-keys", [f"{self.api_key}={self.tenant}",
+                                                         f"{self.service_api_key}={self.service_tenant}"])
         if self._cloud is None:
             argv = [
                 sys.executable, "-m", "infra.local_api", "--host", self.host, "--port", str(self._ports["cloud"]),
                 "--model-dir", f"s3://{self.bucket}/{MODEL_PREFIX}/", "--dynamodb-endpoint", self.moto_url,
                 "--budget-table", self.budget_table, "--idempotency-table", self.idempotency_table,
-                "--api-key", f"{self.api_key}={self.tenant}",
-                "--api-key", f"{self.service_api_key}={self.service_tenant}",
+                "--api-keys-file", str(keys_file),
             ]
             env = {
                 **self._aws_env(),
@@ -496,6 +535,8 @@ class LocalStack:
             "EDGE_CLOUD_URL": self.cloud_url,
             "EDGE_CLOUD_API_KEY": self.api_key,
             "EDGE_ADMIN_TOKEN": self.admin_token,
+            "EDGE_CLIENT_KEYS_FILE": str(self._secret_file(
+                "edge-client-keys", [f"{self.edge_client_id}:{self.edge_client_key}"])),
         }
         env = {
             **self._aws_env(),
@@ -505,12 +546,20 @@ class LocalStack:
             **self._edge_env,
             **wiring,  # last: see WIRED_EDGE_VARIABLES
         }
+        env.pop("EDGE_CLIENT_KEYS", None)  # the edge refuses both it and EDGE_CLIENT_KEYS_FILE
         self._edge = _Child("edge", [sys.executable, "-m", "edge_container", "serve"], env,
                             self.work_dir / "logs" / "edge.log")
         self._edge.start()
         self.edge_url = f"http://{self.host}:{port}"
         self._edge.wait_http_ok(f"{self.edge_url}/readyz", self._start_timeout_s)
         self._log(f"edge ready at {self.edge_url}")
+
+    @property
+    def _secrets_dir(self) -> Path:
+        return self.work_dir / "secrets"
+
+    def _secret_file(self, name: str, lines: Sequence[str]) -> Path:
+        return _write_private(self._secrets_dir / name, "".join(f"{line}\n" for line in lines))
 
     def _aws_env(self) -> dict[str, str]:
         """The parent's environment without any AWS/Powertools/EDGE settings of the user's, plus fake
@@ -579,7 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir = ensure_artifact(args.model_dir, preset=args.preset, data=args.data, log=log)
         edge_env = {k: v for k, v in os.environ.items() if k.startswith("EDGE_") and k not in WIRED_EDGE_VARIABLES}
         if edge_env:
-            log("edge settings from the environment: " + ", ".join(f"{k}={v}" for k, v in sorted(edge_env.items())))
+            log("edge settings from the environment: " + ", ".join(
+                f"{k}={'<redacted>' if any(part in k for part in _SECRET_NAME_PARTS) else v}"
+                for k, v in sorted(edge_env.items())))
         stack = LocalStack(
             model_dir, host=args.host, edge_port=args.edge_port, cloud_port=args.cloud_port,
             moto_port=args.moto_port, tenant=args.tenant, api_key=args.api_key, daily_budget=args.daily_budget,
@@ -609,7 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _banner(stack: LocalStack) -> str:
     budget = stack.budget()
-    predict = f"curl -s {stack.edge_url}/v1/predict -H 'content-type: application/json' -d "
+    predict = (f"curl -s {stack.edge_url}/v1/predict -H 'x-api-key: {stack.edge_client_key}' "
+               "-H 'content-type: application/json' -d ")
     curl = predict + "'{\"text\": \"what is my checking account balance\"}'"
     forced = predict + "'{\"text\": \"how do i say thank you in japanese\", \"route\": \"cloud\"}'"
     cloud_curl = f"curl -s {stack.cloud_url}/v1/budget -H 'x-api-key: {stack.api_key}'"
@@ -620,7 +672,8 @@ def _banner(stack: LocalStack) -> str:
         f"  cloud      {stack.cloud_url}      POST /v1/infer  GET /v1/budget  (header x-api-key)",
         f"  moto       {stack.moto_url}      DynamoDB + S3 (bucket {stack.bucket})",
         f"  tenant     {stack.tenant}   daily budget {budget['limit']} units, {budget['remaining']} left",
-        f"  API key    {stack.api_key}",
+        f"  API key    {stack.api_key}   (the tenant's, for the cloud)",
+        f"  client key {stack.edge_client_key}   (client {stack.edge_client_id!r} of the edge: x-api-key)",
         f"  admin      x-admin-token: {stack.admin_token}   (GET {stack.edge_url}/admin/model)",
         f"  logs       {stack.work_dir / 'logs'}",
         "",
@@ -666,7 +719,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--daily-budget", type=non_negative_int, default=10_000,
                     help="the tenant's daily budget in cost units (default %(default)s)")
     up.add_argument("--tenant", default="demo", help="the tenant the API key belongs to (default %(default)s)")
-    up.add_argument("--api-key", help="the tenant's x-api-key (default: a random one, printed)")
+    up.add_argument("--api-key", default=os.environ.get("LOCAL_STACK_API_KEY") or None,
+                    help="the tenant's x-api-key (default: $LOCAL_STACK_API_KEY, else a random one, "
+                    "printed); ps shows it to every user: prefer the variable")
     up.add_argument("--reload-poll-s", type=float, default=10.0,
                     help="how often the edge polls the bucket's latest.json (default %(default)s)")
     up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,

@@ -68,7 +68,8 @@ def post_all(url: str, bodies: Sequence[dict[str, Any]], *, concurrency: int = 8
 
 
 def predict(stack: LocalStack, text: str, **fields: Any) -> dict[str, Any]:
-    response = httpx.post(f"{stack.edge_url}/v1/predict", json={"text": text, **fields}, timeout=60.0)
+    response = httpx.post(f"{stack.edge_url}/v1/predict", json={"text": text, **fields},
+                          headers=stack.edge_headers, timeout=60.0)
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()["results"][0]
     return result
@@ -110,7 +111,7 @@ def test_answers_match_the_models_run_directly(stack: LocalStack, references: di
     bodies = [{"text": text, "request_id": f"answers-{i}"} for i, text in enumerate(texts)]
 
     # When they go through the edge, 8 at a time
-    replies = post_all(f"{stack.edge_url}/v1/predict", bodies)
+    replies = post_all(f"{stack.edge_url}/v1/predict", bodies, headers=stack.edge_headers)
 
     # Then every one is answered, and each answer is what the model that gave it says when run directly
     assert [status for status, _ in replies] == [200] * len(texts)
@@ -176,7 +177,7 @@ def test_a_model_published_to_s3_is_served_under_load_without_a_failed_request(
 
     async def scenario() -> float:
         stop = asyncio.Event()
-        async with httpx.AsyncClient(timeout=60.0) as client:
+        async with httpx.AsyncClient(timeout=60.0, headers=stack.edge_headers) as client:
 
             async def load(worker: int) -> None:
                 i = 0
@@ -293,7 +294,7 @@ def test_an_exhausted_budget_means_budget_exhausted_fallbacks_and_no_errors(
     with LocalStack(tiny_artifact, work_dir=tmp_path, daily_budget=20, edge_env=EDGE_ENV) as stack:
         # When 60 escalations arrive, 4 at a time
         bodies = [{"text": UNSURE, "route": "cloud", "request_id": f"budget-{i}"} for i in range(60)]
-        replies = post_all(f"{stack.edge_url}/v1/predict", bodies, concurrency=4)
+        replies = post_all(f"{stack.edge_url}/v1/predict", bodies, concurrency=4, headers=stack.edge_headers)
         budget = httpx.get(f"{stack.cloud_url}/v1/budget", headers={"x-api-key": stack.api_key}).json()
         pids = list(stack.pids.values())
         ports = [port_of(url) for url in (stack.moto_url, stack.cloud_url, stack.edge_url)]
@@ -342,8 +343,8 @@ def test_up_prints_a_curl_that_works_and_ctrl_c_stops_everything(tiny_artifact: 
             out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30, check=True).stdout
         else:  # the same request, without curl
             args = shlex.split(curl)
-            out = httpx.post(args[2], content=args[args.index("-d") + 1],
-                             headers={"content-type": "application/json"}).text
+            sent = dict(args[i + 1].split(": ", 1) for i, arg in enumerate(args) if arg == "-H")
+            out = httpx.post(args[2], content=args[args.index("-d") + 1], headers=sent).text
         # Then it gets an answer
         assert '"results"' in out and '"label"' in out, out
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from cloud_functions.budget import BudgetLedger
-from infra.local_api import READY_PREFIX, ApiKey, proxy_event
+from infra.local_api import READY_PREFIX, ApiKey, load_api_keys, proxy_event
 from infra.moto_server import SerialisedMotoServer
 from modelpack.classifier import Classifier
 
@@ -43,11 +43,11 @@ def local_api(moto_server: SerialisedMotoServer, tiny_artifact: Path, tmp_path_f
         "AWS_SECRET_ACCESS_KEY": "testing",
         "DEFAULT_DAILY_BUDGET": "10",
         "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("local-api-cache")),
+        "LOCAL_API_KEYS": f"{ACME_KEY}=k1acme0001,{SMALL_KEY}=k2small0002",  # never on the command line
     }
     command = [
         sys.executable, "-m", "infra.local_api", "--port", "0", "--model-dir", str(tiny_artifact),
         "--dynamodb-endpoint", moto_server.endpoint_url, "--create-tables", "--table-prefix", "localtest",
-        "--api-key", f"{ACME_KEY}=k1acme0001", "--api-key", f"{SMALL_KEY}=k2small0002",
     ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -137,3 +137,25 @@ def test_the_function_sees_an_api_gateway_proxy_event() -> None:
     assert event["queryStringParameters"] == {"a": "2"}
     assert event["multiValueQueryStringParameters"] == {"a": ["1", "2"]}
     assert event["isBase64Encoded"] and base64.b64decode(event["body"]) == b"\xff\x00"
+
+
+def test_api_keys_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# tenant keys\n\n  s3cr3t-acme-key=acme  \nbase64ish==beta\n", encoding="utf-8")
+
+    assert load_api_keys(str(keys_file), {"LOCAL_API_KEYS": "ignored=x"}) == [
+        ApiKey("s3cr3t-acme-key", "acme"), ApiKey("base64ish=", "beta")]
+    assert load_api_keys(None, {"LOCAL_API_KEYS": "k1=a, k2=b"}) == [ApiKey("k1", "a"), ApiKey("k2", "b")]
+
+
+@pytest.mark.parametrize("environ", [{}, {"LOCAL_API_KEYS": " , "}], ids=["unset", "empty"])
+def test_no_api_key_is_a_start_up_error(environ: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="no API key"):
+        load_api_keys(None, environ)
+
+
+def test_a_malformed_key_entry_is_named_by_position_never_echoed() -> None:
+    with pytest.raises(ValueError, match="entry 2") as raised:
+        load_api_keys(None, {"LOCAL_API_KEYS": "k1=a,s3cr3t-without-tenant"})
+
+    assert "s3cr3t" not in str(raised.value)
