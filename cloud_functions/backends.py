@@ -3,12 +3,16 @@
 A backend turns a batch of texts into one `TextResult` per text. It knows nothing of tenants, budgets or
 HTTP; failures come out as `BackendError` (the service refunds the charge and answers 503). `LazyBackend`
 builds the backend on first use, so a GET of the budget never waits for a model, and a failed load is
-retried (after a short pause) by a later request instead of poisoning the execution environment.
+retried (after a short pause) by a later request instead of poisoning the execution environment. When the
+current version cannot be had but the execution environment still holds the last version that loaded, that
+one answers, wrapped in `StaleBackend` (the response says `"model_status": "stale"`), and the current one
+is tried again every `stale_retry_after_s`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,13 +24,17 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud_functions.errors import ModelUnavailable
-from cloud_functions.model_store import CLOUD_PARTS, LocalModel, ModelStore, ModelStoreError
+from cloud_functions.model_store import CLOUD_PARTS, LocalModel, ModelStore, ModelStoreError, Part
 from modelpack.errors import ArtifactError
 
 if TYPE_CHECKING:
     from modelpack.classifier import Classifier
 
     from cloud_functions.settings import InferenceSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+STALE_REASON = "latest_model_unavailable"  # client-facing and stable; the log line carries the details
 
 
 class BackendError(Exception):
@@ -259,21 +267,49 @@ def _answer_text(response: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- lazy loading
 
+_LOAD_ERRORS = (ModelStoreError, BackendError, ArtifactError)
+
+
+@dataclass(frozen=True, slots=True)
+class StaleBackend:
+    """The last version that loaded in this execution environment, answering because the current one
+    could not be fetched, verified or loaded. `reason` is safe to show clients (no bucket or key names)."""
+
+    inner: InferenceBackend
+    reason: str = STALE_REASON
+
+    @property
+    def model_version(self) -> str:
+        return self.inner.model_version
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.inner.labels
+
+    def infer(self, texts: Sequence[str]) -> Inference:
+        return self.inner.infer(texts)
+
 
 class LazyBackend:
-    """Builds a backend on first use and keeps it. A failed build raises `ModelUnavailable`; the next
-    build is tried only after `retry_after_s`, so a broken model store costs one attempt per pause,
-    not one per request."""
+    """Builds a backend on first use and keeps it. A failed build falls back to `fallback()` (the last
+    good version, or None) as a `StaleBackend`; with no fallback it raises `ModelUnavailable`. The next
+    build is tried only after `retry_after_s` (`stale_retry_after_s` while a stale backend answers: each
+    try may download a whole model), so a broken model store costs one attempt per pause, not one per
+    request."""
 
     def __init__(
         self,
         load: Callable[[], InferenceBackend],
         *,
+        fallback: Callable[[], InferenceBackend | None] | None = None,
         retry_after_s: float = 5.0,
+        stale_retry_after_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
+        self._fallback = fallback
         self._retry_after_s = retry_after_s
+        self._stale_retry_after_s = stale_retry_after_s
         self._clock = clock
         self._backend: InferenceBackend | None = None
         self._failed_at: float | None = None
@@ -284,18 +320,92 @@ class LazyBackend:
         return self._backend is not None
 
     def __call__(self) -> InferenceBackend:
-        if self._backend is not None:
-            return self._backend
+        backend = self._backend
+        if backend is not None and not isinstance(backend, StaleBackend):
+            return backend
         now = self._clock()
-        if self._failed_at is not None and now - self._failed_at < self._retry_after_s:
+        pause = self._retry_after_s if backend is None else self._stale_retry_after_s
+        if self._failed_at is not None and now - self._failed_at < pause:
+            if backend is not None:
+                return backend
             raise ModelUnavailable("the model failed to load; it is retried shortly") from self.last_error
         try:
             self._backend = self._load()
-        except (ModelStoreError, BackendError, ArtifactError) as exc:
+        except _LOAD_ERRORS as exc:
             self._failed_at, self.last_error = now, exc
-            raise ModelUnavailable("the model could not be loaded") from exc
+            if backend is None:
+                backend = self._backend = self._last_good(exc)
+            else:
+                logger.warning("the current model is still unavailable; %s answers: %s",
+                               backend.model_version, exc)
+            if backend is None:
+                raise ModelUnavailable("the model could not be loaded") from exc
+            return backend
         self._failed_at = self.last_error = None
         return self._backend
+
+    def _last_good(self, cause: Exception) -> StaleBackend | None:
+        if self._fallback is None:
+            return None
+        try:
+            previous = self._fallback()
+        except _LOAD_ERRORS as exc:
+            logger.warning("the last good model cannot be loaded either: %s", exc)
+            return None
+        if previous is None:
+            return None
+        logger.warning("the current model is unavailable; the last good version %s answers: %s",
+                       previous.model_version, cause)
+        return StaleBackend(previous)
+
+
+class BackendLoader:
+    """What `LazyBackend` calls: fetch the artifact (only the manifest for Bedrock) and build the backend;
+    a version that also built is remembered as the last good one, which `last_good` builds again."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: InferenceSettings,
+        *,
+        s3_client: Any = None,
+        bedrock_client: BedrockRuntimeClient | None = None,
+    ) -> None:
+        self._settings = settings
+        self._options = options
+        self._s3_client = s3_client
+        self._bedrock_client = bedrock_client
+        self._parts: tuple[Part, ...] = () if options.backend == "bedrock" else CLOUD_PARTS
+        self._store: ModelStore | None = None
+
+    def __call__(self) -> InferenceBackend:
+        store = self._model_store()
+        model = store.fetch(self._parts)
+        backend = self._build(model)
+        store.remember(model)  # only now: a version that verifies but cannot load is no last good one
+        return backend
+
+    def last_good(self) -> InferenceBackend | None:
+        model = self._model_store().last_good(self._parts)
+        return None if model is None else self._build(model)
+
+    def _model_store(self) -> ModelStore:
+        if self._store is None:
+            self._store = ModelStore.from_settings(self._settings, s3_client=self._s3_client)
+        return self._store
+
+    def _build(self, model: LocalModel) -> InferenceBackend:
+        options = self._options
+        if options.backend == "bedrock":  # the label list is all Bedrock needs
+            return BedrockBackend(
+                self._bedrock_client or _bedrock_client(),
+                model_id=options.bedrock_model_id,
+                labels=model.manifest.labels,
+                oos_label=model.manifest.oos_label,
+                input_usd_per_mtok=options.bedrock_input_usd_per_mtok,
+                output_usd_per_mtok=options.bedrock_output_usd_per_mtok,
+            )
+        return LiteRTBackend.load(model, top_k=options.top_k)
 
 
 def backend_loader(
@@ -304,24 +414,8 @@ def backend_loader(
     *,
     s3_client: Any = None,
     bedrock_client: BedrockRuntimeClient | None = None,
-) -> Callable[[], InferenceBackend]:
-    """What `LazyBackend` calls: fetch the artifact (only the manifest for Bedrock) and build the backend."""
-
-    def load() -> InferenceBackend:
-        store = ModelStore.from_settings(settings, s3_client=s3_client)
-        if options.backend == "bedrock":
-            manifest = store.fetch(parts=()).manifest  # the label list is all Bedrock needs
-            return BedrockBackend(
-                bedrock_client or _bedrock_client(),
-                model_id=options.bedrock_model_id,
-                labels=manifest.labels,
-                oos_label=manifest.oos_label,
-                input_usd_per_mtok=options.bedrock_input_usd_per_mtok,
-                output_usd_per_mtok=options.bedrock_output_usd_per_mtok,
-            )
-        return LiteRTBackend.load(store.fetch(CLOUD_PARTS), top_k=options.top_k)
-
-    return load
+) -> BackendLoader:
+    return BackendLoader(settings, options, s3_client=s3_client, bedrock_client=bedrock_client)
 
 
 def _bedrock_client() -> BedrockRuntimeClient:

@@ -4,7 +4,8 @@ Items (partition key `tenant_id`, sort key `sk`, all amounts are integer cost un
 
     sk = "YYYY-MM-DD"       period row (one per tenant per UTC day): limit, remaining, spent, expires_at
     sk = "config"           tenant configuration: daily_limit (absent -> the deployment's default)
-    sk = "charge#<key>"     charge record of one idempotency key: period, units, state, expires_at
+    sk = "charge#<key>"     charge record of one idempotency key: period, units, payload_sha256, state,
+                            expires_at
 
 Invariant of a period row: remaining + spent == limit. A charge is ONE conditional write
 (`remaining >= :units`), so concurrent requests can never overspend; the row is created lazily from the
@@ -15,7 +16,10 @@ written in ONE `TransactWriteItems` — a conditional put of `charge#<key>` (`at
 refunded, or past its TTL) plus the conditional update of the period row. Both happen or neither does, so
 there is no crash window: a duplicate key arriving concurrently, after a lost response (botocore retry),
 after a Lambda crash, or after Powertools' idempotency record has expired, finds the charge record and gets
-the original reservation back (`replayed=True`) without a second deduction. The two-step alternative (put
+the original reservation back (`replayed=True`) without a second deduction — but only for the same payload:
+the record keeps the caller's digest of it (`payload_sha256`), and the same key with another digest, or
+another cost, is `IdempotencyConflict` (409) for as long as the record lives, so a reused key can never
+buy a free inference once Powertools' shorter-lived record is gone. The two-step alternative (put
 the record, then deduct) either double-charges or silently skips a charge if the process dies between the
 steps. Cost: a transaction is 2 items x 2 write units instead of 1, paid only when a key is given.
 Without a key the charge is the single conditional UpdateItem — cheapest, but a retried call whose first
@@ -58,6 +62,7 @@ CHARGE_PREFIX = "charge#"
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")  # a lower-case hex SHA-256
 _CHARGED, _REFUNDED = "charged", "refunded"
 
 Clock = Callable[[], datetime]
@@ -178,18 +183,29 @@ class BudgetLedger:
 
     # ------------------------------------------------------------------ public API
 
-    def reserve(self, tenant: str, units: int, *, idempotency_key: str | None = None) -> Reservation:
+    def reserve(
+        self,
+        tenant: str,
+        units: int,
+        *,
+        idempotency_key: str | None = None,
+        payload_digest: str | None = None,
+    ) -> Reservation:
+        """Take `units` from today's budget, once per `idempotency_key`. `payload_digest` (a hex SHA-256 of
+        what is being paid for) is kept in the key's charge record: a replay must bring the same digest."""
         _check_tenant(tenant)
         if type(units) is not int or units < 1:
             raise BadRequest("a charge must be a positive integer number of units")
         if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
             raise BadRequest("the idempotency key must be 1-255 printable ASCII characters without spaces")
+        if payload_digest is not None and not _DIGEST.match(payload_digest):
+            raise BadRequest("a payload digest must be a lower-case hex SHA-256")
         for attempt in range(self._max_attempts):
             now = self._now()
             try:
                 if idempotency_key is None:
                     return self._charge(tenant, units, now)
-                return self._charge_once(tenant, units, idempotency_key, now)
+                return self._charge_once(tenant, units, idempotency_key, payload_digest, now)
             except _PeriodRowMissing:
                 self._create_period_row(tenant, now)
             except _Conflict:
@@ -294,11 +310,13 @@ class BudgetLedger:
             raise BudgetStoreUnavailable("the budget table could not be reached") from exc
         return Reservation(tenant, _period(now), units, None, False, _resets_at(now))
 
-    def _charge_once(self, tenant: str, units: int, key: str, now: datetime) -> Reservation:
+    def _charge_once(
+        self, tenant: str, units: int, key: str, digest: str | None, now: datetime
+    ) -> Reservation:
         try:
             self._client.transact_write_items(
                 TransactItems=[
-                    {"Put": self._charge_record(tenant, key, _period(now), units, now)},
+                    {"Put": self._charge_record(tenant, key, _period(now), units, digest, now)},
                     {"Update": self._deduct(tenant, _period(now), units)},
                 ]
             )
@@ -309,7 +327,7 @@ class BudgetLedger:
             charge, row = _cancellation_reasons(exc)
             # A charged key wins over an exhausted budget: its replay must succeed after the budget ran out.
             if charge.get("Code") == "ConditionalCheckFailed":
-                return self._replay(tenant, key, units, charge.get("Item"))
+                return self._replay(tenant, key, units, digest, charge.get("Item"))
             if row.get("Code") == "ConditionalCheckFailed":
                 if "Item" in row:
                     raise BudgetExhausted(
@@ -347,13 +365,16 @@ class BudgetLedger:
             "ExpressionAttributeValues": {":units": _n(units)},
         }
 
-    def _charge_record(self, tenant: str, key: str, period: str, units: int, now: datetime) -> dict[str, Any]:
+    def _charge_record(
+        self, tenant: str, key: str, period: str, units: int, digest: str | None, now: datetime
+    ) -> dict[str, Any]:
         return {
             "TableName": self._table,
             "Item": {
                 **_key(tenant, CHARGE_PREFIX + key),
                 "period": _s(period),
                 "units": _n(units),
+                **({} if digest is None else {"payload_sha256": _s(digest)}),
                 "state": _s(_CHARGED),
                 "charged_at": _s(now.isoformat()),
                 TTL_ATTRIBUTE: _n(_epoch(now + self._charge_ttl)),
@@ -399,11 +420,18 @@ class BudgetLedger:
 
     # ------------------------------------------------------------------ helpers
 
-    def _replay(self, tenant: str, key: str, units: int, item: dict[str, Any] | None) -> Reservation:
+    def _replay(
+        self, tenant: str, key: str, units: int, digest: str | None, item: dict[str, Any] | None
+    ) -> Reservation:
         if item is None:  # not every DynamoDB-compatible store returns the old item: read it
             item = self._get(tenant, CHARGE_PREFIX + key)
             if item is None:
                 raise BudgetStoreUnavailable("the charge record vanished while being replayed")
+        # A record without a digest (written before digests, or by a caller without one) is judged by its
+        # units alone; it expires with its TTL, so that weaker rule does not outlive two days.
+        charged_digest = item.get("payload_sha256", {}).get("S")
+        if digest is not None and charged_digest is not None and charged_digest != digest:
+            raise IdempotencyConflict("this idempotency key was already used for a different request")
         charged = int(item["units"]["N"])
         if charged != units:
             raise IdempotencyConflict(

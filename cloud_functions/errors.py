@@ -59,6 +59,13 @@ class TextTooLong(BadRequest):
     code = "TEXT_TOO_LONG"
 
 
+class InvalidText(BadRequest):
+    """A text that is valid JSON but not Unicode text (an unpaired UTF-16 surrogate such as "\\ud800"): the
+    tokenizer cannot read it. `field` and `index` name it, as the edge's INVALID_TEXT does."""
+
+    code = "INVALID_TEXT"
+
+
 class InvalidIdempotencyKey(BadRequest):
     code = "INVALID_IDEMPOTENCY_KEY"
 
@@ -74,7 +81,8 @@ class UnknownTenant(CloudError):
 
 
 class IdempotencyConflict(CloudError):
-    """The same idempotency key was reused for a different charge."""
+    """The same idempotency key was reused for a different request: other texts (Powertools' record, or
+    the ledger's charge record, which remembers the texts' digest for two days) or another cost."""
 
     status = 409
     code = "IDEMPOTENCY_KEY_REUSED"

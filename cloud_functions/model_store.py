@@ -15,12 +15,18 @@ renamed into place, so a crash never leaves a half-written file under a real nam
 
 Every failure is a `ModelStoreError` whose message names the object or file; callers turn it into the
 client-facing `ModelUnavailable` without leaking bucket names.
+
+Last good version: once a fetched version has also loaded, the caller `remember`s it in
+`<cache_dir>/last-good.json`. When a later cold start in the same execution environment cannot have the
+current version (latest.json names a corrupt, missing or unloadable one, or S3 is unreachable),
+`last_good` hands back that folder, verified again file by file, so the function keeps answering with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +47,9 @@ if TYPE_CHECKING:
 Part = Literal["tokenizer", "cloud", "edge"]
 CLOUD_PARTS: tuple[Part, ...] = ("tokenizer", "cloud")
 POINTER_NAME = "latest.json"
+LAST_GOOD_NAME = "last-good.json"
+logger = logging.getLogger(__name__)
+
 _S3_URI = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.*)$")
 _SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _CHUNK = 1 << 20
@@ -100,6 +109,38 @@ class ModelStore:
         if self._bucket is None:
             return self._local(wanted)
         return self._remote(wanted)
+
+    def remember(self, model: LocalModel) -> None:
+        """Record `model` (fetched by this store, and loaded by its caller) as the last good version.
+        Best effort: a full /tmp costs the fallback, never the request."""
+        if self._bucket is None or model.folder.parent != self._cache_dir:
+            return  # a packaged folder is read-only and always there: it needs no fallback
+        record = {"uri": self.uri, "folder": model.folder.name, "model_version": model.model_version,
+                  "source": model.source}
+        try:
+            _atomic_write(self._cache_dir / LAST_GOOD_NAME, json.dumps(record).encode())
+        except OSError as exc:
+            logger.warning("could not remember %s as the last good model: %s", model.model_version, exc)
+
+    def last_good(self, parts: Iterable[Part] = CLOUD_PARTS) -> LocalModel | None:
+        """The remembered version of this store's URI with every file of `parts` verified again, or None
+        when there is none or it no longer verifies (a /tmp of another container's life can rot)."""
+        wanted = tuple(dict.fromkeys(parts))
+        try:
+            record = json.loads((self._cache_dir / LAST_GOOD_NAME).read_bytes())
+            name, source, uri = record["folder"], record["source"], record["uri"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if uri != self.uri or not isinstance(name, str) or not _SAFE_DIR.match(name):
+            return None
+        folder = self._cache_dir / name
+        try:
+            manifest = load_manifest(folder, verify=False)
+            verify_parts(manifest, folder, wanted)
+        except (ArtifactError, ModelStoreError, OSError) as exc:
+            logger.warning("the last good model in %s is no longer usable: %s", folder, exc)
+            return None
+        return LocalModel(manifest, folder, str(source), wanted, ())
 
     # ------------------------------------------------------------------ packaged folder
 

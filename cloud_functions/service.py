@@ -13,6 +13,7 @@ the reservation is refunded before the error goes out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ from cloud_functions.backends import (
     Inference,
     InferenceBackend,
     LazyBackend,
+    StaleBackend,
     TextResult,
     backend_loader,
 )
@@ -36,11 +38,13 @@ from cloud_functions.errors import (
     InvalidIdempotencyKey,
     InvalidJson,
     InvalidRequest,
+    InvalidText,
     ModelUnavailable,
     TextTooLong,
     TooManyTexts,
     UnknownTenant,
 )
+from modelpack.limits import text_problem
 
 if TYPE_CHECKING:
     from cloud_functions.budget import Clock
@@ -86,6 +90,14 @@ class InferRequest:
             "request_id": self.request_id,
         }
 
+    @property
+    def payload_digest(self) -> str:
+        """SHA-256 of the texts, canonically encoded (a JSON array, ASCII-escaped, no spaces): what the
+        ledger's charge record remembers, so a key reused for other texts is refused even once Powertools'
+        record has expired. The edge answers are not part of it: they change neither answer nor cost."""
+        canonical = json.dumps(list(self.texts), ensure_ascii=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> InferRequest:
         edge = payload.get("edge")
@@ -127,6 +139,9 @@ def parse_infer_request(body: str | bytes | None, limits: Limits) -> InferReques
                 field=f"texts[{i}]",
                 limit=limits.max_chars,
             )
+        problem = text_problem(text)
+        if problem is not None:  # the tokenizer would raise on it: a 500 for the whole call
+            raise InvalidText(f"texts[{i}] {problem}: not valid Unicode text", field=f"texts[{i}]", index=i)
 
     edge = raw.get("edge")
     answers: tuple[EdgeAnswer, ...] | None = None
@@ -236,7 +251,7 @@ class InferenceService:
         load = backend_loader(settings, options, s3_client=s3_client, bedrock_client=bedrock_client)
         return cls(
             ledger=BudgetLedger.from_settings(settings, dynamodb_client=dynamodb_client, clock=clock),
-            backend=(lambda: backend) if backend is not None else LazyBackend(load),
+            backend=(lambda: backend) if backend is not None else LazyBackend(load, fallback=load.last_good),
             pricing=Pricing.from_settings(settings),
             limits=Limits.from_settings(settings),
             metrics=metrics,
@@ -248,7 +263,7 @@ class InferenceService:
         """Charge `tenant` once per `charge_key` and answer. `request_id` is echoed when the body has none."""
         backend = self._backend()  # before charging: a model that cannot load costs the caller nothing
         cost = self.pricing.cost(len(request.texts))
-        reservation = self._reserve(tenant, cost, charge_key)
+        reservation = self._reserve(tenant, cost, charge_key, request.payload_digest)
         started = self._timer()
         try:
             inference = backend.infer(request.texts)
@@ -262,9 +277,15 @@ class InferenceService:
         self._metrics.milliseconds("InferenceLatency", (self._timer() - started) * 1000)
         self._metrics.count("TextsInferred", len(request.texts))
         self._record_edge_agreement(request, inference.results)
+        stale = backend if isinstance(backend, StaleBackend) else None
+        if stale is not None:
+            self._metrics.count("StaleModelResponses")
         return {
             "results": [_result(r) for r in inference.results],
             "model_version": backend.model_version,
+            # Additive: "stale" when the last verified version answers because the current one cannot.
+            "model_status": "current" if stale is None else "stale",
+            **({} if stale is None else {"degraded": {"reason": stale.reason}}),
             "cost": cost,
             "budget": self._budget_after(tenant),
             "request_id": request.request_id or request_id,
@@ -276,11 +297,11 @@ class InferenceService:
 
     # ------------------------------------------------------------------ helpers
 
-    def _reserve(self, tenant: str, cost: int, charge_key: str) -> Reservation | None:
+    def _reserve(self, tenant: str, cost: int, charge_key: str, digest: str) -> Reservation | None:
         if cost == 0:  # free calls (both prices 0) need no write at all
             return None
         try:
-            reservation = self.ledger.reserve(tenant, cost, idempotency_key=charge_key)
+            reservation = self.ledger.reserve(tenant, cost, idempotency_key=charge_key, payload_digest=digest)
         except BudgetExhausted:
             self._metrics.count("BudgetExhausted")
             raise

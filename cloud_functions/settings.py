@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from cloud_functions.errors import ConfigurationError
+from modelpack import limits
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 _URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
@@ -44,8 +45,11 @@ class Settings:
             default_daily_budget=env.integer("DEFAULT_DAILY_BUDGET", default=1000, minimum=0),
             cost_per_request=env.integer("COST_PER_REQUEST", default=1, minimum=0),
             cost_per_text=env.integer("COST_PER_TEXT", default=1, minimum=0),
-            max_texts_per_call=env.integer("MAX_TEXTS_PER_CALL", default=32, minimum=1),
-            max_chars_per_text=env.integer("MAX_CHARS_PER_TEXT", default=512, minimum=1),
+            # The defaults are the limits the edge chunks its escalations to: written once, in modelpack.
+            max_texts_per_call=env.integer("MAX_TEXTS_PER_CALL", default=limits.CLOUD_MAX_TEXTS, minimum=1),
+            max_chars_per_text=env.integer(
+                "MAX_CHARS_PER_TEXT", default=limits.CLOUD_MAX_TEXT_CHARS, minimum=1
+            ),
             model_uri=env.model_uri("MODEL_URI"),
             model_cache_dir=Path(env.text("MODEL_CACHE_DIR", default="/tmp/models")),
         )

@@ -21,6 +21,7 @@ from cloud_functions.backends import (
     LabelScore,
     LazyBackend,
     LiteRTBackend,
+    StaleBackend,
     TextResult,
     Usage,
     backend_loader,
@@ -266,6 +267,52 @@ def test_a_lazy_backend_loads_once_and_retries_a_failed_load_after_a_pause(tiny_
 
     assert lazy() is real and lazy() is real
     assert attempts == [0.0, 5.0] and lazy.ready
+
+
+def test_a_lazy_backend_serves_the_last_good_model_while_the_current_one_fails_then_returns_to_it(
+    tiny_artifact: Path,
+) -> None:
+    attempts: list[float] = []
+    clock = _Clock()
+    last_good, current = LiteRTBackend(_classifier(tiny_artifact)), LiteRTBackend(_classifier(tiny_artifact))
+    published_ok = False
+
+    def load() -> LiteRTBackend:
+        attempts.append(clock.now)
+        if not published_ok:
+            raise ModelStoreError("s3://bucket/models/tiny-2/cloud.tflite: SHA-256 does not match")
+        return current
+
+    lazy = LazyBackend(load, fallback=lambda: last_good, retry_after_s=5.0, stale_retry_after_s=60.0,
+                       clock=clock)
+
+    stale = lazy()
+    assert isinstance(stale, StaleBackend) and stale.inner is last_good
+    assert stale.reason == "latest_model_unavailable" and "s3://" not in stale.reason
+    assert (stale.model_version, stale.labels) == (last_good.model_version, last_good.labels)
+    assert stale.infer(TEXTS) == last_good.infer(TEXTS)
+    clock.now = 59.0
+    assert lazy() is stale  # within the pause: S3 is not asked again
+    clock.now = 60.0
+    assert lazy() is stale  # asked again, still broken: keep serving the last good one
+    published_ok, clock.now = True, 120.0
+
+    assert lazy() is current and lazy() is current
+    assert attempts == [0.0, 60.0, 120.0] and lazy.last_error is None
+
+
+@pytest.mark.parametrize("outcome", ["nothing cached", "cached but broken"])
+def test_a_lazy_backend_without_a_usable_last_good_model_is_unavailable(outcome: str) -> None:
+    def load() -> LiteRTBackend:
+        raise ModelStoreError("s3://bucket/models/latest.json does not exist")
+
+    def fallback() -> LiteRTBackend | None:
+        if outcome == "nothing cached":
+            return None
+        raise BackendError("the cached model cannot be loaded")
+
+    with pytest.raises(ModelUnavailable):
+        LazyBackend(load, fallback=fallback)()
 
 
 def test_settings_choose_the_backend_and_fail_fast_on_a_bad_choice() -> None:

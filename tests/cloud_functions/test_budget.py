@@ -22,11 +22,13 @@ from cloud_functions.errors import (
     CloudError,
     ConfigurationError,
     IdempotencyConflict,
+    InvalidText,
     ModelUnavailable,
     UnknownTenant,
 )
 from cloud_functions.settings import Settings
 from infra import budget_admin
+from modelpack import limits
 
 from .conftest import Aws, FakeClock
 
@@ -254,6 +256,36 @@ def test_reusing_a_key_for_a_different_charge_is_a_conflict(make_ledger: MakeLed
     assert ledger.status("acme").spent == 2
 
 
+def test_a_key_reused_for_another_payload_of_the_same_cost_is_a_conflict(
+    make_ledger: MakeLedger, aws: Aws, clock: FakeClock
+) -> None:
+    """Issue 9 #3: the charge record compared unit counts only, so other texts of the same count passed as
+    a replay (and ran uncharged once Powertools' own record had expired)."""
+    ledger = make_ledger()
+    first, other = "a" * 64, "b" * 64
+    ledger.reserve("acme", 3, idempotency_key="req-1", payload_digest=first)
+    clock.advance(hours=30)  # past Powertools' hour and midnight, within the charge record's two days
+
+    with pytest.raises(IdempotencyConflict) as caught:
+        ledger.reserve("acme", 3, idempotency_key="req-1", payload_digest=other)
+
+    assert (caught.value.status, caught.value.code) == (409, "IDEMPOTENCY_KEY_REUSED")
+    assert ledger.reserve("acme", 3, idempotency_key="req-1", payload_digest=first).replayed is True
+    assert _row(aws, "acme", "charge#req-1")["payload_sha256"] == first  # type: ignore[index]
+    assert ledger.status("acme").spent == 0  # today is another day: nothing taken from it
+    assert _row(aws, "acme", "2026-03-14")["spent"] == "3"  # type: ignore[index]
+
+
+def test_a_charge_record_without_a_digest_still_replays_by_its_units(make_ledger: MakeLedger) -> None:
+    """Records written before digests existed (or by a caller that has none) keep the old rule."""
+    ledger = make_ledger()
+    ledger.reserve("acme", 3, idempotency_key="req-1")
+
+    assert ledger.reserve("acme", 3, idempotency_key="req-1", payload_digest="a" * 64).replayed is True
+    with pytest.raises(IdempotencyConflict):
+        ledger.reserve("acme", 4, idempotency_key="req-1", payload_digest="a" * 64)
+
+
 def test_idempotency_keys_belong_to_their_tenant(make_ledger: MakeLedger) -> None:
     ledger = make_ledger()
 
@@ -377,6 +409,16 @@ def test_settings_have_defaults_for_everything_but_tables_and_model() -> None:
     assert Pricing.from_settings(settings).cost(2) == 3
 
 
+def test_the_text_limits_default_to_the_shared_cloud_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """modelpack.limits is the one place the limits are written: the edge chunks to the same numbers."""
+    monkeypatch.setattr(limits, "CLOUD_MAX_TEXTS", 7)
+    monkeypatch.setattr(limits, "CLOUD_MAX_TEXT_CHARS", 99)
+
+    settings = Settings.from_env(_ENV)
+
+    assert (settings.max_texts_per_call, settings.max_chars_per_text) == (7, 99)
+
+
 def test_settings_read_every_value_from_the_environment() -> None:
     env = {
         **_ENV,
@@ -425,6 +467,7 @@ def test_every_error_has_a_distinct_stable_code_and_status() -> None:
         BadRequest: (400, "BAD_REQUEST"),
         UnknownTenant: (403, "UNKNOWN_TENANT"),
         IdempotencyConflict: (409, "IDEMPOTENCY_KEY_REUSED"),
+        InvalidText: (400, "INVALID_TEXT"),
         BudgetExhausted: (429, "BUDGET_EXHAUSTED"),
         ConfigurationError: (500, "CONFIGURATION_ERROR"),
         ModelUnavailable: (503, "MODEL_UNAVAILABLE"),

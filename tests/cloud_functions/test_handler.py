@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from cloud_functions.backends import BackendError, BedrockBackend, Inference, Li
 from cloud_functions.budget import BudgetLedger
 from cloud_functions.model_store import ModelStore
 from cloud_functions.settings import Settings
+from model_build.publish import publish
 from modelpack.classifier import Classifier
 
 from .conftest import Aws, FakeClock
@@ -121,7 +124,9 @@ def install(handler: ModuleType, aws: Aws, clock: FakeClock, env: dict[str, str]
     def install(*, backend: Any = None, **overrides: str) -> None:
         settings = Settings.from_env({**env, **overrides})
         handler.use_runtime(
-            handler.build_runtime(settings, dynamodb_client=aws.dynamodb, clock=clock, backend=backend)
+            handler.build_runtime(
+                settings, dynamodb_client=aws.dynamodb, s3_client=aws.s3, clock=clock, backend=backend
+            )
         )
 
     return install
@@ -239,12 +244,13 @@ LONG = "x" * 65
         ({"texts": ["ok"], "request_id": 42}, "INVALID_REQUEST", "request_id"),
         ({"texts": ["ok"], "tenant": "someone-else"}, "INVALID_REQUEST", "tenant"),
         (b"\xff\xfe not utf-8", "INVALID_JSON", None),
+        ('{"texts": ["ok", "\\ud800"]}', "INVALID_TEXT", "texts[1]"),  # valid JSON, not valid Unicode
     ],
     ids=[
         "not-json", "empty-body", "not-an-object", "no-texts", "empty-texts", "texts-not-a-list",
         "text-not-a-string", "blank-text", "too-many-texts", "text-too-long", "edge-wrong-length",
         "edge-confidence-out-of-range", "edge-confidence-bool", "request-id-not-a-string",
-        "tenant-in-the-body", "binary-body",
+        "tenant-in-the-body", "binary-body", "lone-surrogate",
     ],
 )
 def test_bad_requests_are_400_with_a_stable_code_and_cost_nothing(
@@ -260,6 +266,25 @@ def test_bad_requests_are_400_with_a_stable_code_and_cost_nothing(
     assert reply.body["error"].get("field") == field
     assert "Traceback" not in reply.raw_body
     assert ledger.status(TENANT).spent == 0
+
+
+@pytest.mark.parametrize("idempotency_key", [KEY, None], ids=["keyed", "unkeyed"])
+def test_a_text_with_a_lone_surrogate_is_refused_naming_its_index(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws,
+    idempotency_key: str | None,
+) -> None:
+    """Issue 9 #2: "\\ud800" is valid JSON but no Unicode text; the tokenizer raised: a 500."""
+    install(backend=teacher)
+    body = '{"texts": ["what is my account balance", "set a timer \\ud800 now"]}'
+
+    reply = invoke(event("infer", body=body, headers={"Idempotency-Key": idempotency_key}))
+
+    assert reply.status == 400, reply.body
+    assert reply.body["error"]["code"] == "INVALID_TEXT"
+    assert (reply.body["error"]["field"], reply.body["error"]["index"]) == ("texts[1]", 1)
+    assert "U+D800" in reply.body["error"]["message"]
+    assert ledger.status(TENANT).spent == 0
+    assert aws.dynamodb.scan(TableName=aws.idempotency_table)["Items"] == []
 
 
 def test_a_bad_idempotency_key_is_400(install: Install, invoke: Invoke, teacher: LiteRTBackend) -> None:
@@ -435,6 +460,27 @@ def test_after_the_idempotency_record_expires_the_ledger_still_charges_a_key_onc
     assert ledger.status(TENANT).spent == 3  # the charge record under the key was found: no second charge
 
 
+def test_after_the_idempotency_record_expires_a_key_reused_for_other_texts_is_still_a_conflict(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws
+) -> None:
+    """Issue 9 #3: the ledger's charge record took the same unit count as a replay and ran it for free."""
+    install(backend=teacher)
+    assert invoke(event("infer")).status == 200
+    for record in aws.dynamodb.scan(TableName=aws.idempotency_table)["Items"]:  # as if its TTL had passed
+        aws.dynamodb.delete_item(TableName=aws.idempotency_table, Key={"id": record["id"]})
+    install(backend=teacher)  # a cold container: nothing in Powertools' local cache either
+    other = ["what is the weather like", "hello there"]  # as many texts as TEXTS: the same cost
+
+    reply = invoke(event("infer", body={"texts": other, "request_id": "edge-req-43"}))
+
+    assert (reply.status, reply.body["error"]["code"]) == (409, "IDEMPOTENCY_KEY_REUSED"), reply.body
+    assert "results" not in reply.body
+    assert ledger.status(TENANT).spent == 3
+    assert _charge(aws, TENANT, KEY)["state"] == "charged"  # type: ignore[index]
+    # The original payload under the same key is still a free replay.
+    assert invoke(event("infer")).status == 200 and ledger.status(TENANT).spent == 3
+
+
 def test_free_calls_write_nothing_to_the_budget(
     install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws
 ) -> None:
@@ -535,6 +581,84 @@ def test_a_model_that_cannot_load_costs_nothing(
     assert str(tmp_path) not in reply.raw_body
     assert ledger.status(TENANT).spent == 0
     assert invoke(event("budget")).status == 200  # the budget route needs no model
+
+
+# --------------------------------------------------------------------------- last good model
+
+
+def _put_latest(aws: Aws, manifest_key: str, manifest: bytes | None = None) -> None:
+    pointer: dict[str, str] = {"model_version": manifest_key.split("/")[-2], "manifest_key": manifest_key}
+    if manifest is not None:
+        pointer["manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
+    aws.s3.put_object(Bucket=aws.model_bucket, Key="models/latest.json", Body=json.dumps(pointer).encode())
+
+
+def _publish_bad_version(aws: Aws, damage: str, good_v2: Path) -> None:
+    """Point models/latest.json at a version the cloud cannot use, the ways a publish can go wrong."""
+    if damage == "corrupt":  # an object changed after publish: its SHA-256 no longer matches
+        publish(good_v2, bucket=aws.model_bucket, prefix="models", s3_client=aws.s3)
+        aws.s3.put_object(Bucket=aws.model_bucket, Key="models/tiny-2/cloud.tflite", Body=b"bit rot")
+    elif damage == "missing":  # latest.json written before (or without) the version's objects
+        _put_latest(aws, "models/tiny-9/manifest.json")
+    else:  # "unloadable": every hash matches, but the cloud model is no model at all
+        garbage = b"verified, but not a flatbuffer"
+        manifest = json.loads((good_v2 / "manifest.json").read_text())
+        manifest["model_version"] = "tiny-3"
+        cloud = manifest["models"]["cloud"]
+        cloud.update(sha256=hashlib.sha256(garbage).hexdigest(), size_bytes=len(garbage))
+        data = json.dumps(manifest).encode()
+        for key, body in [("tokenizer.json", (good_v2 / "tokenizer.json").read_bytes()),
+                          ("cloud.tflite", garbage), ("manifest.json", data)]:
+            aws.s3.put_object(Bucket=aws.model_bucket, Key=f"models/tiny-3/{key}", Body=body)
+        _put_latest(aws, "models/tiny-3/manifest.json", data)
+
+
+def _metrics(out: str) -> dict[str, Any]:
+    blobs = [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+    return {name: blob[name] for blob in blobs for name in blob if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing", "unloadable"])
+def test_a_cold_start_while_latest_names_a_bad_version_serves_the_last_verified_one(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, aws: Aws, tiny_artifact: Path,
+    tiny_artifact_v2: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    damage: str,
+) -> None:
+    """Issue 9 #10: such a cold start answered 503 on every call until a good publish."""
+    uri = f"s3://{aws.model_bucket}/models/"
+    publish(tiny_artifact, bucket=aws.model_bucket, prefix="models", s3_client=aws.s3)
+    install(MODEL_URI=uri)
+    good = invoke(event("infer"))
+    assert (good.status, good.body["model_version"]) == (200, "tiny-1"), good.body
+    _publish_bad_version(aws, damage, tiny_artifact_v2)
+    install(MODEL_URI=uri)  # a new runtime in the same execution environment: /tmp still holds tiny-1
+    capsys.readouterr()
+
+    with caplog.at_level(logging.WARNING, logger="cloud_functions"):
+        reply = invoke(event("infer", headers={"Idempotency-Key": "after-the-bad-publish"}))
+
+    assert reply.status == 200, reply.body
+    assert (reply.body["model_version"], reply.body["model_status"]) == ("tiny-1", "stale")
+    assert reply.body["degraded"] == {"reason": "latest_model_unavailable"}
+    assert reply.body["results"] == good.body["results"]
+    assert aws.model_bucket not in reply.raw_body
+    assert _metrics(capsys.readouterr().out)["StaleModelResponses"] == [1.0]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("tiny-1" in r.getMessage() for r in warnings), [r.getMessage() for r in warnings]
+    assert ledger.status(TENANT).spent == 6  # a stale answer is still an answer: charged like any other
+    assert good.body["model_status"] == "current" and "degraded" not in good.body  # the additive field
+
+
+def test_without_a_verified_version_cached_a_bad_latest_is_503_and_costs_nothing(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, aws: Aws, tiny_artifact_v2: Path
+) -> None:
+    _publish_bad_version(aws, "corrupt", tiny_artifact_v2)
+    install(MODEL_URI=f"s3://{aws.model_bucket}/models/")
+
+    reply = invoke(event("infer"))
+
+    assert (reply.status, reply.body["error"]["code"]) == (503, "MODEL_UNAVAILABLE")
+    assert ledger.status(TENANT).spent == 0
 
 
 # --------------------------------------------------------------------------- wiring and observability

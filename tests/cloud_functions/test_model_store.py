@@ -177,6 +177,34 @@ def test_a_version_that_is_not_a_safe_folder_name_gets_a_digest(
     assert model.folder.name == "v-" + hashlib.sha256(b"../../etc").hexdigest()[:32]
 
 
+# --------------------------------------------------------------------------- last good version
+
+
+def test_the_last_version_that_loaded_is_remembered_and_verified_again_before_use(
+    published: str, aws: Aws, tmp_path: Path
+) -> None:
+    assert _store(published, tmp_path, aws).last_good() is None
+    model = _store(published, tmp_path, aws).fetch()
+    _store(published, tmp_path, aws).remember(model)
+
+    again = _store(published, tmp_path, aws).last_good()  # a cold start: a new store, the same /tmp
+
+    assert again is not None
+    assert (again.model_version, again.folder, again.source) == ("tiny-1", model.folder, model.source)
+    assert again.parts == CLOUD_PARTS and again.downloaded == ()
+    (model.folder / "cloud.tflite").write_bytes(b"bit rot in /tmp")
+    assert _store(published, tmp_path, aws).last_good() is None  # never served unverified
+
+
+def test_a_remembered_version_of_another_model_uri_is_not_used(
+    published: str, aws: Aws, tmp_path: Path
+) -> None:
+    store = _store(published, tmp_path, aws)
+    store.remember(store.fetch())
+
+    assert _store(f"s3://{aws.model_bucket}/other/", tmp_path, aws).last_good() is None
+
+
 def test_the_default_s3_client_has_timeouts_and_bounded_retries(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {"BUDGET_TABLE": "b", "IDEMPOTENCY_TABLE": "i", "MODEL_URI": "s3://bucket/models/",
