@@ -43,6 +43,10 @@ class Metrics:
                                   registry=r)
         self.reloads = Counter("edge_model_reloads_total", "Model load attempts by outcome", ["outcome"],
                                registry=r)
+        self.reload_failures = Counter(
+            "edge_reload_failures_total", "Candidate models refused or not fetched, by reason "
+            "(manifest, checksum, load, smoke, io, internal: refused; unavailable: retried later)",
+            ["reason"], registry=r)
         self.queue_depth = Gauge("edge_queue_depth", "Requests waiting for an interpreter", registry=r)
         # Pre-bound children for the per-request hot path (a .labels() lookup costs a lock and a dict).
         self.stage = {s: self.stage_seconds.labels(s) for s in ("queue", "tokenize", "infer", "cloud")}

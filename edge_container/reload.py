@@ -3,7 +3,9 @@
 A new version is verified before it can serve: manifest schema, SHA-256 of every file, a real interpreter
 load and a smoke inference on every slot. Then one reference assignment swaps it in. Batches already
 running hold the old `EdgeModel` and finish on it; the old one stays in memory for a rollback. A bad
-artifact is refused (`ReloadRefused`) and changes nothing.
+artifact is refused (`ReloadRefused`) and changes nothing; whatever failed, the reason is in `last_error`
+and `edge_reload_failures_total{reason}`. A source that cannot be read (S3 down, a version's objects not
+there yet) is not the artifact's fault: `ModelSourceUnavailable`, retried on later polls with backoff.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge_container.errors import NothingToRollBack, NotReady, ReloadRefused
+from edge_container.errors import ModelSourceUnavailable, NothingToRollBack, NotReady, ReloadRefused
 from edge_container.metrics import Metrics
 from edge_container.runtime import EdgeModel
-from modelpack.errors import ArtifactError
+from modelpack.errors import ArtifactError, ChecksumMismatch, ManifestError, ModelNotRunnable
 from modelpack.manifest import MANIFEST_NAME, Manifest
 
 log = logging.getLogger("edge_container.reload")
@@ -55,13 +58,8 @@ class ModelManager:
         async with self._lock:  # one load at a time; serving goes on meanwhile
             try:
                 model = await asyncio.to_thread(self._loader, folder)
-            except (ArtifactError, OSError) as exc:
-                self.last_error = {"folder": str(folder), "source": source, "error": f"{type(exc).__name__}: {exc}",
-                                   "at": datetime.now(UTC).isoformat(timespec="seconds")}
-                self._count("refused")
-                log.warning("model in %s refused, %s keeps serving: %s", folder,
-                            self._current.version if self._current else "nothing", exc)
-                raise ReloadRefused(f"artifact in {folder} refused: {exc}") from exc
+            except Exception as exc:  # every failure of a candidate is a refusal; the current model serves on
+                raise self.refused(str(folder), source, exc) from exc
             self._swap(model, source)
             self._count("loaded")
             log.info("serving model %s from %s (%s)", model.version, folder, source)
@@ -74,6 +72,31 @@ class ModelManager:
             self._swap(self._previous, "rollback")
             self._count("rollback")
             return self.current
+
+    def refused(self, where: str, source: str, exc: Exception) -> ReloadRefused:
+        """Record a verified-bad candidate (in `last_error`, the log and the metrics); the error to raise."""
+        reason = refusal_reason(exc)
+        self._failed(where, source, reason, exc)
+        self._count("refused")
+        log.warning("model in %s refused (%s), %s keeps serving: %s", where, reason, self._serving(), exc,
+                    exc_info=reason == "internal")  # not a flaw we know: keep the traceback
+        return ReloadRefused(f"artifact in {where} refused: {exc}")
+
+    def unavailable(self, where: str, source: str, exc: Exception, *, retry_in_s: float) -> None:
+        """Record a candidate that could not be fetched (it will be retried); nothing is refused."""
+        self._failed(where, source, "unavailable", exc, retry_in_s=f"{retry_in_s:g}")
+        log.warning("cannot fetch the model at %s (retried in %gs), %s keeps serving: %s", where, retry_in_s,
+                    self._serving(), exc)
+
+    def _failed(self, where: str, source: str, reason: str, exc: Exception, **extra: str) -> None:
+        self.last_error = {"folder": where, "source": source, "reason": reason,
+                           "error": f"{type(exc).__name__}: {exc}",
+                           "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+        if self._metrics is not None:
+            self._metrics.reload_failures.labels(reason).inc()
+
+    def _serving(self) -> str:
+        return self._current.version if self._current else "nothing"
 
     def status(self) -> dict[str, Any]:
         return {"ready": self.ready, "source": self.source,
@@ -91,6 +114,15 @@ class ModelManager:
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.reloads.labels(outcome).inc()
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The `reason` label of a refused candidate."""
+    for kind, reason in ((ChecksumMismatch, "checksum"), (ManifestError, "manifest"),
+                         (ModelNotRunnable, "smoke"), (ArtifactError, "load"), (OSError, "io")):
+        if isinstance(exc, kind):
+            return reason
+    return "internal"
 
 
 class FolderSource:
@@ -143,29 +175,52 @@ class FolderSource:
 class S3Source:
     """Polls `latest.json` written by `model_build publish`; downloads a new version to a local cache.
 
-    `s3_client` is a boto3 S3 client (injected; blocking calls run in a thread).
+    `s3_client` is a boto3 S3 client (injected; blocking calls run in a thread). A version found bad
+    (manifest, checksums, load, smoke test) is refused and not fetched again until `latest.json` changes.
+    When S3 cannot be read (an error, a missing object: e.g. `latest.json` read before the version's files
+    landed), polls wait `backoff_s`, doubling up to `max_backoff_s`, then try again.
     """
 
     name = "s3"
 
-    def __init__(self, s3_client: Any, *, bucket: str, latest_key: str, cache_dir: Path) -> None:
+    def __init__(self, s3_client: Any, *, bucket: str, latest_key: str, cache_dir: Path,
+                 backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._s3, self.bucket, self.latest_key, self.cache_dir = s3_client, bucket, latest_key, cache_dir
-        self._refused: str | None = None
+        self.backoff_s, self.max_backoff_s, self._clock = backoff_s, max_backoff_s, clock
+        self._refused: str | None = None  # SHA-256 of the latest.json whose version was refused
+        self._failures = 0  # consecutive polls S3 could not be read
+        self._retry_at = 0.0
 
     async def check(self, manager: ModelManager, *, force: bool = False) -> EdgeModel | None:
-        try:
-            latest = await asyncio.to_thread(self._latest)
-        except ReloadRefused as exc:
-            log.warning("cannot read the latest model version from S3: %s", exc)
-            raise
-        sha = latest["manifest_sha256"]
-        if not force and (sha == self._refused or (manager.ready and sha == manager.current.manifest_sha256)):
+        if not force and self._clock() < self._retry_at:
             return None
         try:
+            raw = await asyncio.to_thread(self._get, self.latest_key)
+            digest = hashlib.sha256(raw).hexdigest()
+            if not force and digest == self._refused:
+                self._failures = 0
+                return None
+            latest = self._latest(raw, digest)
+            if not force and manager.ready and latest["manifest_sha256"] == manager.current.manifest_sha256:
+                self._failures = 0
+                return None
             folder = await asyncio.to_thread(self._download, latest)
+        except ModelSourceUnavailable as exc:
+            self._failures += 1
+            delay = min(self.backoff_s * 2 ** (self._failures - 1), self.max_backoff_s)
+            self._retry_at = self._clock() + delay
+            manager.unavailable(f"s3://{self.bucket}/{self.latest_key}", self.name, exc, retry_in_s=delay)
+            exc.retry_after_s = delay
+            raise
+        except _Refused as exc:  # verified bad before it reached the loader
+            self._failures, self._refused = 0, exc.latest_digest
+            raise manager.refused(exc.where, self.name, exc.error) from exc.error
+        self._failures = 0
+        try:
             return await manager.load(folder, source=self.name)
         except ReloadRefused:
-            self._refused = sha
+            self._refused = digest
             raise
 
     def _get(self, key: str) -> bytes:
@@ -173,32 +228,42 @@ class S3Source:
             with self._s3.get_object(Bucket=self.bucket, Key=key)["Body"] as body:
                 data: bytes = body.read()
                 return data
-        except Exception as exc:  # botocore's error classes hang off the injected client; all mean "refused"
-            raise ReloadRefused(f"s3://{self.bucket}/{key}: {exc}") from exc
+        except Exception as exc:  # botocore's errors hang off the injected client; none is the artifact's
+            raise ModelSourceUnavailable(f"s3://{self.bucket}/{key}: {exc}") from exc
 
-    def _latest(self) -> dict[str, str]:
+    def _latest(self, raw: bytes, digest: str) -> dict[str, str]:
+        where = f"s3://{self.bucket}/{self.latest_key}"
         try:
-            latest = json.loads(self._get(self.latest_key))
+            latest = json.loads(raw)
             version, key, sha = latest["model_version"], latest["manifest_key"], latest["manifest_sha256"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ReloadRefused(f"s3://{self.bucket}/{self.latest_key} is not a valid latest.json: {exc}") from exc
+            error = ManifestError(f"{where} is not a valid latest.json: {exc}")
+            raise _Refused(where, digest, error) from exc
         if not (isinstance(version, str) and _VERSION.fullmatch(version)) or not isinstance(key, str) \
                 or not isinstance(sha, str):
-            raise ReloadRefused(f"s3://{self.bucket}/{self.latest_key}: bad model_version or manifest_key")
-        return {"model_version": version, "manifest_key": key, "manifest_sha256": sha}
+            raise _Refused(where, digest, ManifestError(f"{where}: bad model_version or manifest_key"))
+        return {"model_version": version, "manifest_key": key, "manifest_sha256": sha, "digest": digest}
 
     def _download(self, latest: dict[str, str]) -> Path:
+        where = f"s3://{self.bucket}/{latest['manifest_key']}"
         raw = self._get(latest["manifest_key"])
         if hashlib.sha256(raw).hexdigest() != latest["manifest_sha256"]:
-            raise ReloadRefused(f"{latest['manifest_key']}: SHA-256 differs from latest.json's manifest_sha256")
+            raise _Refused(where, latest["digest"],
+                           ChecksumMismatch(f"{where}: SHA-256 differs from latest.json's manifest_sha256"))
         try:
             manifest = Manifest.from_dict(json.loads(raw))
-        except (ValueError, ArtifactError) as exc:
-            raise ReloadRefused(f"{latest['manifest_key']}: {exc}") from exc
+        except ValueError as exc:
+            error = ManifestError(f"{where} is not valid JSON: {exc}")
+            raise _Refused(where, latest["digest"], error) from exc
+        except ArtifactError as exc:
+            raise _Refused(where, latest["digest"], exc) from exc
         base = latest["manifest_key"].rsplit("/", 1)[0] if "/" in latest["manifest_key"] else ""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        target = self.cache_dir / latest["model_version"]
-        staging = Path(tempfile.mkdtemp(prefix=f".{latest['model_version']}-", dir=self.cache_dir))
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            target = self.cache_dir / latest["model_version"]
+            staging = Path(tempfile.mkdtemp(prefix=f".{latest['model_version']}-", dir=self.cache_dir))
+        except OSError as exc:
+            raise ModelSourceUnavailable(f"cannot write the model cache {self.cache_dir}: {exc}") from exc
         try:
             for name in manifest.files():  # checksums are verified by the load that follows
                 (staging / name).write_bytes(self._get(f"{base}/{name}" if base else name))
@@ -206,9 +271,19 @@ class S3Source:
             if target.exists():
                 shutil.rmtree(target)  # a loaded model holds its bytes in memory, not this folder
             staging.rename(target)
+        except OSError as exc:  # a full disk is the cache's fault, not the artifact's
+            raise ModelSourceUnavailable(f"cannot write the model cache {self.cache_dir}: {exc}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+
+class _Refused(Exception):
+    """Inside S3Source: the fetched manifest is bad (`error`), so the version `latest_digest` names is."""
+
+    def __init__(self, where: str, latest_digest: str, error: ArtifactError) -> None:
+        super().__init__(str(error))
+        self.where, self.latest_digest, self.error = where, latest_digest, error
 
 
 class Reloader:
@@ -245,7 +320,7 @@ class Reloader:
             for source in self.sources:
                 try:
                     await source.check(self.manager)
-                except ReloadRefused as exc:
+                except (ReloadRefused, ModelSourceUnavailable) as exc:
                     log.debug("poll of %s: %s", source.name, exc)  # already logged; the current model serves
                 except Exception:  # a poll must never kill the loop (e.g. S3 unreachable for a while)
                     log.exception("polling the %s model source failed", source.name)

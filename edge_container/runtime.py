@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelpack.errors import ArtifactError, ChecksumMismatch
+from modelpack.errors import ArtifactError, ChecksumMismatch, ModelNotRunnable
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import MANIFEST_NAME, Manifest, load_manifest
 from modelpack.scores import softmax
@@ -62,7 +62,8 @@ class EdgeModel:
     def load(cls, folder: Path | str, *, slots: int) -> EdgeModel:
         """Verify (manifest, SHA-256 of every file), load `slots` interpreters, smoke-test and warm each one.
 
-        Blocking (seconds for a large model): call it from a thread. Raises `ArtifactError` for any flaw.
+        Blocking (seconds for a large model): call it from a thread. Raises `ArtifactError` for any flaw of
+        the artifact, whatever the interpreter or tokenizer raised (`ModelNotRunnable` when inference fails).
         """
         folder = Path(folder)
         manifest = load_manifest(folder, verify=True)
@@ -78,7 +79,13 @@ class EdgeModel:
                                           length_buckets=tok.length_buckets, pad_id=tok.pad_id)
             except Exception as exc:  # the tokenizers package raises plain Exception on a bad file
                 raise ArtifactError(f"{folder / tok.file}: not a loadable tokenizer: {exc}") from exc
-            slot = _Slot(tokenizer, LiteRTModel(model_bytes, entry, num_threads=1))
+            try:
+                interpreter = LiteRTModel(model_bytes, entry, num_threads=1)
+            except ArtifactError:
+                raise
+            except Exception as exc:  # the interpreter's errors are plain ValueError / RuntimeError
+                raise ArtifactError(f"{folder / entry.file}: not a loadable TFLite model: {exc}") from exc
+            slot = _Slot(tokenizer, interpreter)
             model._smoke_test(slot)  # also warms the slot: every length bucket planned once
             pool.put(slot)
         _read_verified(folder / tok.file, tok.sha256)
@@ -87,11 +94,16 @@ class EdgeModel:
     def _smoke_test(self, slot: _Slot) -> None:
         for n in (1, 2):
             for text in _SMOKE_TEXTS:
-                probs = self._infer(slot, [text] * n).probs
+                try:
+                    probs = self._infer(slot, [text] * n).probs
+                except Exception as exc:  # a model that loads can still fail to resize or invoke
+                    raise ModelNotRunnable(f"{self.version}: smoke inference on {n} x {len(text)} chars "
+                                           f"failed: {type(exc).__name__}: {exc}") from exc
                 if probs.shape != (n, len(self.labels)) or not np.isfinite(probs).all():
-                    raise ArtifactError(f"{self.version}: smoke inference gave {probs.shape} or non-finite output")
+                    raise ModelNotRunnable(f"{self.version}: smoke inference gave {probs.shape} "
+                                           "or non-finite output")
                 if not math.isclose(float(probs[0].sum()), 1.0, abs_tol=1e-3):
-                    raise ArtifactError(f"{self.version}: smoke inference probabilities do not sum to 1")
+                    raise ModelNotRunnable(f"{self.version}: smoke inference probabilities do not sum to 1")
 
     def run(self, texts: Sequence[str]) -> EdgeOutput:
         """Tokenize and infer one batch. Thread-safe; blocking (call it from a worker thread)."""

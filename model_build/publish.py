@@ -1,4 +1,8 @@
-"""Upload an artifact folder to S3 under `{prefix}/{version}/`, manifest last, then update latest.json."""
+"""Upload an artifact folder to S3 under `{prefix}/{version}/`, manifest last, then update latest.json.
+
+Nothing is uploaded unless the manifest passes the very validation the runtimes apply on load
+(`modelpack.manifest.Manifest.from_dict`): what publish accepts, the edge and the cloud will accept.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from typing import Any, Callable, Iterator
 from botocore.exceptions import BotoCoreError, ClientError
 
 from model_build.errors import PublishError
+from modelpack.errors import ManifestError
+from modelpack.manifest import Manifest
 
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest.json"
@@ -50,6 +56,10 @@ def publish(
     if not _VERSION_RE.fullmatch(version):
         raise PublishError(f"version {version!r} is not a safe S3 key part (letters, digits, . _ + -)")
     _check_named_files(manifest, folder)
+    try:
+        Manifest.from_dict(manifest)
+    except ManifestError as exc:
+        raise PublishError(f"{folder / MANIFEST_NAME}: {exc}") from None
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST_NAME)
 
     base = "/".join(part for part in (prefix.strip("/"), version) if part)

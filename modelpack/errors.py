@@ -15,3 +15,7 @@ class ChecksumMismatch(ArtifactError):
 
 class RuntimeUnavailable(ArtifactError):
     """No TFLite interpreter (ai-edge-litert, or the legacy tflite-runtime) can be imported."""
+
+
+class ModelNotRunnable(ArtifactError):
+    """The model loads, but an inference on it fails or gives unusable output (found by the smoke test)."""

@@ -1,7 +1,8 @@
 """`manifest.json`: the one contract between model_build and the runtimes (edge container, cloud function).
 
-Pure stdlib. `Manifest.from_dict` validates every field and names the bad one; `load_manifest` also checks
-the SHA-256 of every file the manifest names, so a runtime never serves a file it did not expect.
+Pure stdlib. `Manifest.from_dict` validates every field and names the bad one (every number finite and in
+its range: a NaN threshold compares false, so it would silently turn routing off); `load_manifest` also
+checks the SHA-256 of every file the manifest names, so a runtime never serves a file it did not expect.
 model_build writes manifests with `Manifest.to_dict`, so one round-trip test pins the contract.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +21,14 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _DTYPES = frozenset({"int8", "uint8", "int32", "int64", "float32", "float16"})
 _PRECISIONS = frozenset({"int8", "fp32", "dynamic_range", "fp16"})
-_SCORES = frozenset({"max_prob", "margin", "neg_entropy"})
+# The range of each routing score (modelpack.scores) on calibrated probabilities; a threshold lies in it.
+SCORE_RANGES: Mapping[str, tuple[float, float]] = {"max_prob": (0.0, 1.0), "margin": (0.0, 1.0),
+                                                   "neg_entropy": (0.0, 1.0)}
+_SCORES = frozenset(SCORE_RANGES)
+# JSON has no infinities: the build writes "escalate none" (-inf) and "escalate all" (+inf) as these.
+ESCALATE_NONE, ESCALATE_ALL = -1e9, 1e9
+# Scores are computed in float64: neg_entropy of a uniform answer comes out at about -1e-16, not 0.
+_SCORE_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ class Manifest:
             data=r.opt_mapping("data"),
             build=r.opt_mapping("build"),
         )
+        _require_finite(manifest.data, "manifest.data")
+        _require_finite(manifest.build, "manifest.build")
         return manifest
 
 
@@ -210,12 +221,15 @@ class _Reader:
     def opt_int(self, key: str) -> int | None:
         return None if self.raw.get(key) is None else self.int(key)
 
-    def float(self, key: str, *, low: float | None = None, high: float | None = None) -> float:
+    def float(self, key: str, *, low: float | None = None, high: float | None = None,
+              low_open: bool = False) -> float:
+        """A finite number in [low, high] (or (low, high] with `low_open`); NaN and infinities never pass."""
         value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._fail(key, "a number")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self._fail(key, f"a number in [{low}, {high}]")
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise self._fail(key, "a finite number" + _span(low, high, low_open))
         return float(value)
 
     def opt_float(self, key: str, **bounds: float) -> float | None:
@@ -297,7 +311,7 @@ def _model(r: _Reader, n_labels: int) -> ModelEntry:
         dtype=o.choice("dtype", _DTYPES),
         shape=o.shape("shape"),
         logits=o.bool("logits"),
-        scale=o.opt_float("scale", low=0.0),
+        scale=o.opt_float("scale", low=0.0, low_open=True),
         zero_point=o.opt_int("zero_point"),
     )
     if output.shape[-1] != n_labels:
@@ -317,10 +331,39 @@ def _model(r: _Reader, n_labels: int) -> ModelEntry:
 
 
 def _routing(r: _Reader) -> RoutingEntry:
+    score = r.choice("score", _SCORES)
+    low, high = SCORE_RANGES[score]
+    threshold = r.float("threshold")
+    in_range = low - _SCORE_SLACK <= threshold <= high + _SCORE_SLACK
+    if not (in_range or threshold in (ESCALATE_NONE, ESCALATE_ALL)):
+        raise r._fail("threshold", f"a number in [{low}, {high}] for score {score!r} "
+                                   f"(or {ESCALATE_NONE:g} / {ESCALATE_ALL:g}: escalate none / all)")
     return RoutingEntry(
-        score=r.choice("score", _SCORES),
-        threshold=r.float("threshold"),
+        score=score,
+        threshold=threshold,
         target_joint_over_teacher=r.float("target_joint_over_teacher", low=0.0, high=1.0),
         traffic_oos_fraction=r.opt_float("traffic_oos_fraction", low=0.0, high=1.0),
         expected_escalation_rate=r.float("expected_escalation_rate", low=0.0, high=1.0),
     )
+
+
+def _span(low: float | None, high: float | None, low_open: bool) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low}"
+    if low is None:
+        return f" <= {high}"
+    return f" in {'(' if low_open else '['}{low}, {high}]"
+
+
+def _require_finite(node: Any, where: str) -> None:
+    """Free-form sections too: json.loads reads NaN and Infinity, which no later reader can rely on."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ManifestError(f"{where} must be a finite number, got {node!r}")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _require_finite(value, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _require_finite(value, f"{where}[{i}]")

@@ -1,21 +1,29 @@
 """Hot reload: new versions verified and swapped under load with zero failed requests; bad ones refused."""
 
 import asyncio
+import functools
+import hashlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
-from edge_container.errors import ReloadRefused
+from edge_container.errors import ModelSourceUnavailable, ReloadRefused
+from edge_container.reload import ModelManager, S3Source
+from edge_container.runtime import EdgeModel
 from edge_container.wiring import EdgeStack
 from model_build.publish import publish
-from tests.edge_container.conftest import ADMIN_TOKEN, CONFIDENT, edge_settings, serve_edge
+from tests.edge_container.conftest import ADMIN_TOKEN, CLIENT_KEY, CONFIDENT, edge_settings, serve_edge
+from tests.edge_container.unrunnable import make_unrunnable
 
 ADMIN = {"x-admin-token": ADMIN_TOKEN}
 
@@ -37,7 +45,7 @@ def under_load(base_url: str, action: Callable[[], None], *, clients: int = 6, s
 
     async def main() -> list[list[str]]:
         stop, seen = asyncio.Event(), [list[str]() for _ in range(clients)]
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30, headers={"x-api-key": CLIENT_KEY}) as client:
             tasks = [asyncio.create_task(loop(client, stop, s)) for s in seen]
             await asyncio.sleep(0.2)
             await asyncio.to_thread(action)
@@ -168,3 +176,141 @@ def test_versions_published_to_s3_are_fetched_verified_and_swapped(s3: Any, tiny
         assert r.status_code == 409 and "SHA-256" in r.json()["error"]["message"]
         assert version(client) == "tiny-2"  # still serving the verified copy held in memory
         assert client.post("/v1/predict", json={"text": CONFIDENT}).status_code == 200
+
+
+@pytest.fixture
+def unrunnable_v2(artifact_v2: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "unrunnable"
+    shutil.copytree(artifact_v2, folder)
+    make_unrunnable(folder)  # tiny-2, whose model loads but fails to invoke
+    return folder
+
+
+def last_error(client: httpx.Client) -> dict[str, str] | None:
+    error: dict[str, str] | None = client.get("/admin/model", headers=ADMIN).json()["last_error"]
+    return error
+
+
+def test_a_model_that_loads_but_cannot_run_is_refused_with_its_reason(served: httpx.Client, watched: Path,
+                                                                      unrunnable_v2: Path) -> None:
+    copy_into(unrunnable_v2, watched)
+    wait_for(lambda: last_error(served) is not None)
+    error = last_error(served)
+    assert error is not None and error["reason"] == "smoke" and error["source"] == "folder"
+    assert "gather index out of bounds" in error["error"]
+    assert version(served) == "tiny-1"
+    r = served.post("/admin/reload", headers=ADMIN)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "RELOAD_REFUSED"
+    assert "smoke inference" in r.json()["error"]["message"]
+    assert 'edge_reload_failures_total{reason="smoke"} 2.0' in served.get("/metrics").text
+    assert served.post("/v1/predict", json={"text": CONFIDENT}).status_code == 200
+
+
+def test_a_manifest_with_a_nan_threshold_is_refused_naming_the_field(served: httpx.Client, watched: Path,
+                                                                    artifact_v2: Path) -> None:
+    manifest = json.loads((artifact_v2 / "manifest.json").read_text())
+    manifest["routing"]["threshold"] = float("nan")  # written as NaN, which json.loads reads back
+    copy_into(artifact_v2, watched, ("edge_int8.tflite",))
+    (watched / "manifest.json").write_text(json.dumps(manifest))
+    wait_for(lambda: last_error(served) is not None)
+    error = last_error(served)
+    assert error is not None and error["reason"] == "manifest"
+    assert "manifest.routing.threshold must be a finite number, got nan" in error["error"]
+    model = served.get("/admin/model", headers=ADMIN)
+    assert model.status_code == 200 and model.json()["current"]["routing"]["threshold"] == 0.6
+    assert served.post("/admin/rollback", headers=ADMIN).status_code == 409  # nothing loaded to roll back from
+    assert 'edge_reload_failures_total{reason="manifest"} 1.0' in served.get("/metrics").text
+
+
+class RecordingS3:
+    """The real (moto) client, with every get_object key recorded; `down` makes reads fail as S3 would."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.gets, self.down = client, list[str](), 0
+
+    def get_object(self, **kwargs: Any) -> Any:
+        self.gets.append(kwargs["Key"])
+        if self.down > 0:
+            self.down -= 1
+            raise EndpointConnectionError(endpoint_url="http://s3.test")
+        return self.client.get_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def serve_from_s3(tmp_path: Path, s3: Any) -> Any:
+    settings = edge_settings(tmp_path / "empty", s3_latest_uri="s3://models/edge/latest.json",
+                             s3_cache_dir=tmp_path / "cache", reload_poll_s=0.05)
+    return serve_edge(settings, s3_client=s3)
+
+
+def test_a_refused_s3_version_is_not_downloaded_again_until_latest_json_changes(
+        s3: Any, tiny_artifact: Path, unrunnable_v2: Path, tmp_path: Path) -> None:
+    publish(tiny_artifact, bucket="models", prefix="edge", s3_client=s3)
+    recording = RecordingS3(s3)
+    with serve_from_s3(tmp_path, recording) as (client, _):
+        publish(unrunnable_v2, bucket="models", prefix="edge", s3_client=s3,
+                clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+        wait_for(lambda: last_error(client) is not None)
+        error = last_error(client)
+        assert error is not None and error["source"] == "s3" and error["reason"] == "smoke"
+        time.sleep(0.5)  # ~10 more polls
+        assert recording.gets.count("edge/tiny-2/edge_int8.tflite") == 1
+        assert version(client) == "tiny-1"
+        publish(unrunnable_v2, bucket="models", prefix="edge", s3_client=s3,  # latest.json rewritten
+                clock=lambda: datetime(2026, 1, 2, tzinfo=UTC))
+        wait_for(lambda: recording.gets.count("edge/tiny-2/edge_int8.tflite") == 2)
+        time.sleep(0.3)
+        assert recording.gets.count("edge/tiny-2/edge_int8.tflite") == 2
+        assert 'edge_reload_failures_total{reason="smoke"} 2.0' in client.get("/metrics").text
+
+
+def test_a_version_whose_files_land_after_latest_json_is_loaded_once_they_are_there(
+        s3: Any, tiny_artifact: Path, artifact_v2: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    publish(tiny_artifact, bucket="models", prefix="edge", s3_client=s3)
+    with serve_from_s3(tmp_path, s3) as (client, _):
+        manifest = (artifact_v2 / "manifest.json").read_bytes()  # latest.json names tiny-2 before it exists
+        latest = {"model_version": "tiny-2", "manifest_key": "edge/tiny-2/manifest.json",
+                  "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+        s3.put_object(Bucket="models", Key="edge/latest.json", Body=json.dumps(latest).encode())
+        wait_for(lambda: last_error(client) is not None)
+        error = last_error(client)
+        assert error is not None and error["reason"] == "unavailable" and "NoSuchKey" in error["error"]
+        assert any(r.levelname == "WARNING" and "cannot fetch the model" in r.getMessage() for r in caplog.records)
+        for path in sorted(artifact_v2.iterdir()):  # the version's files land, manifest last
+            if path.name != "manifest.json":
+                s3.put_object(Bucket="models", Key=f"edge/tiny-2/{path.name}", Body=path.read_bytes())
+        s3.put_object(Bucket="models", Key="edge/tiny-2/manifest.json", Body=manifest)
+        wait_for(lambda: version(client) == "tiny-2", timeout=10)
+        assert 'edge_reload_failures_total{reason="unavailable"}' in client.get("/metrics").text
+
+
+def test_an_s3_blip_is_retried_with_backoff_not_refused(s3: Any, tiny_artifact: Path, tmp_path: Path) -> None:
+    publish(tiny_artifact, bucket="models", prefix="edge", s3_client=s3)
+    recording, now = RecordingS3(s3), [100.0]
+    source = S3Source(recording, bucket="models", latest_key="edge/latest.json", cache_dir=tmp_path / "cache",
+                      backoff_s=2.0, max_backoff_s=5.0, clock=lambda: now[0])
+    manager = ModelManager(functools.partial(EdgeModel.load, slots=1))
+    recording.down = 2
+    for expected_backoff in (2.0, 4.0):
+        with pytest.raises(ModelSourceUnavailable, match="Could not connect"):
+            asyncio.run(source.check(manager))
+        assert manager.last_error is not None and manager.last_error["retry_in_s"] == f"{expected_backoff:g}"
+        calls = len(recording.gets)
+        now[0] += expected_backoff - 0.1
+        assert asyncio.run(source.check(manager)) is None and len(recording.gets) == calls  # backing off
+        now[0] += 0.1
+    model = asyncio.run(source.check(manager))  # S3 is back: the version loads, it was never marked refused
+    assert model is not None and model.version == "tiny-1" and manager.ready
+
+
+def test_the_edge_s3_client_has_timeouts_and_bounded_retries(s3: Any, tmp_path: Path) -> None:
+    settings = edge_settings(tmp_path / "empty", s3_latest_uri="s3://models/edge/latest.json")
+    stack = EdgeStack.create(settings)  # no client passed: the stack makes its own
+    try:
+        config = stack.reloader.source("s3")._s3.meta.config
+        assert (config.connect_timeout, config.read_timeout) == (5, 30)
+        assert config.retries == {"total_max_attempts": 3, "mode": "standard"}  # 1 try + 2 retries
+    finally:
+        asyncio.run(stack.stop())

@@ -8,9 +8,11 @@ import pytest
 
 from edge_container.runtime import EdgeModel
 from modelpack.classifier import Classifier
-from modelpack.errors import ArtifactError, ChecksumMismatch
+from modelpack.errors import ArtifactError, ChecksumMismatch, ModelNotRunnable
+from modelpack.litert import LiteRTModel
 from modelpack.manifest import load_manifest, sha256_file, write_manifest
 from tests.edge_container.conftest import CONFIDENT, UNSURE
+from tests.edge_container.unrunnable import make_unrunnable
 
 TEXTS = [CONFIDENT, UNSURE, "hello there", "set a timer for five minutes please and thank you very much"]
 
@@ -69,4 +71,16 @@ def test_garbage_with_a_matching_checksum_is_refused_at_load(tiny_artifact: Path
         manifest = dataclasses.replace(manifest, edge=dataclasses.replace(manifest.edge, sha256=sha))
     write_manifest(manifest, folder)
     with pytest.raises(ArtifactError):
+        EdgeModel.load(folder, slots=1)
+
+
+def test_a_model_that_loads_but_cannot_run_is_refused_by_the_smoke_test(artifact_v2: Path, tmp_path: Path) -> None:
+    folder = _copy(artifact_v2, tmp_path / "c")
+    make_unrunnable(folder)
+    manifest = load_manifest(folder)  # the checksums match: only running the model can tell
+    model = LiteRTModel((folder / "edge_int8.tflite").read_bytes(), manifest.edge)  # and it loads
+    with pytest.raises(RuntimeError, match="gather index out of bounds"):
+        model.logits(np.ones((1, 8), dtype=np.int32))
+
+    with pytest.raises(ModelNotRunnable, match=r"tiny-2: smoke inference .* failed: RuntimeError: gather index"):
         EdgeModel.load(folder, slots=1)

@@ -42,13 +42,31 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingS3]:
         yield RecordingS3(client)
 
 
-def make_artifact(folder: Path, version: str = "v1", model: bytes = b"\x00tflite-bytes") -> Path:
+def _model(file: str, content: bytes) -> dict[str, Any]:
+    return {"file": file, "sha256": hashlib.sha256(content).hexdigest(), "size_bytes": len(content),
+            "precision": "fp32", "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [-1, -1]}],
+            "output": {"dtype": "float32", "shape": [-1, 2], "logits": True}, "temperature": 1.0}
+
+
+def manifest_for(version: str, model: bytes, tokenizer: bytes) -> dict[str, Any]:
+    """A manifest the runtimes accept (publish validates with their reader); the files need not be real."""
+    return {"format_version": 1, "model_version": version, "labels": ["yes", "no"], "oos_label": None,
+            "tokenizer": {"file": "tokenizer.json", "sha256": hashlib.sha256(tokenizer).hexdigest(),
+                          "max_seq_len": 16, "length_buckets": [8, 16], "pad_id": 0},
+            "models": {"edge": _model("edge.tflite", model), "cloud": _model("cloud.tflite", model)},
+            "routing": {"score": "max_prob", "threshold": 0.6, "target_joint_over_teacher": 0.99,
+                        "traffic_oos_fraction": None, "expected_escalation_rate": 0.2}}
+
+
+def make_artifact(folder: Path, version: str = "v1", model: bytes = b"\x00tflite-bytes",
+                  manifest: dict[str, Any] | None = None) -> Path:
+    tokenizer = b'{"vocab": {}}'
     (folder / "assets").mkdir(parents=True)
     (folder / "edge.tflite").write_bytes(model)
-    (folder / "assets" / "tokenizer.json").write_text('{"vocab": {}}')
-    manifest = {"model_version": version,
-                "edge": {"file": "edge.tflite", "sha256": hashlib.sha256(model).hexdigest()}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "cloud.tflite").write_bytes(model)
+    (folder / "tokenizer.json").write_bytes(tokenizer)
+    (folder / "assets" / "notes.txt").write_text("not named in the manifest, uploaded all the same")
+    (folder / "manifest.json").write_text(json.dumps(manifest or manifest_for(version, model, tokenizer)))
     return folder
 
 
@@ -61,8 +79,8 @@ def test_uploads_every_file_manifest_last_then_latest(s3: RecordingS3, tmp_path:
 
     result = publish(art, bucket=BUCKET, s3_client=s3, clock=lambda: FIXED_NOW)
 
-    assert s3.puts == ["models/v1/assets/tokenizer.json", "models/v1/edge.tflite",
-                       "models/v1/manifest.json", "models/latest.json"]
+    assert s3.puts == ["models/v1/assets/notes.txt", "models/v1/cloud.tflite", "models/v1/edge.tflite",
+                       "models/v1/tokenizer.json", "models/v1/manifest.json", "models/latest.json"]
     assert result.uploaded == tuple(s3.puts[:-1]) and result.latest_key == "models/latest.json"
     assert read(s3, "models/v1/edge.tflite")["Body"].read() == b"\x00tflite-bytes"
     assert read(s3, "models/v1/manifest.json")["ContentType"] == "application/json"
@@ -140,3 +158,28 @@ def test_bad_artifact_is_refused_before_any_upload(
 def test_missing_bucket_is_a_publish_error(s3: RecordingS3, tmp_path: Path) -> None:
     with pytest.raises(PublishError, match="bucket 'no-such-bucket' does not exist"):
         publish(make_artifact(tmp_path / "art"), bucket="no-such-bucket", s3_client=s3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("threshold", float("nan"), r"manifest\.routing\.threshold must be a finite number, got nan"),
+        ("threshold", float("inf"), r"manifest\.routing\.threshold must be a finite number, got inf"),
+        ("threshold", 1.5, r"manifest\.routing\.threshold must be a number in \[0\.0, 1\.0\] for score 'max_prob'"),
+        ("expected_escalation_rate", float("nan"), r"routing\.expected_escalation_rate must be a finite number in"),
+        ("temperature", float("nan"), r"manifest\.models\.edge\.temperature must be a finite number in"),
+        ("temperature", 0.0, r"manifest\.models\.edge\.temperature must be a finite number in"),
+    ],
+)
+def test_a_manifest_number_that_is_not_finite_or_out_of_range_is_refused_before_any_upload(
+    s3: RecordingS3, tmp_path: Path, field: str, value: float, message: str
+) -> None:
+    manifest = manifest_for("v1", b"\x00tflite-bytes", b'{"vocab": {}}')
+    section = manifest["models"]["edge"] if field == "temperature" else manifest["routing"]
+    section[field] = value  # json.dumps writes NaN / Infinity, and json.loads reads them back
+    art = make_artifact(tmp_path / "art", manifest=manifest)
+
+    with pytest.raises(PublishError, match=message):
+        publish(art, bucket=BUCKET, s3_client=s3)
+
+    assert s3.puts == []

@@ -121,6 +121,49 @@ def test_invalid_fields_are_named(artifact, mutate, message):
         Manifest.from_dict(bad)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["routing"].update(threshold=NAN), r"routing\.threshold must be a finite number, got nan"),
+        (lambda r: r["routing"].update(threshold=-INF), r"routing\.threshold must be a finite number, got -inf"),
+        (lambda r: r["routing"].update(threshold=1.2), r"routing\.threshold must be a number in \[0\.0, 1\.0\] "
+                                                      r"for score 'max_prob'"),
+        (lambda r: r["routing"].update(score="margin", threshold=-0.5), r"for score 'margin'"),
+        (lambda r: r["routing"].update(expected_escalation_rate=NAN), r"expected_escalation_rate must be a finite"),
+        (lambda r: r["routing"].update(target_joint_over_teacher=INF), r"target_joint_over_teacher must be a finite"),
+        (lambda r: r["routing"].update(traffic_oos_fraction=NAN), r"traffic_oos_fraction must be a finite"),
+        (lambda r: r["models"]["edge"].update(temperature=NAN), r"models\.edge\.temperature must be a finite"),
+        (lambda r: r["models"]["cloud"].update(temperature=INF), r"models\.cloud\.temperature must be a finite"),
+        (lambda r: r["models"]["edge"].update(temperature=0.0), r"edge\.temperature must be a finite number in"),
+        (lambda r: r["models"]["cloud"].update(oos_threshold=NAN), r"cloud\.oos_threshold must be a finite"),
+        (lambda r: r["models"]["edge"]["output"].update(scale=NAN), r"edge\.output\.scale must be a finite"),
+        (lambda r: r["models"]["edge"]["output"].update(scale=0.0), r"edge\.output\.scale must be a finite "
+                                                                   r"number > 0\.0"),
+        (lambda r: r["build"].update(metrics={"ece": [0.1, NAN]}), r"manifest\.build\.metrics\.ece\[1\] must be"),
+        (lambda r: r["data"].update(oos_share=INF), r"manifest\.data\.oos_share must be a finite number"),
+    ],
+)
+def test_every_number_must_be_finite_and_in_range(artifact, mutate, message):
+    _, raw = artifact
+    bad = copy.deepcopy(raw)
+    mutate(bad)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(json.loads(json.dumps(bad)))  # through JSON, which carries NaN and Infinity
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -1e9, 1e9])  # +-1e9: how the build writes escalate none / all
+def test_thresholds_at_the_ends_of_the_range_and_the_builds_infinities_are_accepted(artifact, threshold):
+    _, raw = artifact
+    good = copy.deepcopy(raw)
+    good["routing"]["threshold"] = threshold
+    assert Manifest.from_dict(good).routing.threshold == threshold
+
+
+
+
 def test_not_json_is_a_manifest_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{nope")
     with pytest.raises(ManifestError, match="not valid JSON"):
