@@ -5,6 +5,7 @@ letting latency grow without limit. At most `concurrency` batches run at a time 
 while they run, new items queue up, and the next batch takes everything queued up to `max_batch_size`.
 So under load batches grow by themselves, and a lone request never waits for company unless
 `max_wait_s` > 0 asks it to (it then waits at most that long after it was queued).
+When a batch fails, each of its jobs is run again alone: only the jobs that fail by themselves fail.
 """
 
 from __future__ import annotations
@@ -143,14 +144,36 @@ class Batcher(Generic[T, R]):
             self._observer(BatchInfo(sum(job.size for job in batch), len(batch),
                                      tuple(now - job.enqueued for job in batch)))
         try:
-            results = await self._handler([job.item for job in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
-        except Exception as exc:  # noqa: BLE001 - the handler's failure goes to every caller, not the worker
+            results = await self._call(batch)
+        except Exception as exc:  # noqa: BLE001 - one bad item must not fail the others co-batched with it
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            # Isolate: run each job alone, so only the failing ones get their error. A failing batch is rare
+            # (validation rejects what the tokenizer cannot read), so the extra calls cost little.
             for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                if job.future.done():
+                    continue
+                try:
+                    self._settle(job, (await self._call([job]))[0])
+                except Exception as alone:  # noqa: BLE001
+                    self._fail(job, alone)
             return
         for job, result in zip(batch, results):
-            if not job.future.done():
-                job.future.set_result(result)
+            self._settle(job, result)
+
+    async def _call(self, batch: list[_Job[T, R]]) -> Sequence[R]:
+        results = await self._handler([job.item for job in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
+        return results
+
+    @staticmethod
+    def _settle(job: _Job[T, R], result: R) -> None:
+        if not job.future.done():
+            job.future.set_result(result)
+
+    @staticmethod
+    def _fail(job: _Job[T, R], exc: BaseException) -> None:
+        if not job.future.done():
+            job.future.set_exception(exc)

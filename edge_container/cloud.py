@@ -6,6 +6,11 @@ exponential backoff and full jitter, always with the **same** Idempotency-Key, s
 cloud did run is replayed there, not charged twice. 4xx and 500 are not retried. A circuit breaker stops
 calling a cloud that keeps failing. Failures come out as `CloudFailure` subclasses naming the fallback
 reason; the caller answers from the edge.
+
+The client never sends what the cloud refuses: at most `max_texts` texts a call (the caller chunks), each
+cut to `max_text_chars` (`modelpack.limits`). Replies are validated strictly (finite numbers in range,
+labels strings, one result per text, timestamps with an offset); one that breaks the contract is a
+`CloudError`, logged with what was wrong, never an exception the caller does not expect.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,10 +37,12 @@ from edge_container.errors import (
     CloudTimeout,
     DeadlineExceeded,
 )
+from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS, clip_text
 
 log = logging.getLogger("edge_container.cloud")
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # below this, an attempt cannot succeed: do not start it
+_MAX_COUNT = 2**53  # budgets and costs end up in float gauges: larger is a broken reply, not a budget
 Signer = Callable[[str, Mapping[str, str], bytes], Mapping[str, str]]
 
 
@@ -85,8 +93,11 @@ class CloudClient:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[str], None] | None = None,
+        max_texts: int = CLOUD_MAX_TEXTS,
+        max_text_chars: int = CLOUD_MAX_TEXT_CHARS,
     ) -> None:
         self._http, self.url, self._api_key, self.breaker = http, url, api_key, breaker
+        self.max_texts, self.max_text_chars = max_texts, max_text_chars
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self._signer, self._rng, self._sleep, self._clock = signer, rng, sleep, clock
         self._on_error = on_error or (lambda kind: None)
@@ -100,6 +111,9 @@ class CloudClient:
         request_id: str | None = None,
         edge: Sequence[Answer] = (),
     ) -> CloudReply:
+        """One call for at most `max_texts` texts (more is the caller's bug: it must chunk)."""
+        if not 0 < len(texts) <= self.max_texts:
+            raise ValueError(f"{len(texts)} texts: the cloud takes 1-{self.max_texts} per call")
         if not self.breaker.allow():
             raise CircuitOpen("the circuit to the cloud is open")
         verdict: bool | None = None  # True: cloud healthy; False: failing; None: say nothing (cancelled)
@@ -113,6 +127,8 @@ class CloudClient:
             raise
         except CloudFailure as exc:
             verdict = isinstance(exc, _Rejected)
+            if isinstance(exc, CloudError):  # the fallback's reason says `cloud_error`; this line says which
+                log.warning("the cloud call failed: %s", exc)
             raise
         finally:
             if verdict is True:
@@ -124,7 +140,9 @@ class CloudClient:
 
     async def _call(self, texts: Sequence[str], key: str, deadline: float, request_id: str | None,
                     edge: Sequence[Answer]) -> CloudReply:
-        payload: dict[str, Any] = {"texts": list(texts)}
+        # Whitespace around a text means nothing to the tokenizer but counts against the cloud's limit (and a
+        # cut of a long blank lead would be a blank text, which the cloud refuses).
+        payload: dict[str, Any] = {"texts": [clip_text(t.strip(), self.max_text_chars) for t in texts]}
         if edge:
             payload["edge"] = [{"label": a.label, "confidence": a.confidence} for a in edge]
         if request_id:
@@ -158,22 +176,30 @@ class CloudClient:
                 continue
             if response.status_code == 200:
                 try:
-                    return _parse_reply(response.json(), len(texts), attempt + 1)
-                except (ValueError, KeyError, TypeError) as exc:
-                    self._on_error("bad_response")
-                    raise CloudError(f"the cloud's answer breaks the contract: {exc}") from None
+                    return _parse_reply(_json(response), len(texts), attempt + 1)
+                except _BadReply as exc:
+                    raise self._refuse(response.status_code, exc) from None
             error = _error_body(response)
-            if response.status_code == 429 and error.get("code") == "BUDGET_EXHAUSTED":
-                raise BudgetExhausted(str(error.get("message", "budget exhausted")),
-                                      resets_at=_parse_time(error.get("resets_at")))
+            code = error.get("code") if isinstance(error.get("code"), str) else ""
+            if response.status_code == 429 and code == "BUDGET_EXHAUSTED":
+                message = error.get("message")
+                try:
+                    resets_at = _aware_time(error.get("resets_at"), "error.resets_at")
+                except _BadReply as exc:
+                    raise self._refuse(response.status_code, exc) from None
+                raise BudgetExhausted(message if isinstance(message, str) else "budget exhausted",
+                                      resets_at=resets_at)
             self._on_error(f"http_{response.status_code // 100}xx")
-            message = f"the cloud answered {response.status_code} {error.get('code', '')}".strip()
+            message = f"the cloud answered {response.status_code} {code}".strip()
             if response.status_code in _RETRY_STATUS:
                 last = CloudError(message)
                 continue
             raise (_Rejected if response.status_code < 500 else CloudError)(message)
         raise last
 
+    def _refuse(self, status: int, problem: _BadReply) -> CloudError:
+        self._on_error("bad_response")
+        return CloudError(f"the cloud's {status} reply breaks the contract: {problem}")
 
     def _sign(self, headers: dict[str, str], body: bytes) -> Mapping[str, str]:
         if self._signer is None:
@@ -190,43 +216,119 @@ class _Rejected(CloudError):
     """A 4xx other than budget/throttling: our request was at fault, the cloud itself is healthy."""
 
 
+class _BadReply(ValueError):
+    """What makes a reply of the cloud unusable; the message says where (`results[3].confidence`)."""
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested deeper than the parser goes
+        raise _BadReply(f"the body is not usable JSON ({type(exc).__name__})") from None
+
+
 def _parse_reply(raw: Any, n: int, attempts: int) -> CloudReply:
-    results = tuple(
-        CloudResult(
-            label=_str(r["label"]),
-            confidence=float(r["confidence"]),
-            top_k=tuple(Answer(_str(t["label"]), float(t["confidence"])) for t in r.get("top_k") or ()),
-        )
-        for r in raw["results"]
-    )
-    if len(results) != n:
-        raise ValueError(f"{len(results)} results for {n} texts")
-    b = raw.get("budget")
-    budget = None if not isinstance(b, dict) else Budget(
-        remaining=int(b["remaining"]), limit=int(b["limit"]), period=str(b.get("period", "")),
-        resets_at=_parse_time(b.get("resets_at")))
-    return CloudReply(results, str(raw.get("model_version", "")), int(raw.get("cost", 0)), budget, attempts)
+    body = _object(raw, "the body")
+    items = body.get("results")
+    if not isinstance(items, list):
+        raise _BadReply(f"results is {_kind(items)}, not a list")
+    if len(items) != n:
+        raise _BadReply(f"{len(items)} results for {n} texts")
+    results = tuple(_result(item, f"results[{i}]") for i, item in enumerate(items))
+    budget = body.get("budget")
+    return CloudReply(results, _string(body.get("model_version", ""), "model_version", empty=True),
+                      _count(body.get("cost", 0), "cost"), None if budget is None else _budget(budget),
+                      attempts)
 
 
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
+def _result(raw: Any, where: str) -> CloudResult:
+    item = _object(raw, where)
+    top_k = item.get("top_k")
+    top_k = [] if top_k is None else top_k
+    if not isinstance(top_k, list):
+        raise _BadReply(f"{where}.top_k is not a list")
+    return CloudResult(_string(item.get("label"), f"{where}.label"),
+                       _confidence(item.get("confidence"), f"{where}.confidence"),
+                       tuple(_answer(t, f"{where}.top_k[{j}]") for j, t in enumerate(top_k)))
+
+
+def _answer(raw: Any, where: str) -> Answer:
+    item = _object(raw, where)
+    return Answer(_string(item.get("label"), f"{where}.label"),
+                  _confidence(item.get("confidence"), f"{where}.confidence"))
+
+
+def _budget(raw: Any) -> Budget:
+    b = _object(raw, "budget")
+    return Budget(remaining=_count(b.get("remaining"), "budget.remaining"),
+                  limit=_count(b.get("limit"), "budget.limit"),
+                  period=_string(b.get("period", ""), "budget.period", empty=True),
+                  resets_at=_aware_time(b.get("resets_at"), "budget.resets_at"))
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _BadReply(f"{where} is {_kind(value)}, not an object")
     return value
 
 
-def _error_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return {}
-    return error if isinstance(error, dict) else {}
+def _string(value: Any, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or not (value or empty):
+        raise _BadReply(f"{where} is {_kind(value)}, not a {'' if empty else 'non-empty '}string")
+    return value
 
 
-def _parse_time(value: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
+def _confidence(value: Any, where: str) -> float:
+    # NaN fails the range check too: every comparison with it is false.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise _BadReply(f"{where} is {_kind(value)}, not a number in [0, 1]")
+    return float(value)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise _BadReply(f"{where} is {_kind(value)}, not a whole number in [0, 2^53]")
+    return value
+
+
+def _aware_time(value: Any, where: str) -> datetime | None:
+    """None when absent. A time without an offset is refused, not guessed: the contract is ISO 8601 with an
+    offset (the cloud writes `+00:00`), and this one decides how long the edge stops escalating."""
+    if value is None:
         return None
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise _BadReply(f"{where} is {_kind(value)}, not an ISO 8601 time")
+    if parsed.utcoffset() is None:
+        raise _BadReply(f"{where} {value[:40]!r} has no timezone offset")
+    return parsed
+
+
+def _kind(value: Any) -> str:
+    """A short description of a bad value for logs: never the value's whole repr (it may be huge or deep)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value) if not math.isfinite(value) else f"{value:.6g}"
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**18 else "a huge integer"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" if value else "the empty string"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    """The `error` object of a non-200 reply, or {}: gateways answer 502/503 with HTML, which is no reason
+    to treat a retryable status differently."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 class SigV4Signer:

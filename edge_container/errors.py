@@ -60,6 +60,19 @@ class TooManyTexts(BadRequest):
     code = "TOO_MANY_TEXTS"
 
 
+class InvalidText(BadRequest):
+    """A text the tokenizer cannot read (an unpaired UTF-16 surrogate, which valid JSON can carry)."""
+
+    code = "INVALID_TEXT"
+
+
+class UnsupportedMediaType(EdgeError):
+    """A JSON route got a body declared as something else: also what stops a cross-site `text/plain` POST."""
+
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
 class PayloadTooLarge(EdgeError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
@@ -70,9 +83,25 @@ class Unauthorized(EdgeError):
     code = "UNAUTHORIZED"
 
 
+class ClientUnauthorized(Unauthorized):
+    """EDGE_CLIENT_KEYS is set and the request carries no key, or one not in it."""
+
+    code = "CLIENT_UNAUTHORIZED"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="edge", ApiKey header="x-api-key"'}
+
+
 class AdminDisabled(EdgeError):
     status = 403
     code = "ADMIN_DISABLED"
+
+
+class CloudRouteForbidden(EdgeError):
+    """`route: "cloud"` spends the tenant's budget on the caller's say-so: only an authenticated client may."""
+
+    status = 403
+    code = "CLOUD_ROUTE_FORBIDDEN"
 
 
 class NotFound(EdgeError):
@@ -147,9 +176,29 @@ class CloudDisabled(CloudFailure):
     reason = "cloud_disabled"
 
 
+class RateLimited(CloudFailure):
+    """This client escalated more than its share (EDGE_CLIENT_ESCALATIONS_PER_S); the edge answers instead."""
+
+    reason = "rate_limited"
+
+
 class BudgetExhausted(CloudFailure):
     reason = "budget_exhausted"
 
     def __init__(self, message: str, *, resets_at: datetime | None) -> None:
         super().__init__(message)
         self.resets_at = resets_at
+
+
+class ModelSourceUnavailable(EdgeError):
+    """A model source (S3) could not be read: not the artifact's fault, so it is retried with backoff."""
+
+    status = 503
+    code = "MODEL_SOURCE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}

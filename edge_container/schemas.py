@@ -13,12 +13,15 @@ from edge_container.errors import (
     BadRequest,
     EmptyText,
     InvalidJson,
+    InvalidText,
     PayloadTooLarge,
     TextTooLong,
     TooManyTexts,
+    UnsupportedMediaType,
 )
 from edge_container.service import ROUTES, Prediction, Result, Route
 from edge_container.settings import Settings
+from modelpack.limits import text_problem
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _PREDICT_FIELDS = frozenset({"text", "texts", "route", "deadline_ms", "request_id"})
@@ -36,8 +39,18 @@ class PredictRequest:
 _REQUIRED = object()
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or a `+json` type, parameters (charset) allowed."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def read_json(request: Request, limit: int, *, empty: Any = _REQUIRED) -> Any:
-    """The parsed JSON body, read up to `limit` bytes; an empty body is `empty` if given, else a 400."""
+    """The parsed JSON body, read up to `limit` bytes; an empty body is `empty` if given, else a 400.
+
+    A non-empty body must be declared `application/json`: a browser sends `text/plain` cross-site without a
+    CORS preflight, so accepting it would let any web page a user opens spend this edge's cloud budget."""
+    content_type = request.headers.get("content-type")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
@@ -50,6 +63,9 @@ async def read_json(request: Request, limit: int, *, empty: Any = _REQUIRED) -> 
         if empty is not _REQUIRED:
             return empty
         raise InvalidJson("the body is empty; send a JSON object")
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaType(f"the body must be sent as content-type: application/json, "
+                                   f"not {content_type or 'nothing'!r}")
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -65,13 +81,17 @@ def json_object(raw: Any, allowed: frozenset[str]) -> dict[str, Any]:
     return raw
 
 
-def check_text(value: Any, settings: Settings, where: str = "text") -> str:
+def check_text(value: Any, settings: Settings, where: str = "text", index: int | None = None) -> str:
+    at = {} if index is None else {"index": index}
     if not isinstance(value, str):
-        raise BadRequest(f"{where} must be a string, got {type(value).__name__}")
+        raise BadRequest(f"{where} must be a string, got {type(value).__name__}", **at)
     if not value.strip():
-        raise EmptyText(f"{where} is empty")
+        raise EmptyText(f"{where} is empty", **at)
     if len(value) > settings.max_text_chars:
-        raise TextTooLong(f"{where} has {len(value)} characters; the limit is {settings.max_text_chars}")
+        raise TextTooLong(f"{where} has {len(value)} characters; the limit is {settings.max_text_chars}", **at)
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidText(f"{where} {problem}: not valid Unicode text", **at)
     return value
 
 
@@ -82,7 +102,7 @@ def check_texts(value: Any, settings: Settings, where: str = "texts") -> tuple[s
         raise EmptyText(f"{where} is empty")
     if len(value) > settings.max_texts:
         raise TooManyTexts(f"{where} has {len(value)} items; the limit is {settings.max_texts}")
-    return tuple(check_text(v, settings, f"{where}[{i}]") for i, v in enumerate(value))
+    return tuple(check_text(v, settings, f"{where}[{i}]", i) for i, v in enumerate(value))
 
 
 def one_or_many(raw: dict[str, Any], settings: Settings) -> tuple[str, ...]:

@@ -22,15 +22,19 @@ from typing import Literal
 
 import numpy as np
 
+from edge_container.auth import EscalationLimiter
 from edge_container.batcher import Batcher, BatchInfo
 from edge_container.cloud import Answer, CloudClient, CloudReply
-from edge_container.errors import BudgetExhausted, CloudDisabled, CloudFailure
+from edge_container.errors import BudgetExhausted, CloudDisabled, CloudFailure, RateLimited
 from edge_container.metrics import Metrics
 from edge_container.policies import Policy
 from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
 
 Route = Literal["auto", "edge", "cloud"]
+# Chunks of one request's escalations in flight at once: its latency is the slowest chunk's, not their sum;
+# the cloud client's connection pool (EDGE_CLOUD_MAX_CONNECTIONS) bounds all requests together.
+_CHUNKS_IN_FLIGHT = 4
 ROUTES: tuple[Route, ...] = ("auto", "edge", "cloud")
 
 
@@ -101,9 +105,11 @@ class EdgeService:
         workers: int,
         default_deadline_ms: int,
         budget: BudgetGate | None = None,
+        limiter: EscalationLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models, self.policy, self.cloud, self.metrics = models, policy, cloud, metrics
+        self.limiter = limiter or EscalationLimiter(rate=0.0, burst=0)
         self._executor, self._clock, self.default_deadline_ms = executor, clock, default_deadline_ms
         self.budget = budget or BudgetGate()
         # Request ids: unique per process and cheap (uuid4 per request costs a urandom syscall).
@@ -125,7 +131,8 @@ class EdgeService:
         return await self.batcher.submit(tuple(texts))
 
     async def predict(self, texts: Sequence[str], *, route: Route = "auto", deadline_ms: int | None = None,
-                      request_id: str | None = None) -> Prediction:
+                      request_id: str | None = None, client: str = "local") -> Prediction:
+        """`client` names the caller's escalation allowance (`EscalationLimiter` bucket)."""
         start = time.perf_counter()
         deadline = self._clock() + (deadline_ms or self.default_deadline_ms) / 1000.0
         request_id = request_id or f"{self._id_prefix}-{next(self._ids)}"
@@ -134,20 +141,27 @@ class EdgeService:
         escalate, up, keep = self._route(route, rows)
         results = [Result(a.label, a.confidence, "edge", keep, a, version) for a in edge]
         chosen = np.flatnonzero(escalate).tolist()
+        granted = self.limiter.take(client, len(chosen))
+        if granted < len(chosen):  # over this client's share: the least confident texts still go up
+            chosen.sort(key=lambda i: edge[i].confidence)
+            chosen, limited = sorted(chosen[:granted]), chosen[granted:]
+            self.metrics.fallbacks.labels(RateLimited.reason).inc(len(limited))
+            for i in limited:
+                results[i] = Result(edge[i].label, edge[i].confidence, "edge_fallback", RateLimited.reason, edge[i],
+                                    version)
         if chosen:
             self.metrics.escalations.labels(up).inc(len(chosen))
-            try:
-                reply = await self._ask_cloud([texts[i] for i in chosen], [edge[i] for i in chosen], request_id,
-                                              deadline)
-            except CloudFailure as failure:  # degrade, never fail: the edge's answer, and why
-                self.metrics.fallbacks.labels(failure.reason).inc(len(chosen))
-                for i in chosen:
-                    results[i] = Result(edge[i].label, edge[i].confidence, "edge_fallback", failure.reason, edge[i],
-                                        version)
-            else:
-                for i, answer in zip(chosen, reply.results):
-                    results[i] = Result(answer.label, answer.confidence, "cloud", up, edge[i], version,
-                                        reply.model_version, answer.top_k)
+            asked = [texts[i] for i in chosen]
+            for part, outcome in await self._ask_cloud(asked, [edge[i] for i in chosen], request_id, deadline):
+                if isinstance(outcome, CloudFailure):  # degrade, never fail: the edge's answer, and why
+                    self.metrics.fallbacks.labels(outcome.reason).inc(len(chosen[part]))
+                    for i in chosen[part]:
+                        results[i] = Result(edge[i].label, edge[i].confidence, "edge_fallback",
+                                            outcome.reason, edge[i], version)
+                else:
+                    for i, answer in zip(chosen[part], outcome.results, strict=True):
+                        results[i] = Result(answer.label, answer.confidence, "cloud", up, edge[i], version,
+                                            outcome.model_version, answer.top_k)
         for source, count in Counter(r.source for r in results).items():
             self._texts[source].inc(count)
         return Prediction(request_id, tuple(results), (time.perf_counter() - start) * 1000.0)
@@ -162,15 +176,42 @@ class EdgeService:
         mask = self.policy.escalate(rows.probs, rows.model.manifest.routing)
         return mask, self.policy.escalate_reason, self.policy.keep_reason
 
-    async def _ask_cloud(self, texts: list[str], edge: list[Answer], request_id: str, deadline: float) -> CloudReply:
+    async def _ask_cloud(self, texts: list[str], edge: list[Answer], request_id: str,
+                         deadline: float) -> list[tuple[slice, CloudReply | CloudFailure]]:
+        """The cloud's answer for each chunk of `texts` (at most the cloud's per-call limit), or why not.
+
+        Chunks go up at most `_CHUNKS_IN_FLIGHT` at a time, all within the request's deadline; each has its
+        own idempotency key and its own outcome, so one failing chunk falls back only its own texts."""
         if self.cloud is None:
-            raise CloudDisabled("no cloud is configured (EDGE_CLOUD_URL)")
-        if not self.budget.is_open():
+            return [(slice(0, len(texts)), CloudDisabled("no cloud is configured (EDGE_CLOUD_URL)"))]
+        size = self.cloud.max_texts
+        parts = [slice(start, start + size) for start in range(0, len(texts), size)]
+        gate = asyncio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+        async def ask(part: slice) -> tuple[slice, CloudReply | CloudFailure]:
+            async with gate:
+                try:
+                    reply = await self._call_cloud(texts[part], edge[part], request_id, deadline, part.start)
+                except CloudFailure as failure:
+                    return part, failure
+                return part, reply
+
+        if len(parts) == 1:  # the usual case: no task to spawn
+            return [await ask(parts[0])]
+        async with asyncio.TaskGroup() as group:  # a bug in one chunk cancels the others, not leaks them
+            tasks = [group.create_task(ask(part)) for part in parts]
+        return [task.result() for task in tasks]
+
+    async def _call_cloud(self, texts: list[str], edge: list[Answer], request_id: str, deadline: float,
+                          start: int) -> CloudReply:
+        assert self.cloud is not None
+        if not self.budget.is_open():  # checked per chunk: an earlier chunk's 429 stops the later ones
             raise BudgetExhausted("the cloud budget is spent", resets_at=self.budget.blocked_until)
         started = time.perf_counter()
         try:
-            reply = await self.cloud.infer(texts, idempotency_key=idempotency_key(request_id, texts),
-                                           deadline=deadline, request_id=request_id, edge=edge)
+            key = idempotency_key(request_id, texts, start=start)
+            reply = await self.cloud.infer(texts, idempotency_key=key, deadline=deadline, request_id=request_id,
+                                           edge=edge)
         except BudgetExhausted as exc:
             self.budget.block(exc.resets_at)
             self.metrics.budget_remaining.set(0)
@@ -207,10 +248,12 @@ class EdgeService:
             self.metrics.stage["queue"].observe(wait)
 
 
-def idempotency_key(request_id: str, texts: Sequence[str]) -> str:
+def idempotency_key(request_id: str, texts: Sequence[str], *, start: int = 0) -> str:
     """The same request (id and escalated texts) always gets the same key: a client's retry of it is
-    replayed by the cloud, not charged again; a different set of texts is different work."""
-    digest = hashlib.sha256(request_id.encode())
+    replayed by the cloud, not charged again; a different set of texts is different work. A chunk's key
+    also names where it starts among the request's escalations: two chunks of identical texts are two
+    calls, and one key for both would be answered once and refused (in progress) or replayed the other."""
+    digest = hashlib.sha256(f"{request_id}\x1e{start}".encode(errors="surrogatepass"))
     for text in texts:
-        digest.update(b"\x1f" + text.encode())
+        digest.update(b"\x1f" + text.encode(errors="surrogatepass"))  # a lone surrogate must not crash a key
     return f"edge-{digest.hexdigest()[:48]}"

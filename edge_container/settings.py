@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edge_container.auth import ClientKey
 from edge_container.errors import ConfigurationError
+from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 
 POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "random", "edge_only", "cloud_only")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+MIN_KEY_CHARS = 16
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+\.json)$")
 
 
@@ -23,7 +27,7 @@ _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<k
 class Settings:
     model_dir: Path = Path("/models")
     model_name: str = "edge"  # the Open Inference Protocol model name
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told otherwise; the container image sets 0.0.0.0
     port: int = 8080
     log_level: str = "info"
     access_log: bool = False
@@ -47,6 +51,10 @@ class Settings:
     cloud_retries: int = 2
     cloud_backoff_ms: int = 50
     cloud_max_connections: int = 32
+    # The cloud's per-call limits (its MAX_TEXTS_PER_CALL / MAX_CHARS_PER_TEXT): escalations are chunked and
+    # cut to these. Set them only for a cloud deployed with other limits.
+    cloud_max_texts: int = CLOUD_MAX_TEXTS
+    cloud_max_text_chars: int = CLOUD_MAX_TEXT_CHARS
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
     default_deadline_ms: int = 2000
@@ -54,6 +62,10 @@ class Settings:
     max_texts: int = 64
     max_text_chars: int = 1000
     max_body_bytes: int = 1 << 20
+    # Who may call: client keys for the inference routes; escalations each client may cause
+    client_keys: tuple[ClientKey, ...] = ()
+    client_escalations_per_s: float = 20.0  # escalated texts/s per client (refill); 0 disables the limit
+    client_escalation_burst: int = 256
     # Model management
     admin_token: str | None = None
     reload_poll_s: float = 10.0  # 0 disables watching the folder (and S3)
@@ -104,12 +116,18 @@ class Settings:
             cloud_retries=env.integer("EDGE_CLOUD_RETRIES", d.cloud_retries, low=0, high=10),
             cloud_backoff_ms=env.integer("EDGE_CLOUD_BACKOFF_MS", d.cloud_backoff_ms, low=0, high=60_000),
             cloud_max_connections=env.integer("EDGE_CLOUD_MAX_CONNECTIONS", d.cloud_max_connections, low=1),
+            cloud_max_texts=env.integer("EDGE_CLOUD_MAX_TEXTS", d.cloud_max_texts, low=1),
+            cloud_max_text_chars=env.integer("EDGE_CLOUD_MAX_TEXT_CHARS", d.cloud_max_text_chars, low=1),
             breaker_failures=env.integer("EDGE_BREAKER_FAILURES", d.breaker_failures, low=1),
             breaker_reset_s=env.number("EDGE_BREAKER_RESET_S", d.breaker_reset_s, low=0.0),
             default_deadline_ms=env.integer("EDGE_DEFAULT_DEADLINE_MS", d.default_deadline_ms, low=1, high=600_000),
             max_texts=env.integer("EDGE_MAX_TEXTS", d.max_texts, low=1),
             max_text_chars=env.integer("EDGE_MAX_TEXT_CHARS", d.max_text_chars, low=1),
             max_body_bytes=env.integer("EDGE_MAX_BODY_BYTES", d.max_body_bytes, low=64),
+            client_keys=env.client_keys("EDGE_CLIENT_KEYS", "EDGE_CLIENT_KEYS_FILE"),
+            client_escalations_per_s=env.number("EDGE_CLIENT_ESCALATIONS_PER_S", d.client_escalations_per_s,
+                                                low=0.0),
+            client_escalation_burst=env.integer("EDGE_CLIENT_ESCALATION_BURST", d.client_escalation_burst, low=1),
             admin_token=env.opt_text("EDGE_ADMIN_TOKEN"),
             reload_poll_s=env.number("EDGE_RELOAD_POLL_S", d.reload_poll_s, low=0.0),
             s3_latest_uri=env.opt_s3_uri("EDGE_S3_LATEST_URI"),
@@ -193,6 +211,38 @@ class _Env:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise self._bad(key, raw, "must be an http(s) base URL without query or fragment")
         return raw
+
+    def client_keys(self, key: str, file_key: str) -> tuple[ClientKey, ...]:
+        """`client_id:key` entries, comma-separated in `key` or one per line in the file `file_key` names
+        (blank lines and # comments skipped). A file keeps keys out of the process environment."""
+        raw, path = self._raw(key), self._raw(file_key)
+        if raw and path:
+            raise ConfigurationError(f"set {key} or {file_key}, not both", key=key)
+        if path:
+            try:
+                lines = Path(path).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"{file_key}={path!r} cannot be read: {exc}", key=file_key) from None
+            entries, where = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")], file_key
+        else:
+            entries, where = [e.strip() for e in raw.split(",") if e.strip()], key
+        keys: list[ClientKey] = []
+        for n, entry in enumerate(entries, 1):
+            client_id, sep, secret = entry.partition(":")
+            client_id, secret = client_id.strip(), secret.strip()
+            # The message names the entry by position and id only: a key must never reach a log.
+            if not sep or not _CLIENT_ID.match(client_id):
+                raise ConfigurationError(f"{where}: entry {n} is not client_id:key (id of letters, digits, . _ -)",
+                                         key=where)
+            if len(secret) < MIN_KEY_CHARS:
+                raise ConfigurationError(f"{where}: the key of client {client_id!r} is shorter than "
+                                         f"{MIN_KEY_CHARS} characters", key=where)
+            if any(k.client_id == client_id for k in keys):
+                raise ConfigurationError(f"{where}: client {client_id!r} appears twice", key=where)
+            if any(k.key == secret for k in keys):
+                raise ConfigurationError(f"{where}: client {client_id!r} reuses another client's key", key=where)
+            keys.append(ClientKey(client_id, secret))
+        return tuple(keys)
 
     def opt_s3_uri(self, key: str) -> str | None:
         raw = self._raw(key)

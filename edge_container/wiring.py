@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from edge_container.auth import EscalationLimiter
 from edge_container.breaker import CircuitBreaker
 from edge_container.cloud import CloudClient, SigV4Signer
 from edge_container.errors import ConfigurationError
@@ -22,6 +23,10 @@ from edge_container.settings import Settings
 from modelpack.manifest import MANIFEST_NAME
 
 log = logging.getLogger("edge_container")
+# botocore's defaults wait 60 s to connect and 60 s per read, and a stalled poll holds up every later
+# one; a failed poll is retried by the reloader's own backoff, so botocore retries only a little.
+S3_CLIENT_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 30,
+                                    "retries": {"total_max_attempts": 3, "mode": "standard"}}
 
 
 @dataclass
@@ -56,21 +61,24 @@ class EdgeStack:
                 http, url=settings.cloud_infer_url, api_key=settings.cloud_api_key, breaker=breaker,
                 timeout_s=settings.cloud_timeout_ms / 1000.0, retries=settings.cloud_retries,
                 backoff_s=settings.cloud_backoff_ms / 1000.0, signer=_signer(settings, aws_credentials),
-                on_error=lambda kind: metrics.cloud_errors.labels(kind).inc())
+                on_error=lambda kind: metrics.cloud_errors.labels(kind).inc(),
+                max_texts=settings.cloud_max_texts, max_text_chars=settings.cloud_max_text_chars)
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="edge-infer")
         service = EdgeService(
             models=models, policy=policy or make_policy(settings.policy, settings), cloud=cloud,
             executor=executor, metrics=metrics, max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.workers,
-            default_deadline_ms=settings.default_deadline_ms)
+            default_deadline_ms=settings.default_deadline_ms,
+            limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst))
         folder = FolderSource(settings.model_dir)
         sources: list[FolderSource | S3Source] = [folder]
         if settings.s3_latest_uri:
             bucket, key = settings.s3_location
             if s3_client is None:
                 import boto3  # optional dependency: only with EDGE_S3_LATEST_URI
+                from botocore.config import Config
 
-                s3_client = boto3.client("s3")
+                s3_client = boto3.client("s3", config=Config(**S3_CLIENT_CONFIG))
             sources.append(S3Source(s3_client, bucket=bucket, latest_key=key, cache_dir=settings.s3_cache_dir))
         reloader = Reloader(models, sources, poll_s=settings.reload_poll_s)
         return cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)

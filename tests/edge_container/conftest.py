@@ -20,17 +20,20 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge_container.app import create_app
+from edge_container.auth import ClientKey
 from edge_container.settings import Settings
 from edge_container.wiring import EdgeStack
+from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 from modelpack.manifest import load_manifest, write_manifest
 
 CONFIDENT = "what is the weather today"  # the tiny edge model: max_prob ~1.0
 UNSURE = "play music"  # max_prob ~0.48 < the manifest's threshold 0.6
 ADMIN_TOKEN = "test-admin-token-0123456789"
+CLIENT_ID, CLIENT_KEY = "tests", "test-client-key-0123456789"  # `serve_edge`'s client sends it
 
 
 class ServerThread:
@@ -71,11 +74,19 @@ class Attempt:
 
 
 class FakeCloud:
-    """The cloud's POST /v1/infer contract, with switchable behaviour and a record of every attempt."""
+    """The cloud's POST /v1/infer contract, with switchable behaviour and a record of every attempt.
+
+    Like the real cloud it refuses (400) more than `max_texts` texts or a text longer than `max_chars`.
+    `fail_marker`: a call with a text containing it fails with `status`; mode `raw` answers `raw_status`
+    with the bytes `raw_body` verbatim (replies a well-behaved server would never send)."""
 
     def __init__(self) -> None:
         self.url = ""
-        self.mode = "ok"  # ok | slow | error | budget | flaky | bad_request
+        self.mode = "ok"  # ok | slow | error | budget | flaky | bad_request | raw
+        self.max_texts, self.max_chars = CLOUD_MAX_TEXTS, CLOUD_MAX_TEXT_CHARS
+        self.fail_marker: str | None = None
+        self.raw_status, self.raw_body = 200, b""
+        self.in_flight = self.max_in_flight = 0
         self.status = 503
         self.delay_s = 0.0
         self.fail_first = 0  # flaky: this many attempts per idempotency key fail with `status`
@@ -90,19 +101,47 @@ class FakeCloud:
             self.mode, self.attempts = mode, []
             self.status, self.delay_s, self.fail_first, self.remaining = 503, 0.0, 0, 1000
             self.resets_at = datetime.now(UTC) + timedelta(hours=1)
+            self.max_texts, self.max_chars = CLOUD_MAX_TEXTS, CLOUD_MAX_TEXT_CHARS
+            self.fail_marker, self.raw_status, self.raw_body = None, 200, b""
+            self.in_flight = self.max_in_flight = 0
             for key, value in kwargs.items():
                 setattr(self, key, value)
 
     def keys(self) -> list[str | None]:
         return [a.idempotency_key for a in self.attempts]
 
-    async def _infer(self, request: Request) -> JSONResponse:
+    async def _infer(self, request: Request) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         body = await request.json()
         key = request.headers.get("idempotency-key")
         with self._lock:
             self.attempts.append(Attempt(key, request.headers.get("x-api-key"), dict(request.headers), body))
             seen = sum(1 for a in self.attempts if a.idempotency_key == key)
             mode = self.mode
+        if mode == "raw":
+            return Response(self.raw_body, status_code=self.raw_status, media_type="application/json")
+        texts = body["texts"]
+        if len(texts) > self.max_texts:  # the real cloud's refusals (cloud_functions.service.parse_infer_request)
+            return JSONResponse({"error": {"code": "TOO_MANY_TEXTS", "message": f"at most {self.max_texts}",
+                                           "field": "texts", "limit": self.max_texts}}, status_code=400)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                return JSONResponse({"error": {"code": "INVALID_REQUEST", "message": "blank",
+                                               "field": f"texts[{i}]"}}, status_code=400)
+            if len(text) > self.max_chars:
+                return JSONResponse({"error": {"code": "TEXT_TOO_LONG", "message": f"at most {self.max_chars}",
+                                               "field": f"texts[{i}]", "limit": self.max_chars}}, status_code=400)
+        if self.fail_marker is not None and any(self.fail_marker in t for t in texts):
+            return JSONResponse({"error": {"code": "INTERNAL", "message": "boom"}}, status_code=self.status)
         if mode == "slow":
             await asyncio.sleep(self.delay_s)
         if mode == "error" or (mode == "flaky" and seen <= self.fail_first):
@@ -112,7 +151,6 @@ class FakeCloud:
         if mode == "budget":
             return JSONResponse({"error": {"code": "BUDGET_EXHAUSTED", "message": "spent",
                                            "resets_at": self.resets_at.isoformat()}}, status_code=429)
-        texts = body["texts"]
         self.remaining -= len(texts)
         results = [{"label": "weather" if "weather" in t else "oos", "confidence": 0.97,
                     "top_k": [{"label": "weather" if "weather" in t else "oos", "confidence": 0.97}]}
@@ -150,6 +188,7 @@ def artifact_v2(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def edge_settings(model_dir: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {"model_dir": model_dir, "reload_poll_s": 0.0, "admin_token": ADMIN_TOKEN, "workers": 2,
+                            "client_keys": (ClientKey(CLIENT_ID, CLIENT_KEY),),
                             "cloud_timeout_ms": 1000, "cloud_retries": 1, "cloud_backoff_ms": 5,
                             "default_deadline_ms": 3000}
     return Settings(**{**base, **overrides})
@@ -159,8 +198,9 @@ def edge_settings(model_dir: Path, **overrides: Any) -> Settings:
 def serve_edge(settings: Settings, **stack_kwargs: Any) -> Iterator[tuple[httpx.Client, EdgeStack]]:
     """The real app (lifespan and all) on a loopback port, and a client for it."""
     stack = EdgeStack.create(settings, **stack_kwargs)
+    headers = {"x-api-key": settings.client_keys[0].key} if settings.client_keys else {}
     with ServerThread(create_app(settings, stack=stack)) as server, \
-            httpx.Client(base_url=server.url, timeout=30) as client:
+            httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
         yield client, stack
 
 

@@ -151,3 +151,16 @@ def test_a_signing_failure_is_a_cloud_error_not_a_crash(cloud: FakeCloud) -> Non
     with pytest.raises(CloudError, match="cannot sign"):
         run(cloud.url, lambda c: c.infer(["x"], idempotency_key="k", deadline=soon()), signer=broken_signer)
     assert cloud.attempts == []
+
+
+def test_the_client_never_sends_what_the_cloud_refuses(cloud: FakeCloud) -> None:
+    with pytest.raises(ValueError, match="1-32 per call"):  # chunking is the caller's job; sending 33 is a bug
+        run(cloud.url, lambda c: c.infer(["x"] * 33, idempotency_key="k", deadline=soon()))
+    assert cloud.attempts == []
+    long = "  " + "weather " * 100  # 802 characters; a blank lead is not worth the cloud's limit
+    reply = run(cloud.url, lambda c: c.infer([long], idempotency_key="k", deadline=soon()))
+    assert reply.results[0].label == "weather"
+    assert cloud.attempts[0].body["texts"] == [long.strip()[:512]]
+    cloud.reset(max_chars=100)  # a cloud deployed with another limit: the client is told it
+    run(cloud.url, lambda c: c.infer([long], idempotency_key="k", deadline=soon()), max_text_chars=100)
+    assert cloud.attempts[0].body["texts"] == [long.strip()[:100]]

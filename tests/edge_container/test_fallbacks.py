@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from edge_container.wiring import EdgeStack
-from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
+from tests.edge_container.conftest import CLIENT_KEY, CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 
 def burst(base_url: str, n: int, **body: Any) -> list[httpx.Response]:
     """`n` concurrent /v1/predict requests, each with two texts."""
     async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30, headers={"x-api-key": CLIENT_KEY}) as client:
             return await asyncio.gather(*(
                 client.post("/v1/predict", json={"texts": [CONFIDENT, f"{UNSURE} {i}"], **body}) for i in range(n)))
     return asyncio.run(main())
