@@ -24,10 +24,20 @@ class Policy(ABC):
     name: ClassVar[str]
     escalate_reason: ClassVar[str] = "low_confidence"
     keep_reason: ClassVar[str] = "confident"
+    # Whether the manifest's edge-oos band applies (below routing.oos_threshold the edge answers `oos`
+    # itself). Off for the baselines: they exist to show what the plain edge or cloud does.
+    uses_oos_band: ClassVar[bool] = True
 
     @abstractmethod
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
         """Boolean mask [n]: True sends that text to the cloud."""
+
+    def edge_oos(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray | None:
+        """Boolean mask [n] of texts the edge answers `oos` without the cloud, or None (no band). It wins
+        over `escalate`: paying the cloud to say `oos` about a text the edge finds hopeless buys nothing."""
+        if not self.uses_oos_band or routing.oos_threshold is None:
+            return None
+        return SCORES[routing.score](probs) < routing.oos_threshold
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name}
@@ -117,6 +127,7 @@ class RandomPolicy(Policy):
     name = "random"
     escalate_reason = "sampled"
     keep_reason = "not_sampled"
+    uses_oos_band = False
 
     def __init__(self, rate: float | None = None, *, rng: random.Random | None = None) -> None:
         self.rate, self._rng = rate, rng or random.Random()
@@ -129,6 +140,7 @@ class RandomPolicy(Policy):
 class EdgeOnlyPolicy(Policy):
     name = "edge_only"
     keep_reason = "forced_edge"
+    uses_oos_band = False
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
         return np.zeros(len(probs), dtype=bool)
@@ -137,6 +149,7 @@ class EdgeOnlyPolicy(Policy):
 class CloudOnlyPolicy(Policy):
     name = "cloud_only"
     escalate_reason = "forced_cloud"
+    uses_oos_band = False
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
         return np.ones(len(probs), dtype=bool)

@@ -32,6 +32,7 @@ from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
 
 Route = Literal["auto", "edge", "cloud"]
+EDGE_OOS = "edge_oos"  # the reason of an `oos` answered by the edge itself (the manifest's lowest band)
 # Chunks of one request's escalations in flight at once: its latency is the slowest chunk's, not their sum;
 # the cloud client's connection pool (EDGE_CLOUD_MAX_CONNECTIONS) bounds all requests together.
 _CHUNKS_IN_FLIGHT = 4
@@ -140,6 +141,14 @@ class EdgeService:
         version, edge = rows.model.version, rows.answers()
         escalate, up, keep = self._route(route, rows)
         results = [Result(a.label, a.confidence, "edge", keep, a, version) for a in edge]
+        hopeless = self.policy.edge_oos(rows.probs, rows.model.manifest.routing) if route == "auto" else None
+        if hopeless is not None:
+            oos_label = rows.model.manifest.oos_label
+            assert oos_label is not None  # the manifest refuses an oos band without an oos label
+            for i in np.flatnonzero(hopeless).tolist():
+                # Confidence in the `oos` answer: the mass the edge gives to *not* its best guess.
+                results[i] = Result(oos_label, 1.0 - edge[i].confidence, "edge", EDGE_OOS, edge[i], version)
+            escalate = escalate & ~hopeless
         chosen = np.flatnonzero(escalate).tolist()
         granted = self.limiter.take(client, len(chosen))
         if granted < len(chosen):  # over this client's share: the least confident texts still go up

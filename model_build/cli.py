@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--routing-target", type=float, default=None,
                    help="joint accuracy / teacher accuracy the threshold must reach on validation data (0.995: "
                         "a threshold fit for 0.99 on CLINC150's validation split lands at 0.989 on its test split)")
+    b.add_argument("--unlabeled", type=Path, default=None,
+                   help="unlabelled texts (a .txt, one a line, or a .csv/.jsonl with a 'text' column) the teacher "
+                        "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
+    b.add_argument("--augment", type=int, default=None, metavar="N",
+                   help="teacher-labelled augmented copies of each training text for the student (preset default)")
     b.add_argument("--model-version", help="version string (default: date + config digest)")
     b.add_argument("--seed", type=int, default=0)
 
@@ -68,10 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "data":
-        from model_build.fetch import fetch_clinc150
+        from model_build.fetch import CLINC150_WIKI_NAME, fetch_clinc150, fetch_clinc150_wiki
 
         path = fetch_clinc150(args.out)
-        print(f"{path} verified")
+        wiki = fetch_clinc150_wiki(args.out.parent / CLINC150_WIKI_NAME)
+        print(f"{path} verified\n{wiki} verified (unlabelled texts for build --unlabeled)")
         return 0
     if args.command == "publish":
         import boto3
@@ -100,6 +106,10 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"traffic_oos_fraction": args.traffic_oos_fraction, "seed": args.seed}
     if args.routing_target is not None:
         overrides["routing_target"] = args.routing_target
+    if args.unlabeled is not None:
+        overrides["unlabeled"] = str(args.unlabeled)
+    if args.augment is not None:
+        overrides["augment"] = args.augment
     config = preset(args.preset, **overrides)
     result = build(
         config,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from model_build.errors import BuildError
 from model_build.student import StudentConfig
 from model_build.teacher import TeacherConfig
+from model_build.transfer import TransferConfig
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class BuildConfig:
     student: StudentConfig
     distill: DistillConfig
     gates: Gates = field(default_factory=Gates)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
     max_seq_len: int = 32  # CLINC150: p99 21 tokens, longest 33
     length_buckets: tuple[int, ...] = (8, 16, 32)
     representative_size: int = 400  # real training texts for int8 calibration (>= 200)
@@ -46,6 +50,9 @@ class BuildConfig:
     # test split; 0.995 gave 0.993 (bench/results/full_build/), so the default keeps that margin.
     routing_target: float = 0.995
     traffic_oos_fraction: float | str = "test"  # number, "test" or "val": the traffic mix assumed
+    # The edge answers `oos` itself below a second, lower threshold when that escalates less for the same
+    # target (routing.choose_deferral); False keeps the one-threshold rule.
+    edge_oos_band: bool = True
     cloud_min_in_scope_accuracy: float = 0.95  # floor when choosing the cloud's oos confidence threshold
     subset_per_class: int | None = None  # quick preset: keep this many training texts per label
     latency_repeats: int = 200
@@ -96,6 +103,14 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
             raise BuildError(f"--traffic-oos-fraction must be a number, 'test' or 'val', got {mix!r}") from None
     if isinstance(mix, float) and not 0.0 <= mix < 1.0:
         raise BuildError(f"--traffic-oos-fraction must be in [0, 1), got {mix}")
+    augment = overrides.pop("augment", None)
+    if augment is not None:
+        if augment < 0:
+            raise BuildError(f"--augment must be >= 0, got {augment}")
+        config = dataclasses.replace(config, transfer=dataclasses.replace(config.transfer, augment_copies=augment))
+    unlabeled = overrides.get("unlabeled")
+    if unlabeled is not None and not Path(unlabeled).is_file():
+        raise BuildError(f"--unlabeled {unlabeled}: no such file")
     target = overrides.get("routing_target", config.routing_target)
     if not 0.0 < target <= 1.0:
         raise BuildError(f"--routing-target must be in (0, 1], got {target}")

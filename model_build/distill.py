@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from model_build.config import BuildConfig
@@ -9,8 +11,20 @@ from model_build.data import Dataset
 from model_build.progress import keras_progress
 
 
-def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray, teacher_logits: np.ndarray):
-    """A trained float Keras student. `train_ids` are padded BERT ids, `teacher_logits` the teacher's on them."""
+@dataclass(frozen=True)
+class TransferData:
+    """Teacher-labelled texts beyond the training set (model_build.transfer): padded ids, the teacher's
+    logits, a loss weight each. Their hard label is the teacher's argmax."""
+
+    ids: np.ndarray
+    logits: np.ndarray
+    weights: np.ndarray
+
+
+def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray, teacher_logits: np.ndarray,
+                    transfer: TransferData | None = None):
+    """A trained float Keras student. `train_ids` are padded BERT ids, `teacher_logits` the teacher's on them.
+    The vocabulary is pruned to the labelled training texts' tokens: transfer texts cannot grow the model."""
     import keras
 
     from model_build.student import (
@@ -30,21 +44,27 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
     # Start from the teacher's word embeddings (PCA-projected): rare tokens get a sensible vector.
     words = load_word_embeddings(minilm_dir())
     model.get_layer("embedding").set_table(embedding_init(words, vocab_map, cfg.embed_dim))
+    labels = np.asarray(dataset.train.labels)
+    weights = np.ones(len(labels), dtype=np.float32)
+    if dataset.oos_index is not None:
+        weights[labels == dataset.oos_index] = d.oos_weight
+    ids, logits = train_ids, teacher_logits
+    if transfer is not None and len(transfer.ids):
+        ids = np.concatenate([train_ids, transfer.ids.astype(train_ids.dtype)])
+        logits = np.concatenate([teacher_logits, transfer.logits])
+        labels = np.concatenate([labels, transfer.logits.argmax(axis=1)])
+        weights = np.concatenate([weights, transfer.weights])
     # The recipe measured in bench/results/student_search.md: AdamW, half an epoch of warm-up, cosine decay.
-    per_epoch = int(np.ceil(len(train_ids) / d.batch_size))
+    per_epoch = int(np.ceil(len(ids) / d.batch_size))
     warmup = per_epoch // 2
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=per_epoch * d.epochs - warmup, warmup_target=d.learning_rate, warmup_steps=warmup
     )
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=d.weight_decay)
     model.compile(optimizer=optimizer, loss=distillation_loss(d.temperature, d.alpha))
-    targets = pack_targets(np.asarray(dataset.train.labels), teacher_logits, dataset.num_labels)
-    labels = np.asarray(dataset.train.labels)
-    weights = np.ones(len(labels), dtype=np.float32)
-    if dataset.oos_index is not None:
-        weights[labels == dataset.oos_index] = d.oos_weight
+    targets = pack_targets(labels, logits, dataset.num_labels)
     model.fit(
-        train_ids,
+        ids,
         targets,
         sample_weight=weights,
         batch_size=d.batch_size,

@@ -71,8 +71,24 @@ def classification_metrics(
     out["in_scope_accuracy"] = float(correct[~is_oos].mean())
     if is_oos.any():
         out["oos_recall"] = float(correct[is_oos].mean())
+        if (~is_oos).any():
+            out["oos_auroc"] = oos_auroc(probs.max(axis=1), is_oos)
     out["ece"] = calibration.ece(probs, labels, n_bins=15)
     return out
+
+
+def oos_auroc(confidence: np.ndarray, is_oos: np.ndarray) -> float:
+    """How well a confidence separates in-scope from out-of-scope texts: the probability that a random
+    in-scope text scores above a random oos one (ties count half); 0.5 is chance, 1.0 perfect."""
+    ranks = np.empty(len(confidence), dtype=np.float64)
+    order = np.argsort(confidence, kind="stable")
+    ranks[order] = np.arange(1, len(confidence) + 1)
+    # Average ranks over ties.
+    values, inverse, counts = np.unique(confidence, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    n_in, n_oos = int((~is_oos).sum()), int(is_oos.sum())
+    return float((ranks[~is_oos].sum() - n_in * (n_in + 1) / 2) / (n_in * n_oos))
 
 
 class ArtifactRunner:
@@ -141,6 +157,11 @@ def test_metrics(
     metrics["teacher_with_oos_rule"] = classification_metrics(cloud_probs, y, oos, pred=cloud_pred)
     metrics["edge_int8"] = classification_metrics(edge_probs, y, oos)
     metrics["edge_int8"]["size_bytes"] = m.edge.size_bytes
+    score = SCORES[m.routing.score](edge_probs)
+    if oos is not None and m.routing.oos_threshold is not None:
+        # The edge alone, as deployed with its band: `oos` below routing.oos_threshold.
+        edge_rule = np.where(score < m.routing.oos_threshold, oos, edge_pred)
+        metrics["edge_int8_with_oos_rule"] = classification_metrics(edge_probs, y, oos, pred=edge_rule)
 
     texts = list(test.texts)
     timed = {"edge_int8": runner.edge}
@@ -161,11 +182,14 @@ def test_metrics(
         for name, ms in median_latency_ms(timed, ids, repeats=repeats).items():
             metrics[name][f"latency_ms_b{batch}"] = round(ms, 4)
 
-    score = SCORES[m.routing.score](edge_probs)
-    routed = routing.apply_threshold(edge_pred, cloud_pred, y, score, m.routing.threshold, oos_index=oos)
+    routed = routing.apply_deferral(edge_pred, cloud_pred, y, score, m.routing.threshold, m.routing.oos_threshold,
+                                    oos_index=oos)
+    band = m.routing.oos_threshold
     metrics["routing"] = {
         "score": m.routing.score,
         "threshold": m.routing.threshold,
+        "oos_threshold": band,
+        "edge_oos_rate": float((score < band).mean()) if band is not None else 0.0,
         "target_joint_over_teacher": m.routing.target_joint_over_teacher,
         "traffic_oos_fraction": m.routing.traffic_oos_fraction,
         "escalation_rate": routed.escalation_rate,
@@ -178,6 +202,16 @@ def test_metrics(
         "edge_only_accuracy": routed.edge_accuracy,
         "cloud_only_accuracy": routed.teacher_accuracy,
     }
+    if oos is not None and (y == oos).any():
+        inside = y != oos  # the same rule on in-scope traffic alone
+        r_in = routing.apply_deferral(edge_pred[inside], cloud_pred[inside], y[inside], score[inside],
+                                      m.routing.threshold, m.routing.oos_threshold, oos_index=oos)
+        metrics["routing_in_scope"] = {
+            "escalation_rate": r_in.escalation_rate, "joint_accuracy": r_in.joint_accuracy,
+            "joint_over_teacher": r_in.joint_over_teacher, "edge_only_accuracy": r_in.edge_accuracy,
+            "cloud_only_accuracy": r_in.teacher_accuracy,
+            "edge_oos_rate": float((score[inside] < band).mean()) if band is not None else 0.0,
+        }
     return metrics, logits
 
 

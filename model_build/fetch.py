@@ -17,6 +17,11 @@ from model_build.errors import FetchError
 
 CLINC150_URL = "https://raw.githubusercontent.com/clinc/oos-eval/master/data/data_full.json"
 CLINC150_SHA256 = "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0"
+# The CLINC150 authors' pool of Wikipedia sentences (their out-of-scope augmentation), same repository and
+# licence: unlabelled texts for `build --unlabeled`.
+CLINC150_WIKI_URL = "https://raw.githubusercontent.com/clinc/oos-eval/master/data/all_wiki_sents.txt"
+CLINC150_WIKI_SHA256 = "570704f8120d13d27dda90d116a0b2365e121139f72c2967b65f55465ebfad44"
+CLINC150_WIKI_NAME = "all_wiki_sents.txt"
 _CHUNK = 1 << 16
 
 
@@ -28,6 +33,11 @@ def fetch_clinc150(
     timeout_s: float = 30.0,
     progress: bool = True,
 ) -> Path:
+    return fetch(url, dest, sha256=sha256, timeout_s=timeout_s, progress=progress)
+
+
+def fetch_clinc150_wiki(dest: Path | str, *, url: str = CLINC150_WIKI_URL, sha256: str = CLINC150_WIKI_SHA256,
+                        timeout_s: float = 30.0, progress: bool = True) -> Path:
     return fetch(url, dest, sha256=sha256, timeout_s=timeout_s, progress=progress)
 
 

@@ -10,7 +10,10 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+import os
+import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from model_build.errors import BuildError, GateError
 from model_build.evaluate import EDGE_FP32_FILE, ArtifactRunner, test_metrics
 from model_build.progress import StageTimer
 from modelpack.manifest import (
+    ESCALATE_ALL,
+    ESCALATE_NONE,
     Manifest,
     ModelEntry,
     OutputSpec,
@@ -40,6 +45,7 @@ from modelpack.tokenizer import TextTokenizer
 # Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
 TEACHER_CODE_VERSION = 3
 STUDENT_CODE_VERSION = 3
+TRANSFER_CODE_VERSION = 1
 EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
 EDGE_DYNAMIC_FILE = "edge_dynamic.tflite"
 
@@ -62,6 +68,7 @@ def build(
 ) -> BuildResult:
     from model_build.teacher import minilm_dir
 
+    started = time.perf_counter()
     timer = StageTimer()
     cache = StageCache(cache_dir, enabled=use_cache)
     final_dir = Path(out_dir)
@@ -108,7 +115,8 @@ def build(
         from model_build import report
 
         plots = _plots(metrics, test_logits, dataset, manifest, out_dir)
-        metrics["timings_s"] = timer.seconds
+        metrics["timings_s"] = {**timer.seconds, "total_s": round(time.perf_counter() - started, 2)}
+        metrics["machine"] = machine()
         metrics["cached_stages"] = [k for k, v in timer.cached.items() if v]
         (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
         report.write_report_md(_jsonable(report_view(metrics, manifest, dataset, config)), out_dir, plots)
@@ -151,17 +159,54 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
         )
         timer.mark_cached("teacher", hit)
 
+    extra: dict[str, Any] = {}
+    transfer_dir: Path | None = None
+    if config.transfer.augment_copies or config.unlabeled:
+        from model_build.transfer import file_digest
+
+        transfer_key = stage_key(
+            "transfer", teacher=teacher_key, transfer=config.transfer, unlabeled=file_digest(config.unlabeled),
+            seq=config.max_seq_len, seed=config.seed, code=TRANSFER_CODE_VERSION,
+        )
+        with timer.stage("transfer"):
+            transfer_dir, hit = cache.cached(
+                "transfer", transfer_key, lambda d: _label_transfer_set(config, dataset, tokenizer, teacher_dir, d)
+            )
+            timer.mark_cached("transfer", hit)
+        extra["transfer"] = transfer_key  # absent without a transfer set: earlier cache entries stay valid
+
     student_key = stage_key(
         "student", teacher=teacher_key, student=config.student, distill=config.distill,
-        representative=config.representative_size, gates=config.gates, code=STUDENT_CODE_VERSION,
+        representative=config.representative_size, gates=config.gates, code=STUDENT_CODE_VERSION, **extra,
     )
     with timer.stage("student"):
         student_dir, hit = cache.cached(
             "student", student_key,
-            lambda d: _train_student(config, dataset, train_ids, np.load(teacher_dir / "train_logits.npy"), d),
+            lambda d: _train_student(config, dataset, train_ids, np.load(teacher_dir / "train_logits.npy"), d,
+                                     transfer_dir),
         )
         timer.mark_cached("student", hit)
     return Stages(dataset, teacher_dir, student_dir, teacher_key, student_key)
+
+
+def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, teacher_dir: Path,
+                        folder: Path) -> None:
+    """The teacher's logits on the transfer set (augmented and unlabelled texts), through LiteRT."""
+    from model_build.evaluate import model_logits
+    from model_build.transfer import build_transfer_set, load_unlabeled
+    from modelpack.litert import LiteRTModel
+
+    unlabeled = load_unlabeled(config.unlabeled) if config.unlabeled else ()
+    transfer = build_transfer_set(
+        config.transfer, dataset.train.texts, dataset.train.labels, unlabeled,
+        exclude=tuple(dataset.val.texts) + tuple(dataset.test.texts), seed=config.seed,
+    )
+    entry = model_entry(teacher_dir, CLOUD_FILE, config.teacher.precision, dataset.num_labels)
+    teacher = LiteRTModel((teacher_dir / CLOUD_FILE).read_bytes(), entry, num_threads=2)
+    logits = model_logits(teacher, tokenizer, transfer.texts, batch_size=64, desc="teacher labels transfer set")
+    np.save(folder / "ids.npy", tokenizer.encode(transfer.texts, pad_to=config.max_seq_len))
+    np.save(folder / "logits.npy", logits)
+    (folder / "transfer.json").write_text(json.dumps({"counts": transfer.counts(), "kinds": transfer.kinds}))
 
 
 def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):
@@ -178,11 +223,18 @@ def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokeniz
     (folder / CLOUD_FILE).write_bytes(convert(model))
 
 
-def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path):
+def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path,
+                   transfer_dir: Path | None = None):
     from model_build.convert import float_ops, graph_ops, to_tflite_dynamic_range, to_tflite_fp32, to_tflite_int8
-    from model_build.distill import distill_student
+    from model_build.distill import TransferData, distill_student
 
-    model = distill_student(config, dataset, train_ids, teacher_logits)
+    transfer = None
+    if transfer_dir is not None:
+        kinds = json.loads((transfer_dir / "transfer.json").read_text())["kinds"]
+        weights = np.array([config.transfer.unlabeled_weight if k == "unlabeled" else 1.0 for k in kinds],
+                           dtype=np.float32)
+        transfer = TransferData(np.load(transfer_dir / "ids.npy"), np.load(transfer_dir / "logits.npy"), weights)
+    model = distill_student(config, dataset, train_ids, teacher_logits, transfer)
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(train_ids), size=min(config.representative_size, len(train_ids)), replace=False)
     int8 = to_tflite_int8(model, train_ids[pick], allowed_float_ops=config.gates.allowed_float_ops)
@@ -239,17 +291,34 @@ def _fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRu
     best = comparison.best_choice
     report["routing_choices"] = {name: dataclasses.asdict(c) for name, c in comparison.choices.items()}
     report["routing_best"] = comparison.best
-    threshold = best.threshold if np.isfinite(best.threshold) else (1e9 if best.threshold > 0 else -1e9)
+    score_name, threshold, rate = comparison.best, best.threshold, best.escalation_rate
+    band, band_rate = None, 0.0
+    if config.edge_oos_band and oos is not None and is_oos.any():
+        # The three-way rule per score; shipped when it escalates less than the best two-way rule.
+        edge_pred = edge_probs.argmax(axis=1)
+        deferrals = {name: routing.choose_deferral(fn(edge_probs), edge_pred, cloud_pred, y, oos,
+                                                   target_ratio=config.routing_target, weights=w, name=name)
+                     for name, fn in SCORES.items()}
+        report["deferral_choices"] = {name: dataclasses.asdict(c) for name, c in deferrals.items()}
+        pick = min((c for c in deferrals.values() if c.reachable), default=None,
+                   key=lambda c: (round(c.escalation_rate, 9), -round(c.joint_accuracy, 9)))
+        if pick is not None and pick.escalation_rate < rate - 1e-12 and np.isfinite(pick.oos_threshold):
+            score_name, threshold, rate = pick.score_name, pick.threshold, pick.escalation_rate
+            band, band_rate = float(pick.oos_threshold), pick.edge_oos_rate
+        report["deferral_shipped"] = band is not None
+    threshold = threshold if np.isfinite(threshold) else (ESCALATE_ALL if threshold > 0 else ESCALATE_NONE)
     fitted = {
         "edge_temperature": t_edge,
         "cloud_temperature": t_cloud,
         "oos_threshold": oos_threshold,
         "routing": RoutingEntry(
-            score=comparison.best,
+            score=score_name,
             threshold=float(threshold),
             target_joint_over_teacher=config.routing_target,
             traffic_oos_fraction=fraction,
-            expected_escalation_rate=best.escalation_rate,
+            expected_escalation_rate=rate,
+            oos_threshold=band,
+            expected_edge_oos_rate=band_rate,
         ),
     }
     return fitted, report
@@ -269,10 +338,16 @@ def goals(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def goal(value, target, ok):
         return {"value": value, "target": target, "met": bool(ok) if value is not None else None}
 
+    tr = metrics.get("teacher_with_oos_rule", {})
     out = {
         "teacher_in_scope_accuracy": goal(t.get("in_scope_accuracy"), ">= 0.965", t.get("in_scope_accuracy", 0) >= 0.965),
+        "teacher_with_oos_rule_in_scope": goal(tr.get("in_scope_accuracy"), ">= 0.95",
+                                               tr.get("in_scope_accuracy", 0) >= 0.95),
+        "teacher_with_oos_rule_oos_recall": goal(tr.get("oos_recall"), ">= 0.80", tr.get("oos_recall", 0) >= 0.80),
+        "edge_in_scope_accuracy": goal(e.get("in_scope_accuracy"), ">= 0.955", e.get("in_scope_accuracy", 0) >= 0.955),
+        "edge_oos_recall": goal(e.get("oos_recall"), ">= 0.50", e.get("oos_recall", 0) >= 0.50),
         "edge_ece": goal(e.get("ece"), "<= 0.02", e.get("ece", 1) <= 0.02),
-        "escalation_rate": goal(r.get("escalation_rate"), "<= 0.20", r.get("escalation_rate", 1) <= 0.20),
+        "escalation_rate": goal(r.get("escalation_rate"), "<= 0.10", r.get("escalation_rate", 1) <= 0.10),
         "joint_over_teacher": goal(r.get("joint_over_teacher"), ">= 0.99", r.get("joint_over_teacher", 0) >= 0.99 - 1e-9),
         "joint_oos_recall": goal(r.get("joint_oos_recall"), ">= 0.70", r.get("joint_oos_recall", 0) >= 0.70),
         "joint_in_scope_accuracy": goal(r.get("joint_in_scope_accuracy"), ">= 0.95", r.get("joint_in_scope_accuracy", 0) >= 0.95),
@@ -353,6 +428,19 @@ def _version(teacher_key: str, student_key: str) -> str:
     return f"{day}-{stage_key('version', t=teacher_key, s=student_key)[:8]}"
 
 
+def machine() -> dict[str, Any]:
+    """The CPU a build's timings were measured on: they mean nothing without it."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "arch": platform.machine()}
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -391,8 +479,8 @@ def _plots(metrics, test_logits, dataset: Dataset, manifest: Manifest, out_dir: 
         c_in = routing.escalation_curve(edge_pred[in_scope], cloud_pred[in_scope], y[in_scope],
                                         SCORES[manifest.routing.score](edge_probs[in_scope]), name="in-scope")
         metrics["routing"]["curve_in_scope"] = [dataclasses.asdict(p) for p in routing.curve_at_rates(c_in)]
-    point = routing.apply_threshold(edge_pred, cloud_pred, y, SCORES[manifest.routing.score](edge_probs),
-                                    manifest.routing.threshold, oos_index=oos)
+    point = routing.apply_deferral(edge_pred, cloud_pred, y, SCORES[manifest.routing.score](edge_probs),
+                                   manifest.routing.threshold, manifest.routing.oos_threshold, oos_index=oos)
     marker = routing.RoutingChoice(
         score_name=manifest.routing.score, threshold=point.threshold, escalation_rate=point.escalation_rate,
         joint_accuracy=point.joint_accuracy, joint_over_teacher=point.joint_over_teacher,
@@ -438,6 +526,9 @@ def report_view(metrics: dict[str, Any], manifest: Manifest, dataset: Dataset, c
         },
         "routing": {
             "score": manifest.routing.score, "threshold": manifest.routing.threshold,
+            "oos_threshold": manifest.routing.oos_threshold,
+            "two_way_escalation_rate": v["routing_choices"][v["routing_best"]]["escalation_rate"]
+            if manifest.routing.oos_threshold is not None else None,
             "target_ratio": manifest.routing.target_joint_over_teacher,
             "oos_fraction": manifest.routing.traffic_oos_fraction, "chosen_on": "val (re-weighted)",
             "reachable": v["routing_choices"][manifest.routing.score]["reachable"],
@@ -447,8 +538,15 @@ def report_view(metrics: dict[str, Any], manifest: Manifest, dataset: Dataset, c
                 "joint_over_teacher": r["joint_over_teacher"], "joint_oos_recall": r["joint_oos_recall"],
                 "in_scope_accuracy": r["joint_in_scope_accuracy"],
                 "in_scope_escalation_rate": r["in_scope_escalation_rate"],
-                "oos_escalation_rate": r["oos_escalation_rate"],
-            }},
+                "oos_escalation_rate": r["oos_escalation_rate"], "edge_oos_rate": r.get("edge_oos_rate"),
+            }, **({"test, in-scope only": {
+                "escalation_rate": metrics["routing_in_scope"]["escalation_rate"],
+                "joint_accuracy": metrics["routing_in_scope"]["joint_accuracy"],
+                "teacher_accuracy": metrics["routing_in_scope"]["cloud_only_accuracy"],
+                "edge_accuracy": metrics["routing_in_scope"]["edge_only_accuracy"],
+                "joint_over_teacher": metrics["routing_in_scope"]["joint_over_teacher"],
+                "edge_oos_rate": metrics["routing_in_scope"]["edge_oos_rate"],
+            }} if "routing_in_scope" in metrics else {})},
             "scores": v["routing_choices"],
         },
         "escalation_table": {

@@ -375,10 +375,13 @@ def _routing(section: Any) -> list[str]:
         ("in_scope_accuracy", "in-scope joint accuracy", _pct, True),
         ("in_scope_escalation_rate", "in-scope escalation rate", _pct, True),
         ("oos_escalation_rate", "OOS escalation rate", _pct, False),
+        ("edge_oos_rate", "answered `oos` by the edge", _pct, False),
     ]
     facts = [
         ("score", "Chosen score", lambda v: f"`{v}`"),
         ("threshold", "Threshold (escalate iff score <)", _num),
+        ("oos_threshold", "Edge answers `oos` itself iff score <", _num),
+        ("two_way_escalation_rate", "Escalation of the best one-threshold rule (validation)", _pct),
         ("target_ratio", "Target", lambda v: f"joint accuracy ≥ {_num(v)} × teacher"),
         ("oos_fraction", "Assumed traffic mix (oos share)", _mix),
         ("chosen_on", "Threshold chosen on", str),
@@ -485,9 +488,11 @@ def _timings(section: Any) -> list[str]:
     if not isinstance(section, dict):
         return _generic(section)
     lines = ["| stage | time |", "|---|---:|"]
-    lines += [f"| {stage} | {_seconds(value)} |" for stage, value in section.items()]
-    numbers = [float(value) for value in section.values() if _is_number(value)]
-    lines.append(f"| **total** | {_seconds(sum(numbers)) if numbers else NA} |")
+    stages = {k: v for k, v in section.items() if k != "total_s"}
+    lines += [f"| {stage} | {_seconds(value)} |" for stage, value in stages.items()]
+    numbers = [float(value) for value in stages.values() if _is_number(value)]
+    total = section.get("total_s") if _is_number(section.get("total_s")) else (sum(numbers) if numbers else None)
+    lines.append(f"| **total (wall)** | {_seconds(total) if total is not None else NA} |")
     return lines
 
 

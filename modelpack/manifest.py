@@ -76,6 +76,10 @@ class RoutingEntry:
     target_joint_over_teacher: float
     traffic_oos_fraction: float | None  # the out-of-scope share of traffic the threshold assumes
     expected_escalation_rate: float
+    # The edge's own `oos` answer: score < oos_threshold → the edge answers `oos_label` without asking the
+    # cloud (a text it finds hopeless); oos_threshold <= score < threshold → the cloud. None: no such band.
+    oos_threshold: float | None = None
+    expected_edge_oos_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["models"] = {"edge": out.pop("edge"), "cloud": out.pop("cloud")}
+        if self.routing.oos_threshold is None:  # a two-way manifest reads exactly as before the edge's oos band
+            del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
         return out
 
     @classmethod
@@ -135,6 +141,8 @@ class Manifest:
             data=r.opt_mapping("data"),
             build=r.opt_mapping("build"),
         )
+        if manifest.routing.oos_threshold is not None and oos_label is None:
+            raise ManifestError("manifest.routing.oos_threshold is set, but there is no oos_label to answer with")
         _require_finite(manifest.data, "manifest.data")
         _require_finite(manifest.build, "manifest.build")
         return manifest
@@ -338,12 +346,19 @@ def _routing(r: _Reader) -> RoutingEntry:
     if not (in_range or threshold in (ESCALATE_NONE, ESCALATE_ALL)):
         raise r._fail("threshold", f"a number in [{low}, {high}] for score {score!r} "
                                    f"(or {ESCALATE_NONE:g} / {ESCALATE_ALL:g}: escalate none / all)")
+    oos_threshold = r.opt_float("oos_threshold", low=low - _SCORE_SLACK, high=high + _SCORE_SLACK)
+    if oos_threshold is not None and threshold != ESCALATE_ALL and oos_threshold > threshold:
+        raise r._fail("oos_threshold", f"at most the escalation threshold {threshold} (the edge answers oos "
+                                       "below it, the cloud between the two)")
     return RoutingEntry(
         score=score,
         threshold=threshold,
         target_joint_over_teacher=r.float("target_joint_over_teacher", low=0.0, high=1.0),
         traffic_oos_fraction=r.opt_float("traffic_oos_fraction", low=0.0, high=1.0),
         expected_escalation_rate=r.float("expected_escalation_rate", low=0.0, high=1.0),
+        oos_threshold=oos_threshold,
+        expected_edge_oos_rate=r.float("expected_edge_oos_rate", low=0.0, high=1.0)
+        if r.raw.get("expected_edge_oos_rate") is not None else 0.0,
     )
 
 

@@ -208,7 +208,7 @@ def test_report_contains_the_key_numbers_of_every_section(tmp_path: Path) -> Non
     assert "| int8 accuracy drop | <= +1.00 pp | n/a | n/a |" in text
     # timings
     assert "| student | 5 min 00.0 s |" in text
-    assert "| **total** | 6 min 03.8 s |" in text
+    assert "| **total (wall)** | 6 min 03.8 s |" in text
     # plots are linked relative to the report, in their sections
     assert "![reliability](plots/reliability.png)" in text
     assert text.index("![escalation_curve](plots/escalation.png)") > text.index("## Routing")

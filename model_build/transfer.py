@@ -1,0 +1,127 @@
+"""The student's transfer set: texts the teacher labels beyond the ones it was trained on.
+
+Distilled only on the teacher's own training texts, the student sees near one-hot targets (the teacher is
+~100 % right on them) and nothing of what lies between or outside the intents. Here the teacher labels:
+
+- **augmented training texts**: word dropout, and spliced halves of two texts of different labels, on
+  which the teacher's soft answer says how the intents blur into each other;
+- **unlabelled texts** of the user's own (`--unlabeled FILE`: real traffic is best; for CLINC150 its
+  authors' Wikipedia sentence pool), on which the teacher says what is *not* an intent.
+
+Texts equal to a validation or test text are dropped: the transfer set must not leak the splits that
+calibration, routing and the report are measured on. No TensorFlow here: the teacher runs through LiteRT.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_build.errors import DataError
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    augment_copies: int = 0  # augmented copies of each training text (0: none)
+    word_dropout: float = 0.2  # dropout copies: each word dropped with this probability (one always kept)
+    splice_share: float = 0.5  # of the augmented copies, the share that splices two texts of different labels
+    unlabeled_weight: float = 1.0  # loss weight of a teacher-labelled text, against 1 for a labelled one
+    max_unlabeled: int | None = None  # keep at most this many unlabelled texts (a seeded sample)
+
+    def __post_init__(self) -> None:
+        if self.augment_copies < 0 or not 0.0 <= self.word_dropout < 1.0 or not 0.0 <= self.splice_share <= 1.0:
+            raise ValueError(f"bad transfer settings: {self}")
+        if not self.unlabeled_weight >= 0.0 or (self.max_unlabeled is not None and self.max_unlabeled < 1):
+            raise ValueError(f"bad transfer settings: {self}")
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    texts: tuple[str, ...]
+    kinds: tuple[str, ...]  # "dropout" | "splice" | "unlabeled", per text
+
+    def counts(self) -> dict[str, int]:
+        return {kind: self.kinds.count(kind) for kind in ("dropout", "splice", "unlabeled")}
+
+
+def load_unlabeled(path: Path | str) -> tuple[str, ...]:
+    """Texts from a .txt file (one a line), or the `text` column of a .csv / .jsonl file. Empty lines are
+    skipped; anything else unreadable fails naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (--unlabeled)")
+    texts: list[str] = []
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or "text" not in reader.fieldnames:
+                    raise DataError(f"{path}: a CSV of unlabelled texts needs a 'text' column")
+                texts = [row["text"] or "" for row in reader]
+        elif path.suffix.lower() == ".jsonl":
+            with path.open(encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exc:
+                        raise DataError(f"{path}:{n}: not valid JSON: {exc}") from None
+                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                        raise DataError(f"{path}:{n}: each line must be an object with a string 'text'")
+                    texts.append(row["text"])
+        else:
+            texts = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    cleaned = tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))  # order kept, duplicates dropped
+    if not cleaned:
+        raise DataError(f"{path}: no texts in it")
+    return cleaned
+
+
+def file_digest(path: Path | str | None) -> str | None:
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def build_transfer_set(
+    config: TransferConfig,
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    unlabeled: Sequence[str],
+    *,
+    exclude: Sequence[str],
+    seed: int,
+) -> TransferSet:
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(train_labels)
+    texts, kinds = [], []
+    words = [t.split() for t in train_texts]
+    for _ in range(config.augment_copies):
+        splice = rng.random(len(words)) < config.splice_share
+        partners = rng.permutation(len(words))
+        for i, w in enumerate(words):
+            j = int(partners[i])
+            if splice[i] and labels[j] != labels[i] and len(w) > 1 and len(words[j]) > 1:
+                texts.append(" ".join(w[: len(w) // 2] + words[j][len(words[j]) // 2:]))
+                kinds.append("splice")
+            else:
+                keep = rng.random(len(w)) >= config.word_dropout
+                if not keep.any():
+                    keep[rng.integers(len(w))] = True
+                texts.append(" ".join(x for x, k in zip(w, keep) if k))
+                kinds.append("dropout")
+    pool = list(unlabeled)
+    if config.max_unlabeled is not None and len(pool) > config.max_unlabeled:
+        pool = [pool[i] for i in sorted(rng.choice(len(pool), size=config.max_unlabeled, replace=False))]
+    texts += pool
+    kinds += ["unlabeled"] * len(pool)
+    banned = set(exclude) | set(train_texts)
+    keep_rows = [i for i, t in enumerate(texts) if t and t not in banned]
+    return TransferSet(tuple(texts[i] for i in keep_rows), tuple(kinds[i] for i in keep_rows))
