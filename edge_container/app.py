@@ -19,9 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge_container import oip
+from edge_container.auth import Client, ClientAuth
 from edge_container.errors import (
     AdminDisabled,
     BadRequest,
+    CloudRouteForbidden,
     EdgeError,
     MethodNotAllowed,
     ModelNotFound,
@@ -55,14 +57,20 @@ class Api:
     def __init__(self, stack: EdgeStack) -> None:
         self.stack, self.settings, self.service = stack, stack.settings, stack.service
         self.metrics = stack.metrics
+        self.auth = ClientAuth(stack.settings.client_keys)
 
-    def endpoint(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(self, name: str, handler: Handler, *, client_auth: bool = False
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """`client_auth`: an inference route, which needs a client key when EDGE_CLIENT_KEYS is set; the
+        caller is then `request.state.client`."""
         errors, family = self.metrics.errors, self.metrics.request_seconds
         latency: dict[str, Any] = {}  # children bound once per source: .labels() takes a lock per call
 
         async def run(request: Request) -> Response:
             start = perf_counter()
             try:
+                if client_auth:
+                    request.state.client = self.auth.identify(request.headers, _address(request))
                 response, source = await handler(request)
             except EdgeError as exc:
                 errors.labels(name, exc.code).inc()
@@ -80,8 +88,12 @@ class Api:
     # --- native API -------------------------------------------------------------------------------------
     async def predict(self, request: Request) -> tuple[Response, str]:
         req = parse_predict(await read_json(request, self.settings.max_body_bytes), self.settings)
+        client: Client = request.state.client
+        if req.route == "cloud" and not client.authenticated:
+            raise CloudRouteForbidden('route "cloud" spends the cloud budget on the caller\'s say-so: it needs a '
+                                      "client key (EDGE_CLIENT_KEYS); without one the edge decides what to escalate")
         prediction = await self.service.predict(req.texts, route=req.route, deadline_ms=req.deadline_ms,
-                                                request_id=req.request_id)
+                                                request_id=req.request_id, client=client.bucket)
         sources = {r.source for r in prediction.results}
         return (JSONResponse(prediction_json(prediction, self.service.policy.name),
                              headers={"x-request-id": prediction.request_id}),
@@ -99,7 +111,8 @@ class Api:
 
     async def compat_joint(self, request: Request) -> tuple[Response, str]:
         body = json_object(await read_json(request, self.settings.max_body_bytes), _TEXT)
-        result = (await self.service.predict(one_or_many(body, self.settings))).results[0]
+        client: Client = request.state.client
+        result = (await self.service.predict(one_or_many(body, self.settings), client=client.bucket)).results[0]
         source = "cloud" if result.source == "cloud" else "edge"
         return JSONResponse({"source": source, "label": result.label, "confidence": result.confidence,
                              "reason": result.reason}), result.source
@@ -118,29 +131,37 @@ class Api:
         return JSONResponse({"live": True}), "none"
 
     async def v2_ready(self, request: Request) -> tuple[Response, str]:
-        return self._readiness({"ready": True}, {"ready": False}), "none"
+        with oip.protocol_errors():
+            return self._oip_ready({"ready": True}), "none"
 
     def _model_named(self, request: Request) -> None:
         name = request.path_params["name"]
         if name != self.settings.model_name:
             raise ModelNotFound(f"no model named {name!r}; this server serves {self.settings.model_name!r}")
 
+    def _oip_ready(self, ready: dict[str, Any]) -> Response:
+        if not self.stack.ready:
+            raise NotReady("the model is not loaded and warmed up yet")
+        return JSONResponse(ready)
+
     async def v2_model(self, request: Request) -> tuple[Response, str]:
-        self._model_named(request)
-        return JSONResponse(oip.model_metadata(self.settings.model_name, self.stack.models.current)), "none"
+        with oip.protocol_errors():
+            self._model_named(request)
+            return JSONResponse(oip.model_metadata(self.settings.model_name, self.stack.models.current)), "none"
 
     async def v2_model_ready(self, request: Request) -> tuple[Response, str]:
-        self._model_named(request)
-        name = self.settings.model_name
-        return self._readiness({"name": name, "ready": True}, {"name": name, "ready": False}), "none"
+        with oip.protocol_errors():
+            self._model_named(request)
+            return self._oip_ready({"name": self.settings.model_name, "ready": True}), "none"
 
     async def v2_infer(self, request: Request) -> tuple[Response, str]:
-        self._model_named(request)
-        texts, wanted, request_id = oip.parse_infer(await read_json(request, self.settings.max_body_bytes),
-                                                    self.settings)
-        rows = await self.service.edge(texts)
-        return JSONResponse(oip.infer_response(self.settings.model_name, rows.model, rows.probs, wanted,
-                                               request_id)), "edge"
+        with oip.protocol_errors():
+            self.auth.identify(request.headers, _address(request))  # an inference route: same keys, OIP errors
+            self._model_named(request)
+            body = await oip.read_body(request, self.settings.max_body_bytes)
+            infer = oip.parse_infer(body, request.headers, self.settings)
+            rows = await self.service.edge(infer.texts)
+            return oip.infer_response(self.settings.model_name, rows.model, rows.probs, infer), "edge"
 
     # --- operations -----------------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> tuple[Response, str]:
@@ -160,7 +181,7 @@ class Api:
         return Response(self.metrics.exposition(), media_type=self.metrics.content_type), "none"
 
     async def openapi(self, request: Request) -> tuple[Response, str]:
-        return JSONResponse(openapi_document(_version())), "none"
+        return JSONResponse(openapi_document(_version(), self.settings)), "none"
 
     # --- admin ----------------------------------------------------------------------------------------------
     def _authorise(self, request: Request) -> None:
@@ -198,6 +219,10 @@ class Api:
                 "budget_blocked_until": budget_until.isoformat() if budget_until else None}
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
 def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = None) -> Starlette:
     """The ASGI app. Nothing is loaded here: the lifespan loads and warms the model before serving."""
     stack = stack or EdgeStack.create(settings or Settings.from_env())
@@ -211,21 +236,21 @@ def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = No
         finally:
             await stack.stop()
 
-    def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
-        return Route(path, api.endpoint(name, handler), methods=[method], name=name)
+    def route(path: str, name: str, handler: Handler, method: str = "GET", *, client_auth: bool = False) -> Route:
+        return Route(path, api.endpoint(name, handler, client_auth=client_auth), methods=[method], name=name)
 
     routes = [
-        route("/v1/predict", "predict", api.predict, "POST"),
+        route("/v1/predict", "predict", api.predict, "POST", client_auth=True),
         route("/health", "health", api.health),
-        route("/predict", "compat_predict", api.compat_predict, "POST"),
-        route("/joint_predict", "compat_joint_predict", api.compat_joint, "POST"),
-        route("/batch_predict", "compat_batch_predict", api.compat_batch, "POST"),
+        route("/predict", "compat_predict", api.compat_predict, "POST", client_auth=True),
+        route("/joint_predict", "compat_joint_predict", api.compat_joint, "POST", client_auth=True),
+        route("/batch_predict", "compat_batch_predict", api.compat_batch, "POST", client_auth=True),
         route("/v2", "v2_server", api.v2_server),
         route("/v2/health/live", "v2_live", api.v2_live),
         route("/v2/health/ready", "v2_ready", api.v2_ready),
         route("/v2/models/{name}", "v2_model", api.v2_model),
         route("/v2/models/{name}/ready", "v2_model_ready", api.v2_model_ready),
-        route("/v2/models/{name}/infer", "v2_infer", api.v2_infer, "POST"),
+        route("/v2/models/{name}/infer", "v2_infer", api.v2_infer, "POST"),  # authenticates in its handler
         route("/healthz", "healthz", api.healthz),
         route("/readyz", "readyz", api.readyz),
         route("/metrics", "metrics", api.metrics_text),
@@ -239,8 +264,12 @@ def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = No
         assert isinstance(exc, HTTPException)
         error: EdgeError = {404: NotFound, 405: MethodNotAllowed}.get(exc.status_code, BadRequest)(
             f"{request.method} {request.url.path}: {exc.detail}")
+        if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+            error = oip.ProtocolError(error)  # the protocol's error shape under its prefix
         stack.metrics.errors.labels("unmatched", error.code).inc()
-        return _error_response(error)
+        response = _error_response(error)
+        response.headers.update(exc.headers or {})  # a 405 carries its Allow header
+        return response
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

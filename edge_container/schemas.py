@@ -118,6 +118,8 @@ def parse_predict(raw: Any, settings: Settings) -> PredictRequest:
     if route not in ROUTES:
         raise BadRequest(f"route must be one of {list(ROUTES)}, got {route!r}")
     deadline = body.get("deadline_ms")
+    if isinstance(deadline, float) and deadline.is_integer():
+        deadline = int(deadline)  # JSON (and JSON Schema) has one number type: 427.0 is the integer 427
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int)
                                  or not 1 <= deadline <= MAX_DEADLINE_MS):
         raise BadRequest(f"deadline_ms must be an integer in [1, {MAX_DEADLINE_MS}], got {deadline!r}")

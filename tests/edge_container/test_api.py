@@ -94,7 +94,7 @@ def test_open_inference_protocol_v2(client: httpx.Client) -> None:
     only = client.post("/v2/models/edge/infer", json={
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}], "outputs": [{"name": "label"}]})
     assert [o["name"] for o in only.json()["outputs"]] == ["label"]
-    assert error_code(client.get("/v2/models/other")) == "MODEL_NOT_FOUND"
+    assert client.get("/v2/models/other").status_code == 404  # error bodies there: tests/edge_container/test_oip.py
     assert client.post("/v2/models/other/infer", json={}).status_code == 404
 
 
@@ -122,13 +122,7 @@ def test_open_inference_protocol_v2(client: httpx.Client) -> None:
     ("/predict", {"texts": ["a"]}, 400, "BAD_REQUEST"),
     ("/batch_predict", {"texts": [1]}, 400, "BAD_REQUEST"),
     ("/joint_predict", {"text": ""}, 400, "EMPTY_TEXT"),
-    ("/v2/models/edge/infer", {"inputs": [{"name": "t", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, 400,
-     "BAD_REQUEST"),
-    ("/v2/models/edge/infer", {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [3], "data": ["a"]}]}, 400,
-     "BAD_REQUEST"),
-    ("/v2/models/edge/infer", {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": [7]}]}, 400,
-     "BAD_REQUEST"),
-])
+])  # the OIP routes answer in the protocol's error shape: their bad requests are in test_oip.py
 def test_bad_requests_get_a_4xx_with_a_stable_code(client: httpx.Client, path: str, payload: object, status: int,
                                                    code: str) -> None:
     if isinstance(payload, bytes):

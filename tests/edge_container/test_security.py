@@ -204,3 +204,24 @@ def test_a_text_the_tokenizer_rejects_fails_only_its_own_batch_job(tiny_artifact
     assert failed == [30]
     assert all(o.probs.shape == (1, len(o.model.labels)) for i, o in enumerate(outcomes) if i != 30)
     assert stack.metrics.batch_size.collect()[0].samples  # the jobs were batched, not run one by one
+
+
+def test_oip_inference_needs_the_key_too_and_says_so_in_the_protocols_shape(tiny_artifact: Path) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [CONFIDENT]}]}
+    with serve_edge(edge_settings(tiny_artifact)) as (client, _):
+        client.headers.pop("x-api-key")
+        refused = client.post("/v2/models/edge/infer", json=body)
+        assert refused.status_code == 401
+        assert isinstance(refused.json()["error"], str) and "client key" in refused.json()["error"]
+        assert client.post("/v2/models/edge/infer", json=body, headers={"x-api-key": CLIENT_KEY}).status_code == 200
+        assert client.get("/v2/models/edge").status_code == 200  # metadata stays open
+
+
+def test_the_openapi_document_states_the_client_key_schemes(tiny_artifact: Path) -> None:
+    with serve_edge(edge_settings(tiny_artifact)) as (client, _):
+        doc = client.get("/openapi.json").json()
+    assert set(doc["components"]["securitySchemes"]) == {"ClientKey", "ClientBearer"}
+    for path in ("/v1/predict", "/predict", "/joint_predict", "/batch_predict", "/v2/models/{name}/infer"):
+        op = doc["paths"][path]["post"]
+        assert {"ClientKey": []} in op["security"] and "401" in op["responses"] and "415" in op["responses"]
+    assert "security" not in doc["paths"]["/healthz"]["get"]
