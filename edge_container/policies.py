@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_container.settings import Settings
 from modelpack.manifest import RoutingEntry
-from modelpack.scores import SCORES
+from modelpack.scores import SCORES, band_score
 
 
 class Policy(ABC):
@@ -32,12 +32,12 @@ class Policy(ABC):
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
         """Boolean mask [n]: True sends that text to the cloud."""
 
-    def edge_oos(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray | None:
+    def edge_oos(self, probs: np.ndarray, routing: RoutingEntry, oos_index: int | None) -> np.ndarray | None:
         """Boolean mask [n] of texts the edge answers `oos` without the cloud, or None (no band). It wins
         over `escalate`: paying the cloud to say `oos` about a text the edge finds hopeless buys nothing."""
-        if not self.uses_oos_band or routing.oos_threshold is None:
+        if not self.uses_oos_band or routing.oos_threshold is None or oos_index is None:
             return None
-        return SCORES[routing.score](probs) < routing.oos_threshold
+        return band_score(routing.oos_score or routing.score, probs, oos_index) < routing.oos_threshold
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name}

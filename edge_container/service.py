@@ -141,7 +141,8 @@ class EdgeService:
         version, edge = rows.model.version, rows.answers()
         escalate, up, keep = self._route(route, rows)
         results = [Result(a.label, a.confidence, "edge", keep, a, version) for a in edge]
-        hopeless = self.policy.edge_oos(rows.probs, rows.model.manifest.routing) if route == "auto" else None
+        manifest = rows.model.manifest
+        hopeless = self.policy.edge_oos(rows.probs, manifest.routing, manifest.oos_index) if route == "auto" else None
         if hopeless is not None:
             oos_label = rows.model.manifest.oos_label
             assert oos_label is not None  # the manifest refuses an oos band without an oos label

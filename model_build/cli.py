@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="teacher-labelled augmented copies of each training text for the student (preset default)")
     b.add_argument("--model-version", help="version string (default: date + config digest)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--strict", action="store_true",
+                   help="exit non-zero when a gate fails (the artifact is still written, its failures recorded); "
+                        "a cheap gate failing right after training stops the build at once")
 
     e = sub.add_parser("evaluate", help="recompute metrics.json from an artifact folder's files alone")
     e.add_argument("dir", type=Path)
@@ -50,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--prefix", default="models")
     u.add_argument("--region", default=None)
     u.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (e.g. the local moto server)")
+    u.add_argument("--allow-failed-gates", action="store_true",
+                   help="publish an artifact whose build gates failed (its manifest says which)")
 
     d = sub.add_parser("data", help="data set helpers")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -91,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
             endpoint_url=args.endpoint_url,
             config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"}),
         )
-        result = publish(args.dir, bucket=args.bucket, prefix=args.prefix, s3_client=client)
+        result = publish(args.dir, bucket=args.bucket, prefix=args.prefix, s3_client=client,
+                         allow_failed_gates=args.allow_failed_gates)
         print(json.dumps({"bucket": args.bucket, **result.as_dict()}, indent=2))
         return 0
     if args.command == "evaluate":
@@ -118,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         model_version=args.model_version,
+        strict=args.strict,
     )
     print(_summary(result.metrics))
     print(f"artifact: {args.out}  (report: {args.out / 'report.md'})")

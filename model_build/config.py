@@ -26,10 +26,13 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class Gates:
-    """Promises the int8 edge model must keep; the build fails (GateError) when one is broken."""
+    """Promises the int8 edge model must keep. A broken one is recorded in metrics.json, the report and
+    the manifest (publish then refuses the artifact); with --strict the build also exits non-zero."""
 
     max_int8_accuracy_drop: float = 0.005  # vs the float student, fraction of examples
-    max_int8_size_ratio: float = 0.26  # int8 file / fp32 file of the same student
+    # Quantized weights / float weights of the same student (fixed bytes such as the id map, which no
+    # quantization shrinks, are reported beside it, not counted: they made a smaller vocabulary fail).
+    max_int8_size_ratio: float = 0.26
     allowed_float_ops: tuple[str, ...] = ()  # op names allowed to compute in float in the int8 graph
 
 
@@ -70,9 +73,8 @@ def _quick() -> BuildConfig:
         distill=DistillConfig(epochs=3, batch_size=64, learning_rate=3e-3),
         representative_size=200,
         subset_per_class=12,
-        # A toy student: the fixed-size vocabulary map (61 KB in both files) dominates its size, so the
-        # int8/fp32 ratio gate only means something for the full preset's model.
-        gates=Gates(max_int8_size_ratio=0.6),
+        # A toy student: its int32 biases (not shrunk by int8) weigh more beside its few weights.
+        gates=Gates(max_int8_size_ratio=0.35),
         latency_repeats=20,
     )
 

@@ -19,7 +19,7 @@ from model_build import calibration, routing
 from model_build.data import Dataset, Split, default_data_path, load_dataset, subset
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
-from modelpack.scores import SCORES, softmax
+from modelpack.scores import SCORES, band_score, softmax
 from modelpack.tokenizer import TextTokenizer
 
 EDGE_FP32_FILE = "edge_fp32.tflite"  # the float student, kept beside the int8 one for comparison
@@ -75,6 +75,16 @@ def classification_metrics(
             out["oos_auroc"] = oos_auroc(probs.max(axis=1), is_oos)
     out["ece"] = calibration.ece(probs, labels, n_bins=15)
     return out
+
+
+def size_metrics(int8_file: Path, fp32_file: Path) -> dict[str, float]:
+    """The int8 gate's figure, the quantized weights against the float ones, and the fixed bytes beside it."""
+    from model_build.convert import size_breakdown, weight_size_ratio
+
+    int8, fp32 = size_breakdown(int8_file.read_bytes()), size_breakdown(fp32_file.read_bytes())
+    return {"weight_size_ratio_vs_fp32": weight_size_ratio(int8, fp32),
+            "weight_bytes": int8.quantized_weight_bytes + int8.float_weight_bytes,
+            "fixed_bytes": int8.other_constant_bytes + int8.overhead_bytes}
 
 
 def oos_auroc(confidence: np.ndarray, is_oos: np.ndarray) -> float:
@@ -158,9 +168,12 @@ def test_metrics(
     metrics["edge_int8"] = classification_metrics(edge_probs, y, oos)
     metrics["edge_int8"]["size_bytes"] = m.edge.size_bytes
     score = SCORES[m.routing.score](edge_probs)
-    if oos is not None and m.routing.oos_threshold is not None:
+    band = m.routing.oos_threshold
+    band_on = score
+    if oos is not None and band is not None:
+        band_on = band_score(m.routing.oos_score or m.routing.score, edge_probs, oos)
         # The edge alone, as deployed with its band: `oos` below routing.oos_threshold.
-        edge_rule = np.where(score < m.routing.oos_threshold, oos, edge_pred)
+        edge_rule = np.where(band_on < band, oos, edge_pred)
         metrics["edge_int8_with_oos_rule"] = classification_metrics(edge_probs, y, oos, pred=edge_rule)
 
     texts = list(test.texts)
@@ -171,6 +184,7 @@ def test_metrics(
         metrics["edge_fp32"]["size_bytes"] = (runner.folder / EDGE_FP32_FILE).stat().st_size
         metrics["student_float"] = {"accuracy": metrics["edge_fp32"]["accuracy"]}
         metrics["edge_int8"]["size_ratio_vs_fp32"] = m.edge.size_bytes / metrics["edge_fp32"]["size_bytes"]
+        metrics["edge_int8"].update(size_metrics(runner.folder / m.edge.file, runner.folder / EDGE_FP32_FILE))
         metrics["edge_int8"]["accuracy_drop_vs_fp32"] = (
             metrics["edge_fp32"]["accuracy"] - metrics["edge_int8"]["accuracy"]
         )
@@ -182,14 +196,14 @@ def test_metrics(
         for name, ms in median_latency_ms(timed, ids, repeats=repeats).items():
             metrics[name][f"latency_ms_b{batch}"] = round(ms, 4)
 
-    routed = routing.apply_deferral(edge_pred, cloud_pred, y, score, m.routing.threshold, m.routing.oos_threshold,
-                                    oos_index=oos)
-    band = m.routing.oos_threshold
+    routed = routing.apply_deferral(edge_pred, cloud_pred, y, score, m.routing.threshold, band, oos_index=oos,
+                                    oos_score=band_on)
     metrics["routing"] = {
         "score": m.routing.score,
         "threshold": m.routing.threshold,
         "oos_threshold": band,
-        "edge_oos_rate": float((score < band).mean()) if band is not None else 0.0,
+        "oos_score": m.routing.oos_score,
+        "edge_oos_rate": float((band_on < band).mean()) if band is not None else 0.0,
         "target_joint_over_teacher": m.routing.target_joint_over_teacher,
         "traffic_oos_fraction": m.routing.traffic_oos_fraction,
         "escalation_rate": routed.escalation_rate,
@@ -205,12 +219,12 @@ def test_metrics(
     if oos is not None and (y == oos).any():
         inside = y != oos  # the same rule on in-scope traffic alone
         r_in = routing.apply_deferral(edge_pred[inside], cloud_pred[inside], y[inside], score[inside],
-                                      m.routing.threshold, m.routing.oos_threshold, oos_index=oos)
+                                      m.routing.threshold, band, oos_index=oos, oos_score=band_on[inside])
         metrics["routing_in_scope"] = {
             "escalation_rate": r_in.escalation_rate, "joint_accuracy": r_in.joint_accuracy,
             "joint_over_teacher": r_in.joint_over_teacher, "edge_only_accuracy": r_in.edge_accuracy,
             "cloud_only_accuracy": r_in.teacher_accuracy,
-            "edge_oos_rate": float((score[inside] < band).mean()) if band is not None else 0.0,
+            "edge_oos_rate": float((band_on[inside] < band).mean()) if band is not None else 0.0,
         }
     return metrics, logits
 

@@ -49,9 +49,14 @@ def publish(
     s3_client: Any,
     version: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    allow_failed_gates: bool = False,
 ) -> PublishResult:
     folder = Path(artifact_dir)
     manifest_bytes, manifest = _read_manifest(folder)
+    gates = (manifest.get("build") or {}).get("gates") or {}
+    if gates.get("passed") is False and not allow_failed_gates:
+        raise PublishError(f"{folder} failed its build gates ({'; '.join(gates.get('failures', []))}); "
+                           "fix the build, or publish it anyway with --allow-failed-gates")
     version = version or manifest["model_version"]
     if not _VERSION_RE.fullmatch(version):
         raise PublishError(f"version {version!r} is not a safe S3 key part (letters, digits, . _ + -)")

@@ -61,10 +61,11 @@ _SECTION_TITLES: dict[str, str] = {
     "routing": "Routing",
     "escalation_table": "Escalation curve",
     "escalation_table_in_scope": "Escalation curve, in-scope requests only",
+    "gates": "Gates",
     "goals": "Goals",
     "timings": "Stage timings",
 }
-_OPTIONAL_SECTIONS = frozenset({"escalation_table_in_scope"})  # not listed as missing when absent
+_OPTIONAL_SECTIONS = frozenset({"escalation_table_in_scope", "gates"})  # not listed as missing when absent
 _PLOT_HOMES: dict[str, str] = {"reliability": "calibration", "escalation_curve": "routing"}
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -227,6 +228,7 @@ def render_report_md(
         "routing": _routing,
         "escalation_table": _escalation_table,
         "escalation_table_in_scope": _escalation_table,
+        "gates": _gates,
         "goals": _goals,
         "timings": _timings,
     }
@@ -380,7 +382,8 @@ def _routing(section: Any) -> list[str]:
     facts = [
         ("score", "Chosen score", lambda v: f"`{v}`"),
         ("threshold", "Threshold (escalate iff score <)", _num),
-        ("oos_threshold", "Edge answers `oos` itself iff score <", _num),
+        ("oos_threshold", "Edge answers `oos` itself iff band score <", _num),
+        ("oos_score", "Band score", lambda v: f"`{v}`"),
         ("two_way_escalation_rate", "Escalation of the best one-threshold rule (validation)", _pct),
         ("target_ratio", "Target", lambda v: f"joint accuracy ≥ {_num(v)} × teacher"),
         ("oos_fraction", "Assumed traffic mix (oos share)", _mix),
@@ -482,6 +485,15 @@ def _goal_status(goal: Mapping[str, Any]) -> str:
             return NA
         met = compare(float(value), float(target))
     return "met" if met else "MISSED"
+
+
+def _gates(section: Any) -> list[str]:
+    if not isinstance(section, dict):
+        return _generic(section)
+    if section.get("passed"):
+        return ["Every gate passed: the artifact may be published."]
+    return ["**Gates failed** (publish refuses this artifact without `--allow-failed-gates`):", ""] + [
+        f"- {failure}" for failure in section.get("failures", [])]
 
 
 def _timings(section: Any) -> list[str]:

@@ -433,64 +433,74 @@ def choose_deferral(
     target_ratio: float = DEFAULT_TARGET_RATIO,
     weights: npt.ArrayLike | None = None,
     name: str = "",
+    oos_score: npt.ArrayLike | None = None,
 ) -> DeferralChoice:
-    """Fit both thresholds of the three-way rule. O(c^2) in the number c of realisable cuts (<= n + 1):
-    for each lower cut i (the i least-confident answered ``oos``), every upper cut j >= i."""
+    """Fit both thresholds of the three-way rule. The band may be cut on a score of its own (`oos_score`,
+    e.g. the best in-scope probability: a text the edge calls `oos` with some confidence has a high max
+    probability but no plausible intent); by default on `score` itself. O(c * n) for c realisable cuts of
+    the band score: for each band (the i least band-confident answered ``oos``), the cheapest upper cut
+    on the remaining texts."""
     y = _as_labels(labels)
     n = y.size
     edge = _as_labels(edge_pred, n, "edge_pred")
     teacher = _as_labels(teacher_pred, n, "teacher_pred")
     s = _as_scores(score, n)
+    b = s if oos_score is None else _as_scores(oos_score, n)
     w = _as_weights(weights, n)
     if oos_index < 0:
         raise ValueError(f"oos_index must be >= 0, got {oos_index}")
     if not target_ratio > 0.0:
         raise ValueError(f"target_ratio must be positive, got {target_ratio}")
 
-    order = np.argsort(s, kind="stable")
-    s_sorted, w_sorted = s[order], w[order]
-
-    def cumulative(mask: BoolArray) -> FloatArray:
-        return np.concatenate(([0.0], np.cumsum(w_sorted * mask[order])))
-
-    total_w = cumulative(np.ones(n, dtype=np.bool_))
-    oos_ok, teacher_ok, edge_ok = cumulative(y == oos_index), cumulative(teacher == y), cumulative(edge == y)
-    total = float(total_w[-1])
-    teacher_accuracy = float(teacher_ok[-1]) / total
+    total = float(w.sum())
+    teacher_ok, edge_ok, is_oos = (teacher == y), (edge == y), (y == oos_index)
+    teacher_accuracy = float(np.sum(w * teacher_ok)) / total
     if not teacher_accuracy > 0.0:
         raise ValueError("the teacher is never right on this split: no target to meet")
     need = target_ratio * teacher_accuracy * total - _EPS * total
-    cuts = _realisable_cuts(s_sorted)
-    thresholds = _cut_thresholds(s_sorted, cuts)
 
-    best: tuple[float, float, int, int] | None = None  # (escalated weight, -joint, i, j) over cut indices
+    band_order = np.argsort(b, kind="stable")
+    band_cuts = _realisable_cuts(b[band_order])
+    band_thresholds = _cut_thresholds(b[band_order], band_cuts)
+    up_order = np.argsort(s, kind="stable")
+    up_sorted = s[up_order]
+    up_cuts = _realisable_cuts(up_sorted)
+    up_thresholds = _cut_thresholds(up_sorted, up_cuts)
+    w_up, gain_up, edge_up = w[up_order], (teacher_ok.astype(np.float64) - edge_ok)[up_order], edge_ok[up_order]
+
+    best: tuple[float, float, int, int] | None = None  # (escalated weight, -joint, band cut, upper cut)
     two_way: float | None = None
-    edge_rest = float(edge_ok[-1])
-    for a, i in enumerate(cuts.tolist()):
-        upper = cuts[a:]
-        joint = oos_ok[i] + (teacher_ok[upper] - teacher_ok[i]) + (edge_rest - edge_ok[upper])
+    in_band = np.zeros(n, dtype=np.bool_)
+    for a, i in enumerate(band_cuts.tolist()):
+        if i:
+            in_band[band_order[:i]] = True
+        rest = ~in_band[up_order]  # texts the edge does not answer `oos`, in upper-score order
+        found = float(np.sum(w[in_band] * is_oos[in_band]))
+        kept = float(np.sum(w_up * edge_up * rest))
+        escalated = np.concatenate(([0.0], np.cumsum(w_up * rest)))[up_cuts]
+        joint = found + kept + np.concatenate(([0.0], np.cumsum(w_up * gain_up * rest)))[up_cuts]
         meets = np.flatnonzero(joint >= need)
         if meets.size == 0:
             continue
-        b = int(meets[0])  # escalated weight grows with j: the first j meeting the target is the cheapest
-        cost = float(total_w[upper[b]] - total_w[i])
+        # The escalated weight never falls as the upper cut rises: the first cut meeting the target is cheapest.
+        c = int(meets[0])
+        cost = float(escalated[c])
         if a == 0:
             two_way = cost
-        key = (round(cost, 9), -round(float(joint[b]), 9), a, a + b)
+        key = (round(cost, 9), -round(float(joint[c]), 9), a, c)
         if best is None or key < best:
             best = key
     if best is None:
         return DeferralChoice(name, -np.inf, np.inf, 1.0, 0.0, teacher_accuracy, 1.0, teacher_accuracy,
                               float(target_ratio), False, 1.0)
-    _, neg_joint, a, c = best
-    i, j = int(cuts[a]), int(cuts[c])
-    joint_accuracy = float(oos_ok[i] + teacher_ok[j] - teacher_ok[i] + edge_rest - edge_ok[j]) / total
+    cost, neg_joint, a, c = best
+    joint_accuracy = -neg_joint / total
     return DeferralChoice(
         score_name=name,
-        oos_threshold=float(thresholds[a]),
-        threshold=float(thresholds[c]),
-        escalation_rate=float(total_w[j] - total_w[i]) / total,
-        edge_oos_rate=float(total_w[i]) / total,
+        oos_threshold=float(band_thresholds[a]),
+        threshold=float(up_thresholds[c]),
+        escalation_rate=cost / total,
+        edge_oos_rate=float(w[band_order[: band_cuts[a]]].sum()) / total,
         joint_accuracy=joint_accuracy,
         joint_over_teacher=joint_accuracy / teacher_accuracy,
         teacher_accuracy=teacher_accuracy,
@@ -510,9 +520,11 @@ def apply_deferral(
     *,
     oos_index: int | None,
     weights: npt.ArrayLike | None = None,
+    oos_score: npt.ArrayLike | None = None,
 ) -> RoutedMetrics:
-    """:func:`apply_threshold` with the edge's own ``oos`` answer below ``oos_threshold`` (None: none).
-    A text the edge answers ``oos`` is never escalated; ``edge_accuracy`` is then the edge's with its rule."""
+    """:func:`apply_threshold` with the edge's own ``oos`` answer below ``oos_threshold`` (None: none), on
+    ``oos_score`` (default ``score``). A text the edge answers ``oos`` is never escalated; ``edge_accuracy``
+    is then the edge's with its rule."""
     y = _as_labels(labels)
     n = y.size
     edge = _as_labels(edge_pred, n, "edge_pred")
@@ -521,7 +533,7 @@ def apply_deferral(
     w = _as_weights(weights, n)
     if oos_threshold is None or oos_index is None:
         return _routed(edge, teacher, y, s < threshold, float(threshold), oos_index, w)
-    answered_oos = s < oos_threshold
+    answered_oos = (s if oos_score is None else _as_scores(oos_score, n)) < oos_threshold
     edge = np.where(answered_oos, oos_index, edge)
     return _routed(edge, teacher, y, ~answered_oos & (s < threshold), float(threshold), oos_index, w)
 

@@ -27,6 +27,8 @@ SCORE_RANGES: Mapping[str, tuple[float, float]] = {"max_prob": (0.0, 1.0), "marg
 _SCORES = frozenset(SCORE_RANGES)
 # JSON has no infinities: the build writes "escalate none" (-inf) and "escalate all" (+inf) as these.
 ESCALATE_NONE, ESCALATE_ALL = -1e9, 1e9
+# Scores the edge's oos band may be cut on (modelpack.scores.band_score; all in [0, 1]).
+BAND_SCORES = frozenset(SCORE_RANGES) | {"in_scope_max_prob"}
 # Scores are computed in float64: neg_entropy of a uniform answer comes out at about -1e-16, not 0.
 _SCORE_SLACK = 1e-9
 
@@ -80,6 +82,7 @@ class RoutingEntry:
     # cloud (a text it finds hopeless); oos_threshold <= score < threshold → the cloud. None: no such band.
     oos_threshold: float | None = None
     expected_edge_oos_rate: float = 0.0
+    oos_score: str | None = None  # the score the band is cut on (modelpack.scores.BAND_SCORES); None: `score`
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Manifest:
         out["models"] = {"edge": out.pop("edge"), "cloud": out.pop("cloud")}
         if self.routing.oos_threshold is None:  # a two-way manifest reads exactly as before the edge's oos band
             del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
+        if self.routing.oos_score is None:
+            del out["routing"]["oos_score"]
         return out
 
     @classmethod
@@ -346,8 +351,13 @@ def _routing(r: _Reader) -> RoutingEntry:
     if not (in_range or threshold in (ESCALATE_NONE, ESCALATE_ALL)):
         raise r._fail("threshold", f"a number in [{low}, {high}] for score {score!r} "
                                    f"(or {ESCALATE_NONE:g} / {ESCALATE_ALL:g}: escalate none / all)")
+    oos_score = r.raw.get("oos_score")
+    if oos_score is not None and oos_score not in BAND_SCORES:
+        raise r._fail("oos_score", f"one of {sorted(BAND_SCORES)}")
     oos_threshold = r.opt_float("oos_threshold", low=low - _SCORE_SLACK, high=high + _SCORE_SLACK)
-    if oos_threshold is not None and threshold != ESCALATE_ALL and oos_threshold > threshold:
+    # On the same score the band lies below the escalation threshold; on a score of its own it need not.
+    if oos_threshold is not None and oos_score in (None, score) and threshold != ESCALATE_ALL \
+            and oos_threshold > threshold:
         raise r._fail("oos_threshold", f"at most the escalation threshold {threshold} (the edge answers oos "
                                        "below it, the cloud between the two)")
     return RoutingEntry(
@@ -359,6 +369,7 @@ def _routing(r: _Reader) -> RoutingEntry:
         oos_threshold=oos_threshold,
         expected_edge_oos_rate=r.float("expected_edge_oos_rate", low=0.0, high=1.0)
         if r.raw.get("expected_edge_oos_rate") is not None else 0.0,
+        oos_score=oos_score,
     )
 
 

@@ -39,3 +39,14 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "margin": margin,
     "neg_entropy": neg_entropy,
 }
+
+
+def in_scope_max_prob(probs: np.ndarray, oos_index: int) -> np.ndarray:
+    """The best probability of an intent (the oos column left out): low when nothing in scope is plausible,
+    whether the mass sits on `oos` or is spread thin. The edge's `oos` band can be cut on it."""
+    return np.delete(probs, oos_index, axis=-1).max(axis=-1)
+
+
+def band_score(name: str, probs: np.ndarray, oos_index: int) -> np.ndarray:
+    """The score the edge's `oos` band is cut on (manifest routing.oos_score; modelpack.manifest.BAND_SCORES)."""
+    return in_scope_max_prob(probs, oos_index) if name == "in_scope_max_prob" else SCORES[name](probs)

@@ -13,10 +13,11 @@ from modelpack.manifest import Manifest, load_manifest, write_manifest
 from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 
-def with_band(tiny_artifact: Path, folder: Path, oos_threshold: float | None) -> Path:
+def with_band(tiny_artifact: Path, folder: Path, oos_threshold: float | None, oos_score: str | None = None) -> Path:
     shutil.copytree(tiny_artifact, folder)
     manifest = load_manifest(folder)
-    routing = dataclasses.replace(manifest.routing, oos_threshold=oos_threshold, expected_edge_oos_rate=0.1)
+    routing = dataclasses.replace(manifest.routing, oos_threshold=oos_threshold, expected_edge_oos_rate=0.1,
+                                  oos_score=oos_score)
     write_manifest(dataclasses.replace(manifest, routing=routing), folder)
     return folder
 
@@ -71,3 +72,14 @@ def test_a_band_above_the_escalation_threshold_or_without_an_oos_label_is_refuse
     raw["oos_label"] = None
     with pytest.raises(ManifestError, match="no oos_label"):
         Manifest.from_dict(raw)
+
+
+def test_the_band_may_be_cut_on_the_best_in_scope_probability(tiny_artifact: Path, tmp_path: Path,
+                                                              cloud: FakeCloud) -> None:
+    """A band above the escalation threshold is fine on a score of its own: no intent is plausible."""
+    folder = with_band(tiny_artifact, tmp_path / "band", 0.7, "in_scope_max_prob")
+    assert load_manifest(folder).routing.oos_score == "in_scope_max_prob"
+    with serve_edge(edge_settings(folder, cloud_url=cloud.url, cloud_api_key="k")) as (client, _):
+        got = outcomes(client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE]}).json())
+        assert got[0][1:] == ("edge", "confident") and got[1] == ("oos", "edge", "edge_oos")
+        assert cloud.attempts == []

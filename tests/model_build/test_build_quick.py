@@ -132,3 +132,44 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error:" in proc.stderr and "line 3" in proc.stderr
+
+
+def test_a_failed_gate_keeps_the_artifact_and_says_so(built, capsys):
+    """A broken promise after training costs nothing: the artifact is written, its manifest, metrics and
+    report name the failure, and the trained stages come from the cache."""
+    import dataclasses
+
+    from model_build.config import Gates
+
+    _, root = built
+    config = dataclasses.replace(preset("quick"), gates=Gates(max_int8_size_ratio=0.01))
+    result = build(config, data_path=CLINC, out_dir=root / "gated", cache_dir=root / "cache")
+    gates = result.metrics["gates"]
+    assert gates["passed"] is False and "int8 weights are" in gates["failures"][0]
+    assert load_manifest(result.out_dir).build["gates"] == gates
+    assert result.metrics["cached_stages"] == ["teacher", "student"]
+    assert "gate failed" in capsys.readouterr().err
+    report = (result.out_dir / "report.md").read_text()
+    assert "**Gates failed**" in report and gates["failures"][0] in report
+
+
+def test_strict_stops_at_a_cheap_gate_right_after_training(built):
+    import dataclasses
+
+    from model_build.config import Gates
+    from model_build.errors import GateError
+
+    _, root = built
+    config = dataclasses.replace(preset("quick"), gates=Gates(max_int8_size_ratio=0.01))
+    with pytest.raises(GateError, match="int8 weights are .* nothing else was built"):
+        build(config, data_path=CLINC, out_dir=root / "strict", cache_dir=root / "cache", strict=True)
+    assert not (root / "strict").exists()
+
+
+def test_the_size_gate_measures_the_weights_not_the_fixed_bytes(built):
+    result, _ = built
+    e = result.metrics["edge_int8"]
+    # The toy student's file is mostly its id map: the file ratio says little, the weight ratio is ~1/4.
+    assert e["size_ratio_vs_fp32"] > e["weight_size_ratio_vs_fp32"]
+    assert 0.2 < e["weight_size_ratio_vs_fp32"] <= 0.35
+    assert e["fixed_bytes"] > 60_000  # the 61 KB id map and the flatbuffer around the weights

@@ -183,3 +183,14 @@ def test_a_manifest_number_that_is_not_finite_or_out_of_range_is_refused_before_
         publish(art, bucket=BUCKET, s3_client=s3)
 
     assert s3.puts == []
+
+
+def test_an_artifact_whose_gates_failed_is_published_only_when_asked(s3: RecordingS3, tmp_path: Path) -> None:
+    raw = manifest_for("v1", b"\x00tflite-bytes", b'{"vocab": {}}')
+    raw["build"] = {"gates": {"passed": False, "failures": ["int8 weights are 30.0% of the fp32 weights"]}}
+    art = make_artifact(tmp_path / "art", manifest=raw)
+    with pytest.raises(PublishError, match="failed its build gates.*30.0%.*--allow-failed-gates"):
+        publish(art, bucket=BUCKET, s3_client=s3, clock=lambda: FIXED_NOW)
+    assert s3.puts == []
+    publish(art, bucket=BUCKET, s3_client=s3, clock=lambda: FIXED_NOW, allow_failed_gates=True)
+    assert s3.puts[-1] == "models/latest.json"

@@ -465,3 +465,35 @@ def test_deferral_reports_an_unreachable_target() -> None:
     y, edge, teacher = np.array([1, 2]), np.array([0, 0]), np.array([1, 0])
     choice = choose_deferral(np.array([0.5, 0.6]), edge, teacher, y, OOS_LABEL, target_ratio=1.5)
     assert not choice.reachable and choice.escalation_rate == 1.0 and choice.threshold == np.inf
+
+
+def _brute_force_two_scores(score, band, edge, teacher, y, target, w):
+    best = None
+    for lo in np.concatenate(([-np.inf], np.sort(np.unique(band)) + 1e-9)):
+        for hi in np.concatenate(([-np.inf], np.sort(np.unique(score)) + 1e-9, [np.inf])):
+            m = apply_deferral(edge, teacher, y, score, hi, lo, oos_index=OOS_LABEL, weights=w, oos_score=band)
+            if m.joint_accuracy >= target * m.teacher_accuracy - 1e-12:
+                key = (round(m.escalation_rate, 9), -round(m.joint_accuracy, 9))
+                best = key if best is None or key < best else best
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_deferral_with_a_band_score_of_its_own_matches_a_literal_search(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n = 36
+    y = np.where(rng.random(n) < 0.3, OOS_LABEL, rng.integers(0, 4, n))
+    score = np.round(rng.random(n), 1)
+    band = np.round(np.where(y == OOS_LABEL, rng.random(n) * 0.6, rng.random(n)), 1)  # oos sits low on it
+    edge = np.where(rng.random(n) < score, y, rng.integers(0, 5, n))
+    teacher = np.where(rng.random(n) < 0.9, y, 0)
+    w = rng.integers(1, 4, n).astype(float)
+    choice = choose_deferral(score, edge, teacher, y, OOS_LABEL, target_ratio=0.97, weights=w, oos_score=band)
+    expected = _brute_force_two_scores(score, band, edge, teacher, y, 0.97, w)
+    assert choice.reachable == (expected is not None)
+    if expected is not None:
+        assert (round(choice.escalation_rate, 9), -round(choice.joint_accuracy, 9)) == expected
+        m = apply_deferral(edge, teacher, y, score, choice.threshold, choice.oos_threshold, oos_index=OOS_LABEL,
+                           weights=w, oos_score=band)
+        assert m.escalation_rate == pytest.approx(choice.escalation_rate)
+        assert m.joint_accuracy == pytest.approx(choice.joint_accuracy)
