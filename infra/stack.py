@@ -608,6 +608,9 @@ def ensure_artifact(model_dir: Path | str | None, *, preset: str, data: Path | N
     command = [sys.executable, "-m", "model_build", "build", "--preset", preset, "--out", str(DEFAULT_ARTIFACT)]
     if data is not None:
         command += ["--data", str(data)]
+    unlabeled = os.environ.get("UNLABELED")  # the Makefile's: CLINC150's wiki pool, when it is there
+    if preset == "full" and unlabeled and Path(unlabeled).is_file():
+        command += ["--unlabeled", unlabeled]
     log(f"no model in {DEFAULT_ARTIFACT.relative_to(REPO_ROOT)} yet: building it ({preset} preset; "
         f"{'about 20 minutes' if preset == 'full' else 'about 2 minutes'} on 2 cores)")
     log("$ " + " ".join(command[1:]))

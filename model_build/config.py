@@ -87,6 +87,9 @@ def _full() -> BuildConfig:
         teacher=TeacherConfig(train_from_layer=2, epochs=5, learning_rate=1.5e-4),
         student=StudentConfig(),
         distill=DistillConfig(),
+        # One teacher-labelled augmented copy of each training text (with --unlabeled texts, if given):
+        # measured on CLINC150 with its wiki pool, edge OOS recall 9.8 % -> 49 % (README, "Transfer set").
+        transfer=TransferConfig(augment_copies=1),
     )
 
 
