@@ -609,7 +609,7 @@ def ensure_artifact(model_dir: Path | str | None, *, preset: str, data: Path | N
     if data is not None:
         command += ["--data", str(data)]
     unlabeled = os.environ.get("UNLABELED")  # the Makefile's: CLINC150's wiki pool, when it is there
-    if preset == "full" and unlabeled and Path(unlabeled).is_file():
+    if preset != "quick" and unlabeled and Path(unlabeled).is_file():
         command += ["--unlabeled", unlabeled]
     log(f"no model in {DEFAULT_ARTIFACT.relative_to(REPO_ROOT)} yet: building it ({preset} preset; "
         f"{'about 20 minutes' if preset == 'full' else 'about 2 minutes'} on 2 cores)")
@@ -716,7 +716,7 @@ def _parser() -> argparse.ArgumentParser:
                              description="Start moto (DynamoDB + S3), the cloud API and the edge on loopback; "
                              "print the URLs, the API key and a sample curl; Ctrl-C stops everything.")
     up.add_argument("--model-dir", type=Path, help="artifact folder (default: artifacts/latest, built if missing)")
-    up.add_argument("--preset", choices=["full", "quick"], default=os.environ.get("PRESET") or "full",
+    up.add_argument("--preset", choices=["full", "fast", "quick"], default=os.environ.get("PRESET") or "full",
                     help="preset of the build when artifacts/latest is missing (default: $PRESET or full)")
     up.add_argument("--data", type=Path, help="labelled data for that build (default: model_build's)")
     up.add_argument("--host", default="127.0.0.1")

@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="train teacher and student, convert, calibrate, write the artifact")
-    b.add_argument("--preset", choices=["quick", "full"], default="full")
+    b.add_argument("--preset", choices=["quick", "fast", "full"], default="full",
+                   help="full: the measured recipe; fast: a real model in minutes (make up's default); quick: a toy")
     b.add_argument("--data", type=Path, help="CLINC150 data_full.json, or a CSV/JSONL with text,label[,split]")
     b.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     b.add_argument("--cache-dir", type=Path, help="stage cache (default .cache/model_build, env MODEL_BUILD_CACHE)")

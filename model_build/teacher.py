@@ -84,18 +84,23 @@ class Teacher:
         lower = self.encoder.lower_model(self.config.train_from_layer, seq_len=ids.shape[1])
         return np.asarray(lower.predict(ids, batch_size=batch_size, verbose=0), dtype=np.float32)
 
-    def train(self, ids: np.ndarray, labels: np.ndarray, *, short_len: int = 16):
+    def train(self, ids: np.ndarray, labels: np.ndarray, *, group_widths: tuple[int, ...] = (16,),
+              jit_compile: bool = False):
         """Fine-tune the layers from `train_from_layer` up and the head on cached lower-layer states.
 
-        Texts are split into two length groups (<= short_len tokens, the rest) and every batch is drawn from
-        one group: most CLINC-like texts are short, so this halves the work per epoch at the same result
-        (pads are masked, so a text's states do not depend on how far it is padded)."""
+        Texts are split into length groups (<= each of `group_widths` tokens, then the rest) and every batch
+        is drawn from one group, padded to the group's width: most CLINC-like texts are short, so this cuts
+        the work per epoch at the same result (pads are masked, so a text's states do not depend on how far
+        it is padded). bench/teacher_speed.py measures the widths and XLA (`jit_compile`)."""
         import keras
 
         cfg = self.config
         lengths = (ids != 0).sum(axis=1)
         groups = []
-        for mask, width in ((lengths <= short_len, short_len), (lengths > short_len, ids.shape[1])):
+        low = 0
+        for width in (*[w for w in group_widths if w < ids.shape[1]], ids.shape[1]):
+            mask = (lengths > low) & (lengths <= width) if low else lengths <= width
+            low = width
             if mask.any():
                 group_ids = np.ascontiguousarray(ids[mask, :width])
                 groups.append((self.lower_states(group_ids), group_ids, np.asarray(labels)[mask]))
@@ -115,8 +120,9 @@ class Teacher:
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            jit_compile=jit_compile,
         )
-        # A plain loop over train_on_batch: fit() wants one input shape, and the groups have two.
+        # A plain loop over train_on_batch: fit() wants one input shape, and the groups have several.
         with tqdm(total=total, desc="teacher", unit="step", leave=False, file=sys.stderr) as bar:
             step = 0
             for epoch in range(math.ceil(total / steps_per_epoch)):

@@ -1,0 +1,82 @@
+"""The same build on data of another shape: a CSV of 6 intents, no `oos` label, its own small vocabulary,
+no split column, and an unlabelled file. Nothing CLINC150-specific may be needed for it to work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelpack.classifier import Classifier
+from modelpack.manifest import load_manifest
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TEMPLATES = {
+    "set_alarm": ["wake me up at {t}", "set an alarm for {t}", "alarm at {t} please", "i need an alarm at {t}"],
+    "play_music": ["play some {g}", "put on {g} music", "i want to hear {g}", "start a {g} playlist"],
+    "weather": ["will it rain in {c}", "what is the weather in {c}", "is it cold in {c} today", "forecast for {c}"],
+    "order_food": ["order a {f}", "i would like a {f} delivered", "get me a {f}", "can you order {f} for dinner"],
+    "call": ["call {p}", "phone {p} now", "ring {p} for me", "start a call with {p}"],
+    "lights": ["turn off the {r} lights", "dim the lights in the {r}", "switch on the {r} lamp", "lights on in the {r}"],
+}
+SLOTS = {"t": ["six", "seven thirty", "noon", "five am", "eight"], "g": ["jazz", "rock", "classical", "pop", "folk"],
+         "c": ["paris", "oslo", "lima", "cairo", "tokyo"], "f": ["pizza", "curry", "salad", "burger", "noodles"],
+         "p": ["mom", "alex", "the office", "sam", "my sister"], "r": ["kitchen", "bedroom", "hall", "garage", "den"]}
+
+
+def fill(template: str, rng: random.Random) -> str:
+    return template.format(**{k: rng.choice(v) for k, v in SLOTS.items()})
+
+
+@pytest.fixture(scope="module")
+def other_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(7)
+    root = tmp_path_factory.mktemp("other_data")
+    rows, seen = [], set()
+    for label, templates in TEMPLATES.items():
+        while sum(1 for r in rows if r[1] == label) < 40:
+            text = fill(rng.choice(templates), rng)
+            if text not in seen:
+                seen.add(text)
+                rows.append((text, label))
+    with (root / "intents.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label"])
+        writer.writerows((i, text, label) for i, (text, label) in enumerate(rows))
+    (root / "traffic.txt").write_text("\n".join(["tell me a joke", "who won the match", "translate hello"] * 3))
+    out = root / "artifact"
+    done = subprocess.run(
+        [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data", str(root / "intents.csv"),
+         "--unlabeled", str(root / "traffic.txt"), "--augment", "1", "--out", str(out),
+         "--cache-dir", str(root / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_a_csv_without_oos_builds_an_artifact_the_runtimes_load(other_build: Path) -> None:
+    manifest = load_manifest(other_build)
+    assert set(manifest.labels) == set(TEMPLATES) and manifest.oos_label is None
+    assert manifest.routing.oos_threshold is None  # no oos label: no edge oos band
+    assert manifest.cloud.oos_threshold is None
+    edge = Classifier.from_folder(other_build, "edge")
+    got = edge.predict(["what is the weather in paris", "play some jazz"])
+    assert [p.label for p in got] == ["weather", "play_music"]
+
+
+def test_its_metrics_are_measured_and_its_gates_recorded(other_build: Path) -> None:
+    metrics = json.loads((other_build / "metrics.json").read_text())
+    assert "oos_recall" not in metrics["edge_int8"]
+    assert metrics["edge_int8"]["in_scope_accuracy"] > 0.5  # 6 intents: chance is 1/6
+    assert metrics["teacher"]["in_scope_accuracy"] > 0.5
+    assert "passed" in metrics["gates"]
+    assert metrics["timings_s"]["transfer"] >= 0 and metrics["timings_s"]["total_s"] > 0
+    report = (other_build / "report.md").read_text()
+    assert "Routing" in report and "Gates" in report
