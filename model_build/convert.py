@@ -22,6 +22,7 @@ from model_build.errors import ConversionError
 # full-int8 student has none of these; they stay a parameter so callers can allow a float output.
 DEFAULT_ALLOWED_FLOAT_OPS: frozenset[str] = frozenset()
 _FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64"})
+MIN_REPRESENTATIVE = 200  # real inputs for int8 calibration: fewer give unstable activation ranges
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,8 @@ def to_tflite_int8(
     if any(b.ndim != 2 for b in batches):
         raise ConversionError("representative ids must be [n, seq] int32 matrices")
     total = sum(len(b) for b in batches)
-    if total < 200:
-        raise ConversionError(f"need >= 200 representative sentences for calibration, got {total}")
+    if total < MIN_REPRESENTATIVE:
+        raise ConversionError(f"need >= {MIN_REPRESENTATIVE} representative sentences for calibration, got {total}")
 
     def dataset():
         for batch in batches:

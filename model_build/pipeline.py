@@ -24,7 +24,7 @@ from model_build import calibration, routing
 from model_build.cache import StageCache, stage_key
 from model_build.config import BuildConfig
 from model_build.data import Dataset, default_data_path, load_dataset, subset
-from model_build.errors import BuildError, GateError
+from model_build.errors import BuildError, DataError, GateError
 from model_build.evaluate import EDGE_FP32_FILE, ArtifactRunner, test_metrics
 from model_build.progress import StageTimer
 from modelpack.manifest import (
@@ -210,6 +210,13 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
             timer.mark_cached("transfer", hit)
         extra["transfer"] = transfer_key  # absent without a transfer set: earlier cache entries stay valid
 
+    from model_build.convert import MIN_REPRESENTATIVE
+
+    available = len(train_ids) + (len(np.load(transfer_dir / "ids.npy", mmap_mode="r")) if transfer_dir else 0)
+    if available < MIN_REPRESENTATIVE:  # checked before training the student, not after
+        raise DataError(f"{data_path}: {len(train_ids)} training texts; int8 calibration needs at least "
+                        f"{MIN_REPRESENTATIVE} real inputs: add teacher-labelled ones with --augment N or "
+                        "--unlabeled FILE")
     student_key = stage_key(
         "student", teacher=teacher_key, student=config.student, distill=config.distill,
         representative=config.representative_size, float_ops=config.gates.allowed_float_ops,
@@ -272,8 +279,11 @@ def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_log
         transfer = TransferData(np.load(transfer_dir / "ids.npy"), np.load(transfer_dir / "logits.npy"), weights)
     model = distill_student(config, dataset, train_ids, teacher_logits, transfer)
     rng = np.random.default_rng(config.seed)
-    pick = rng.choice(len(train_ids), size=min(config.representative_size, len(train_ids)), replace=False)
-    int8 = to_tflite_int8(model, train_ids[pick], allowed_float_ops=config.gates.allowed_float_ops)
+    # Real inputs for int8 calibration: the training texts, and the transfer set's when they are too few.
+    pool = train_ids if transfer is None or len(train_ids) >= config.representative_size \
+        else np.concatenate([train_ids, transfer.ids.astype(train_ids.dtype)])
+    pick = rng.choice(len(pool), size=min(config.representative_size, len(pool)), replace=False)
+    int8 = to_tflite_int8(model, pool[pick], allowed_float_ops=config.gates.allowed_float_ops)
     (folder / EDGE_FILE).write_bytes(int8)
     (folder / EDGE_FP32_FILE).write_bytes(to_tflite_fp32(model))
     (folder / EDGE_DYNAMIC_FILE).write_bytes(to_tflite_dynamic_range(model))  # for bench/quantization.py

@@ -31,21 +31,21 @@ SLOTS = {"t": ["six", "seven thirty", "noon", "five am", "eight"], "g": ["jazz",
          "p": ["mom", "alex", "the office", "sam", "my sister"], "r": ["kitchen", "bedroom", "hall", "garage", "den"]}
 
 
-def fill(template: str, rng: random.Random) -> str:
-    return template.format(**{k: rng.choice(v) for k, v in SLOTS.items()})
-
-
 @pytest.fixture(scope="module")
 def other_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = random.Random(7)
     root = tmp_path_factory.mktemp("other_data")
     rows, seen = [], set()
     for label, templates in TEMPLATES.items():
-        while sum(1 for r in rows if r[1] == label) < 40:
-            text = fill(rng.choice(templates), rng)
-            if text not in seen:
-                seen.add(text)
-                rows.append((text, label))
+        # Every template with every value of its slot: 4 x 5 = 20 distinct texts per intent.
+        for template in templates:
+            slot = template[template.index("{") + 1]
+            for value in SLOTS[slot]:
+                text = template.format(**{slot: value})
+                if text not in seen:
+                    seen.add(text)
+                    rows.append((text, label))
+    rng.shuffle(rows)
     with (root / "intents.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "text", "label"])
@@ -54,7 +54,7 @@ def other_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "artifact"
     done = subprocess.run(
         [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data", str(root / "intents.csv"),
-         "--unlabeled", str(root / "traffic.txt"), "--augment", "1", "--out", str(out),
+         "--unlabeled", str(root / "traffic.txt"), "--augment", "3", "--out", str(out),
          "--cache-dir", str(root / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -80,3 +80,17 @@ def test_its_metrics_are_measured_and_its_gates_recorded(other_build: Path) -> N
     assert metrics["timings_s"]["transfer"] >= 0 and metrics["timings_s"]["total_s"] > 0
     report = (other_build / "report.md").read_text()
     assert "Routing" in report and "Gates" in report
+
+
+def test_too_few_texts_for_int8_calibration_fail_before_the_student_naming_the_remedy(
+        other_build: Path, tmp_path: Path) -> None:
+    data = other_build.parent / "intents.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data", str(data),
+         "--out", str(tmp_path / "out"), "--cache-dir", str(other_build.parent / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert "int8 calibration needs at least 200 real inputs" in done.stderr and "--augment" in done.stderr
+    assert "[build] student" not in done.stderr  # nothing was trained for nothing
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
