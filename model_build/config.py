@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from model_build.errors import BuildError
-from model_build.student import StudentConfig
+from model_build.student_config import StudentConfig
 from model_build.teacher import TeacherConfig
 from model_build.transfer import TransferConfig
 
