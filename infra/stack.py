@@ -475,8 +475,16 @@ class LocalStack:
         """Publish an artifact to the local bucket (models/<version>/, then latest.json): the edge picks it
         up at its next poll; the cloud at its next cold start (restart_cloud)."""
         from model_build.publish import publish
+        from modelpack.manifest import load_manifest
 
-        return publish(artifact_dir, bucket=self.bucket, prefix=MODEL_PREFIX, s3_client=self.client("s3"))
+        # A local stack serves what the user built, even when a build gate failed (publish to AWS refuses
+        # that without --allow-failed-gates); it says so.
+        gates = load_manifest(artifact_dir, verify=False).build.get("gates") or {}
+        if gates.get("passed") is False:
+            self._log(f"WARNING: {artifact_dir} failed build gates ({'; '.join(gates.get('failures', []))}); "
+                      "serving it locally anyway")
+        return publish(artifact_dir, bucket=self.bucket, prefix=MODEL_PREFIX, s3_client=self.client("s3"),
+                       allow_failed_gates=True)
 
     def client(self, service: str) -> Any:
         """A boto3 client of the local moto (fake credentials, bounded timeouts and retries)."""
