@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                         "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
     b.add_argument("--augment", type=int, default=None, metavar="N",
                    help="teacher-labelled augmented copies of each training text for the student (preset default)")
+    b.add_argument("--prune", type=float, default=None, metavar="FRACTION",
+                   help="structured L1 pruning of the student: drop this share of its conv filters and hidden "
+                        "units, then fine-tune (default 0; bench/results/pruning.json measures 0.3 and 0.5)")
     b.add_argument("--model-version", help="version string (default: date + config digest)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--strict", action="store_true",
@@ -117,6 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["unlabeled"] = str(args.unlabeled)
     if args.augment is not None:
         overrides["augment"] = args.augment
+    if args.prune is not None:
+        overrides["prune"] = args.prune
     config = preset(args.preset, **overrides)
     result = build(
         config,

@@ -45,6 +45,8 @@ class BuildConfig:
     gates: Gates = field(default_factory=Gates)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
+    prune: float = 0.0  # structured L1 pruning: this share of conv filters and hidden units dropped (--prune)
+    prune_epochs: int = 3  # distillation fine-tuning epochs after pruning
     max_seq_len: int = 32  # CLINC150: p99 21 tokens, longest 33
     length_buckets: tuple[int, ...] = (8, 16, 32)
     representative_size: int = 400  # real training texts for int8 calibration (>= 200)
@@ -118,6 +120,9 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
             raise BuildError(f"--traffic-oos-fraction must be a number, 'test' or 'val', got {mix!r}") from None
     if isinstance(mix, float) and not 0.0 <= mix < 1.0:
         raise BuildError(f"--traffic-oos-fraction must be in [0, 1), got {mix}")
+    prune = overrides.get("prune", 0.0)
+    if not 0.0 <= prune < 1.0:
+        raise BuildError(f"--prune must be in [0, 1), got {prune}")
     augment = overrides.pop("augment", None)
     if augment is not None:
         if augment < 0:

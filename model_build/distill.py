@@ -73,4 +73,13 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
         verbose=0,
         callbacks=[keras_progress("student", d.epochs)],
     )
+    if config.prune:
+        from model_build.prune import prune_student
+
+        model, _ = prune_student(model, cfg, config.prune, vocab_map=vocab_map, num_labels=dataset.num_labels)
+        # Fine-tune the narrower student with the same loss, at a tenth of the rate, constant.
+        model.compile(optimizer=keras.optimizers.AdamW(d.learning_rate / 10, weight_decay=d.weight_decay),
+                      loss=distillation_loss(d.temperature, d.alpha))
+        model.fit(ids, targets, sample_weight=weights, batch_size=d.batch_size, epochs=config.prune_epochs,
+                  shuffle=True, verbose=0, callbacks=[keras_progress("student (pruned)", config.prune_epochs)])
     return model

@@ -209,6 +209,8 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
             )
             timer.mark_cached("transfer", hit)
         extra["transfer"] = transfer_key  # absent without a transfer set: earlier cache entries stay valid
+    if config.prune:
+        extra["prune"] = (config.prune, config.prune_epochs)
 
     from model_build.convert import MIN_REPRESENTATIVE
 
