@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_container.settings import Settings
 from modelpack.manifest import RoutingEntry
-from modelpack.scores import SCORES, band_score
+from modelpack.scores import SCORES, manifest_band_score
 
 
 class Policy(ABC):
@@ -35,9 +35,8 @@ class Policy(ABC):
     def edge_oos(self, probs: np.ndarray, routing: RoutingEntry, oos_index: int | None) -> np.ndarray | None:
         """Boolean mask [n] of texts the edge answers `oos` without the cloud, or None (no band). It wins
         over `escalate`: paying the cloud to say `oos` about a text the edge finds hopeless buys nothing."""
-        if not self.uses_oos_band or routing.oos_threshold is None or oos_index is None:
-            return None
-        return band_score(routing.oos_score or routing.score, probs, oos_index) < routing.oos_threshold
+        band = manifest_band_score(probs, routing, oos_index) if self.uses_oos_band else None
+        return None if band is None else band < routing.oos_threshold
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name}

@@ -19,7 +19,7 @@ from model_build import calibration, routing
 from model_build.data import Dataset, Split, default_data_path, load_dataset, subset
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
-from modelpack.scores import SCORES, band_score, softmax
+from modelpack.scores import SCORES, manifest_band_score, softmax
 from modelpack.tokenizer import TextTokenizer
 
 EDGE_FP32_FILE = "edge_fp32.tflite"  # the float student, kept beside the int8 one for comparison
@@ -169,9 +169,10 @@ def test_metrics(
     metrics["edge_int8"]["size_bytes"] = m.edge.size_bytes
     score = SCORES[m.routing.score](edge_probs)
     band = m.routing.oos_threshold
-    band_on = score
-    if oos is not None and band is not None:
-        band_on = band_score(m.routing.oos_score or m.routing.score, edge_probs, oos)
+    band_on = manifest_band_score(edge_probs, m.routing, oos)
+    if band_on is None:
+        band_on = score  # no band: nothing is below it (band is None)
+    else:
         # The edge alone, as deployed with its band: `oos` below routing.oos_threshold.
         edge_rule = np.where(band_on < band, oos, edge_pred)
         metrics["edge_int8_with_oos_rule"] = classification_metrics(edge_probs, y, oos, pred=edge_rule)

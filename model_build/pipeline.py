@@ -39,7 +39,7 @@ from modelpack.manifest import (
     sha256_file,
     write_manifest,
 )
-from modelpack.scores import SCORES, band_score, softmax
+from modelpack.scores import SCORES, band_score, manifest_band_score, softmax
 from modelpack.tokenizer import TextTokenizer
 
 # Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
@@ -214,7 +214,9 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
 
     from model_build.convert import MIN_REPRESENTATIVE
 
-    available = len(train_ids) + (len(np.load(transfer_dir / "ids.npy", mmap_mode="r")) if transfer_dir else 0)
+    transferred = sum(json.loads((transfer_dir / "transfer.json").read_text())["counts"].values()) \
+        if transfer_dir else 0
+    available = len(train_ids) + transferred
     if available < MIN_REPRESENTATIVE:  # checked before training the student, not after
         raise DataError(f"{data_path}: {len(train_ids)} training texts; int8 calibration needs at least "
                         f"{MIN_REPRESENTATIVE} real inputs: add teacher-labelled ones with --augment N or "
@@ -538,7 +540,7 @@ def _plots(metrics, test_logits, dataset: Dataset, manifest: Manifest, out_dir: 
         metrics["routing"]["curve_in_scope"] = [dataclasses.asdict(p) for p in routing.curve_at_rates(c_in)]
     point = routing.apply_deferral(edge_pred, cloud_pred, y, SCORES[manifest.routing.score](edge_probs),
                                    manifest.routing.threshold, manifest.routing.oos_threshold, oos_index=oos,
-                                   oos_score=_band(manifest, edge_probs))
+                                   oos_score=manifest_band_score(edge_probs, manifest.routing, oos))
     marker = routing.RoutingChoice(
         score_name=manifest.routing.score, threshold=point.threshold, escalation_rate=point.escalation_rate,
         joint_accuracy=point.joint_accuracy, joint_over_teacher=point.joint_over_teacher,
@@ -547,14 +549,6 @@ def _plots(metrics, test_logits, dataset: Dataset, manifest: Manifest, out_dir: 
     )
     report.plot_escalation_curve(curves, marker, chosen.teacher_accuracy, out_dir / "escalation_curve.png")
     return {"reliability": str(out_dir / "reliability_edge.png"), "escalation_curve": str(out_dir / "escalation_curve.png")}
-
-
-def _band(manifest: Manifest, probs: np.ndarray) -> np.ndarray | None:
-    """The edge's band score on `probs` when the manifest cuts its band on a score of its own."""
-    r = manifest.routing
-    if r.oos_threshold is None or r.oos_score is None or manifest.oos_index is None:
-        return None
-    return band_score(r.oos_score, probs, manifest.oos_index)
 
 
 def report_view(metrics: dict[str, Any], manifest: Manifest, dataset: Dataset, config: BuildConfig) -> dict:

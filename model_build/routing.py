@@ -246,14 +246,8 @@ def apply_threshold(
     weights: npt.ArrayLike | None = None,
 ) -> RoutedMetrics:
     """Evaluate ``score < threshold → teacher, else edge`` on a split (e.g. chosen on val, run on test)."""
-    y = _as_labels(labels)
-    n = y.size
-    edge = _as_labels(edge_pred, n, "edge_pred")
-    teacher = _as_labels(teacher_pred, n, "teacher_pred")
-    s = _as_scores(score, n)
-    w = _as_weights(weights, n)
-
-    return _routed(edge, teacher, y, s < threshold, float(threshold), oos_index, w)
+    return apply_deferral(edge_pred, teacher_pred, labels, score, threshold, None, oos_index=oos_index,
+                          weights=weights)
 
 
 def _routed(edge: IntArray, teacher: IntArray, y: IntArray, escalate: BoolArray, threshold: float,
@@ -470,10 +464,10 @@ def choose_deferral(
 
     best: tuple[float, float, int, int] | None = None  # (escalated weight, -joint, band cut, upper cut)
     two_way: float | None = None
-    in_band = np.zeros(n, dtype=np.bool_)
+    in_band, marked = np.zeros(n, dtype=np.bool_), 0
     for a, i in enumerate(band_cuts.tolist()):
-        if i:
-            in_band[band_order[:i]] = True
+        in_band[band_order[marked:i]] = True  # cuts only grow: mark the new ones
+        marked = i
         rest = ~in_band[up_order]  # texts the edge does not answer `oos`, in upper-score order
         found = float(np.sum(w[in_band] * is_oos[in_band]))
         kept = float(np.sum(w_up * edge_up * rest))

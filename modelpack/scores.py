@@ -7,6 +7,7 @@ function at serving time, so both must come from here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +51,11 @@ def in_scope_max_prob(probs: np.ndarray, oos_index: int) -> np.ndarray:
 def band_score(name: str, probs: np.ndarray, oos_index: int) -> np.ndarray:
     """The score the edge's `oos` band is cut on (manifest routing.oos_score; modelpack.manifest.BAND_SCORES)."""
     return in_scope_max_prob(probs, oos_index) if name == "in_scope_max_prob" else SCORES[name](probs)
+
+
+def manifest_band_score(probs: np.ndarray, routing: Any, oos_index: int | None) -> np.ndarray | None:
+    """The band score a manifest's routing entry cuts its `oos` band on (`oos_score`, else its `score`), or
+    None when it has no band: the build, its evaluation and the edge all resolve it here."""
+    if routing.oos_threshold is None or oos_index is None:
+        return None
+    return band_score(routing.oos_score or routing.score, probs, oos_index)
