@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cloud_functions.errors import ModelUnavailable
 from cloud_functions.model_store import CLOUD_PARTS, LocalModel, ModelStore, ModelStoreError, Part
 from modelpack.errors import ArtifactError
+from modelpack.scores import predict_with_oos
 
 if TYPE_CHECKING:
     from modelpack.classifier import Classifier
@@ -97,7 +98,8 @@ class LiteRTBackend:
         self._classifier = classifier
         self._labels = manifest.labels
         self._model_version = manifest.model_version
-        self._oos_label = manifest.oos_label
+        # The out-of-scope rule is the build's (modelpack.scores.predict_with_oos): its threshold was fit with it.
+        self._oos_index = manifest.oos_index
         self._threshold = manifest.cloud.oos_threshold if manifest.oos_label is not None else None
         self._k = min(top_k, len(manifest.labels))
 
@@ -126,16 +128,13 @@ class LiteRTBackend:
             raise BackendError(f"the cloud model failed: {exc}") from exc
         if probs.shape != (len(texts), len(self._labels)) or not np.isfinite(probs).all():
             raise BackendError(f"the cloud model returned unusable scores of shape {probs.shape}")
-        return Inference(tuple(self._result(row) for row in probs))
+        answers = predict_with_oos(probs, self._threshold, self._oos_index)
+        return Inference(tuple(self._result(row, int(i)) for row, i in zip(probs, answers)))
 
-    def _result(self, probs: np.ndarray) -> TextResult:
+    def _result(self, probs: np.ndarray, answer: int) -> TextResult:
         order = np.argsort(-probs, kind="stable")[: self._k]
         top = tuple(LabelScore(self._labels[i], float(probs[i])) for i in order)
-        label, confidence = top[0].label, top[0].confidence
-        if self._threshold is not None and confidence < self._threshold:
-            assert self._oos_label is not None
-            label = self._oos_label
-        return TextResult(label, confidence, top)
+        return TextResult(self._labels[answer], top[0].confidence, top)
 
 
 # --------------------------------------------------------------------------- Bedrock

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model_build.calibration import BoolArray, FloatArray, IntArray
-from modelpack.scores import SCORES, margin, max_prob, neg_entropy  # noqa: F401  (re-exported)
+from modelpack.scores import SCORES, margin, max_prob, neg_entropy, predict_with_oos  # noqa: F401  (re-exported)
 
 Score = Callable[[FloatArray], FloatArray]
 
@@ -271,13 +271,6 @@ def _routed(edge: IntArray, teacher: IntArray, y: IntArray, escalate: BoolArray,
         in_scope_escalation_rate=_mean(escalate, w, ~is_oos),
         oos_escalation_rate=_mean(escalate, w, is_oos),
     )
-
-
-def predict_with_oos(probs: FloatArray, threshold: float, oos_index: int) -> IntArray:
-    """Argmax, replaced by ``oos_index`` where the max probability is below ``threshold``."""
-    p = _as_probs(probs)
-    pred: IntArray = np.where(p.max(axis=1) < threshold, oos_index, p.argmax(axis=1)).astype(np.int64)
-    return pred
 
 
 def choose_oos_threshold(
