@@ -1,6 +1,8 @@
 """Inference backends: the packaged teacher on LiteRT (default) and Amazon Bedrock (zero-shot, Converse API).
 
-A backend turns a batch of texts into one `TextResult` per text. It knows nothing of tenants, budgets or
+A backend turns a batch of texts into one `TextResult` per text (`modelpack.cloud_api`: the wire type).
+When the out-of-scope rule answers `oos_label`, `confidence` is the (low) top probability and `top_k` still
+shows what the model leaned to. It knows nothing of tenants, budgets or
 HTTP; failures come out as `BackendError` (the service refunds the charge and answers 503). `LazyBackend`
 builds the backend on first use, so a GET of the budget never waits for a model, and a failed load is
 retried (after a short pause) by a later request instead of poisoning the execution environment. When the
@@ -25,13 +27,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud_functions.errors import ModelUnavailable
 from cloud_functions.model_store import CLOUD_PARTS, LocalModel, ModelStore, ModelStoreError, Part
+from modelpack.cloud_api import Answer, TextResult
 from modelpack.errors import ArtifactError
 from modelpack.scores import predict_with_oos
 
 if TYPE_CHECKING:
-    from modelpack.classifier import Classifier
-
     from cloud_functions.settings import InferenceSettings, Settings
+    from modelpack.classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +42,6 @@ STALE_REASON = "latest_model_unavailable"  # client-facing and stable; the log l
 
 class BackendError(Exception):
     """The backend could not answer (model failed, remote call failed, answer broke the contract)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LabelScore:
-    label: str
-    confidence: float
-
-
-@dataclass(frozen=True, slots=True)
-class TextResult:
-    """The answer for one text. `confidence` is the calibrated probability of the top label; when the
-    out-of-scope rule answers `oos_label` because that probability fell below the manifest's threshold,
-    `confidence` is that (low) top probability and `top_k` still shows what the model leaned to."""
-
-    label: str
-    confidence: float
-    top_k: tuple[LabelScore, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +118,7 @@ class LiteRTBackend:
 
     def _result(self, probs: np.ndarray, answer: int) -> TextResult:
         order = np.argsort(-probs, kind="stable")[: self._k]
-        top = tuple(LabelScore(self._labels[i], float(probs[i])) for i in order)
+        top = tuple(Answer(self._labels[i], float(probs[i])) for i in order)
         return TextResult(self._labels[answer], top[0].confidence, top)
 
 
@@ -231,7 +216,7 @@ class BedrockBackend:
                 if self._oos_label is None:
                     raise BackendError(f"Bedrock answer {i} is not one of the labels")
                 label = self._oos_label
-            results.append(TextResult(label, float(confidence), (LabelScore(label, float(confidence)),)))
+            results.append(TextResult(label, float(confidence), (Answer(label, float(confidence)),)))
         return tuple(results)
 
     def _usage(self, usage: dict[str, Any]) -> Usage:

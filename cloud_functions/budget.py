@@ -50,6 +50,7 @@ from cloud_functions.errors import (
     IdempotencyConflict,
     UnknownTenant,
 )
+from modelpack.cloud_api import BudgetStatus  # the wire type of GET /v1/budget; `remaining` never negative
 
 if TYPE_CHECKING:
     from cloud_functions.settings import Settings
@@ -91,26 +92,6 @@ class Reservation:
     idempotency_key: str | None
     replayed: bool  # the key had been charged before: nothing new was taken, this is the original charge
     resets_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStatus:
-    tenant: str
-    period: str
-    limit: int
-    remaining: int  # never negative here, even if the limit was lowered below what was already spent
-    spent: int
-    resets_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "period": self.period,
-            "limit": self.limit,
-            "remaining": self.remaining,
-            "spent": self.spent,
-            "resets_at": self.resets_at.isoformat(),
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,10 @@ from cloud_functions.errors import (
 )
 from cloud_functions.service import (
     InferenceService,
-    InferRequest,
     idempotency_key_from,
     parse_infer_request,
+    request_from_payload,
+    request_payload,
     tenant_from,
 )
 from cloud_functions.settings import InferenceSettings, Settings
@@ -123,7 +124,7 @@ def build_runtime(
     def charge_and_infer(*, call: dict[str, Any]) -> dict[str, Any]:
         return service.infer(
             call["tenant"],
-            InferRequest.from_payload(call["request"]),
+            request_from_payload(call["request"]),
             charge_key=call["key"],
             request_id=call["request_id"],
         )
@@ -199,7 +200,7 @@ def infer() -> dict[str, Any]:
         )
     logger.append_keys(idempotency_key=key)
     current.idempotency.register_lambda_context(context)
-    call = {"tenant": tenant, "key": key, "request": request.to_payload(), "request_id": request_id}
+    call = {"tenant": tenant, "key": key, "request": request_payload(request), "request_id": request_id}
     return current.infer_once(call=call)
 
 

@@ -24,11 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cloud_functions.backends import (
     BackendError,
-    Inference,
     InferenceBackend,
     LazyBackend,
     StaleBackend,
-    TextResult,
     backend_loader,
 )
 from cloud_functions.budget import BudgetLedger, BudgetStatus, Pricing, Reservation, utc_now
@@ -36,15 +34,20 @@ from cloud_functions.errors import (
     BudgetExhausted,
     BudgetStoreUnavailable,
     InvalidIdempotencyKey,
-    InvalidJson,
-    InvalidRequest,
-    InvalidText,
     ModelUnavailable,
-    TextTooLong,
-    TooManyTexts,
     UnknownTenant,
+    refused,
 )
-from modelpack.limits import text_problem
+from modelpack.cloud_api import (
+    Answer,
+    BudgetInfo,
+    InferReply,
+    InferRequest,
+    RequestRefused,
+    TextResult,
+    Usage,
+    decode_json,
+)
 
 if TYPE_CHECKING:
     from cloud_functions.budget import Clock
@@ -53,8 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # the ledger's rule: printable ASCII, no spaces
-_REQUEST_FIELDS = frozenset({"texts", "edge", "request_id"})
-_MAX_REQUEST_ID = 128
 
 
 # --------------------------------------------------------------------------- request
@@ -70,110 +71,39 @@ class Limits:
         return cls(max_texts=settings.max_texts_per_call, max_chars=settings.max_chars_per_text)
 
 
-@dataclass(frozen=True, slots=True)
-class EdgeAnswer:
-    label: str
-    confidence: float
+def request_payload(request: InferRequest) -> dict[str, Any]:
+    """Plain JSON data of a parsed request (what Powertools hashes for idempotency, edge answers as pairs);
+    `request_from_payload` reads it back. Internal to the cloud: the wire form is `InferRequest.to_json`."""
+    return {
+        "texts": list(request.texts),
+        "edge": None if request.edge is None else [[a.label, a.confidence] for a in request.edge],
+        "request_id": request.request_id,
+    }
 
 
-@dataclass(frozen=True, slots=True)
-class InferRequest:
-    texts: tuple[str, ...]
-    edge: tuple[EdgeAnswer, ...] | None = None  # the edge's own answers, same order as texts
-    request_id: str | None = None
+def request_from_payload(payload: Mapping[str, Any]) -> InferRequest:
+    edge = payload.get("edge")
+    return InferRequest(
+        texts=tuple(payload["texts"]),
+        edge=None if edge is None else tuple(Answer(label, confidence) for label, confidence in edge),
+        request_id=payload.get("request_id"),
+    )
 
-    def to_payload(self) -> dict[str, Any]:
-        """Plain JSON data (what Powertools hashes for idempotency); `from_payload` reads it back."""
-        return {
-            "texts": list(self.texts),
-            "edge": None if self.edge is None else [[a.label, a.confidence] for a in self.edge],
-            "request_id": self.request_id,
-        }
 
-    @property
-    def payload_digest(self) -> str:
-        """SHA-256 of the texts, canonically encoded (a JSON array, ASCII-escaped, no spaces): what the
-        ledger's charge record remembers, so a key reused for other texts is refused even once Powertools'
-        record has expired. The edge answers are not part of it: they change neither answer nor cost."""
-        canonical = json.dumps(list(self.texts), ensure_ascii=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> InferRequest:
-        edge = payload.get("edge")
-        return cls(
-            texts=tuple(payload["texts"]),
-            edge=None if edge is None else tuple(EdgeAnswer(label, confidence) for label, confidence in edge),
-            request_id=payload.get("request_id"),
-        )
+def payload_digest(request: InferRequest) -> str:
+    """SHA-256 of the texts, canonically encoded (a JSON array, ASCII-escaped, no spaces): what the ledger's
+    charge record remembers, so a key reused for other texts is refused even once Powertools' record has
+    expired. The edge answers are not part of it: they change neither answer nor cost."""
+    canonical = json.dumps(list(request.texts), ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def parse_infer_request(body: str | bytes | None, limits: Limits) -> InferRequest:
-    if not body:
-        raise InvalidJson("the request body must be a JSON object")
+    """The request in `body` (`modelpack.cloud_api.InferRequest`), or the typed 400 it is refused with."""
     try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise InvalidJson("the request body is not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise InvalidJson("the request body must be a JSON object")
-    unknown = sorted(set(raw) - _REQUEST_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
-
-    texts = raw.get("texts")
-    if not isinstance(texts, list) or not texts:
-        raise InvalidRequest("texts must be a non-empty list of strings", field="texts")
-    if len(texts) > limits.max_texts:
-        raise TooManyTexts(
-            f"at most {limits.max_texts} texts per call, got {len(texts)}",
-            field="texts",
-            limit=limits.max_texts,
-        )
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidRequest(f"texts[{i}] must be a non-blank string", field=f"texts[{i}]")
-        if len(text) > limits.max_chars:
-            raise TextTooLong(
-                f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}",
-                field=f"texts[{i}]",
-                limit=limits.max_chars,
-            )
-        problem = text_problem(text)
-        if problem is not None:  # the tokenizer would raise on it: a 500 for the whole call
-            raise InvalidText(f"texts[{i}] {problem}: not valid Unicode text", field=f"texts[{i}]", index=i)
-
-    edge = raw.get("edge")
-    answers: tuple[EdgeAnswer, ...] | None = None
-    if edge is not None:
-        if not isinstance(edge, list) or len(edge) != len(texts):
-            raise InvalidRequest("edge must be a list with one answer per text", field="edge")
-        answers = tuple(_edge_answer(item, i) for i, item in enumerate(edge))
-
-    request_id = raw.get("request_id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or not 0 < len(request_id) <= _MAX_REQUEST_ID
-    ):
-        raise InvalidRequest(
-            f"request_id must be a string of 1-{_MAX_REQUEST_ID} characters", field="request_id"
-        )
-    return InferRequest(tuple(texts), answers, request_id)
-
-
-def _edge_answer(item: Any, i: int) -> EdgeAnswer:
-    label = item.get("label") if isinstance(item, dict) else None
-    confidence = item.get("confidence") if isinstance(item, dict) else None
-    if (
-        not isinstance(label, str)
-        or not label
-        or isinstance(confidence, bool)
-        or not isinstance(confidence, int | float)
-        or not 0.0 <= confidence <= 1.0
-    ):
-        raise InvalidRequest(
-            f"edge[{i}] must be {{\"label\": string, \"confidence\": number in [0, 1]}}", field=f"edge[{i}]"
-        )
-    return EdgeAnswer(label, float(confidence))
+        return InferRequest.from_json(decode_json(body), max_texts=limits.max_texts, max_chars=limits.max_chars)
+    except RequestRefused as refusal:
+        raise refused(refusal) from None
 
 
 def tenant_from(request_context: Mapping[str, Any] | None) -> str:
@@ -263,7 +193,7 @@ class InferenceService:
         """Charge `tenant` once per `charge_key` and answer. `request_id` is echoed when the body has none."""
         backend = self._backend()  # before charging: a model that cannot load costs the caller nothing
         cost = self.pricing.cost(len(request.texts))
-        reservation = self._reserve(tenant, cost, charge_key, request.payload_digest)
+        reservation = self._reserve(tenant, cost, charge_key, payload_digest(request))
         started = self._timer()
         try:
             inference = backend.infer(request.texts)
@@ -280,20 +210,20 @@ class InferenceService:
         stale = backend if isinstance(backend, StaleBackend) else None
         if stale is not None:
             self._metrics.count("StaleModelResponses")
-        return {
-            "results": [_result(r) for r in inference.results],
-            "model_version": backend.model_version,
-            # Additive: "stale" when the last verified version answers because the current one cannot.
-            "model_status": "current" if stale is None else "stale",
-            **({} if stale is None else {"degraded": {"reason": stale.reason}}),
-            "cost": cost,
-            "budget": self._budget_after(tenant),
-            "request_id": request.request_id or request_id,
-            **({} if inference.usage is None else {"usage": _usage(inference)}),
-        }
+        return InferReply(
+            results=tuple(inference.results),
+            model_version=backend.model_version,
+            cost=cost,
+            budget=self._budget_after(tenant),
+            request_id=request.request_id or request_id,
+            model_status="current" if stale is None else "stale",
+            degraded_reason=None if stale is None else stale.reason,
+            usage=None if inference.usage is None else Usage(
+                inference.usage.input_tokens, inference.usage.output_tokens, str(inference.usage.cost_usd)),
+        ).to_json()
 
     def budget(self, tenant: str) -> dict[str, Any]:
-        return self.ledger.status(tenant).to_dict()
+        return self.ledger.status(tenant).to_json()
 
     # ------------------------------------------------------------------ helpers
 
@@ -325,7 +255,7 @@ class InferenceService:
             return
         self._metrics.count("Refunds" if refunded else "RefundsSkipped")
 
-    def _budget_after(self, tenant: str) -> dict[str, Any] | None:
+    def _budget_after(self, tenant: str) -> BudgetInfo | None:
         """The budget after this call, or None if it cannot be read: the answer is already paid for, so
         a failed read must not turn it into an error."""
         try:
@@ -334,12 +264,7 @@ class InferenceService:
             logger.warning("budget status unavailable after a charged call", exc_info=True)
             self._metrics.count("BudgetStatusFailures")
             return None
-        return {
-            "remaining": status.remaining,
-            "limit": status.limit,
-            "period": status.period,
-            "resets_at": status.resets_at.isoformat(),
-        }
+        return BudgetInfo(status.remaining, status.limit, status.period, status.resets_at)
 
     def _record_edge_agreement(self, request: InferRequest, results: Sequence[TextResult]) -> None:
         if request.edge is None:
@@ -348,19 +273,3 @@ class InferenceService:
         self._metrics.count("EdgeCompared", len(results))
         self._metrics.count("EdgeAgreed", agreed)
 
-
-def _result(result: TextResult) -> dict[str, Any]:
-    return {
-        "label": result.label,
-        "confidence": result.confidence,
-        "top_k": [{"label": s.label, "confidence": s.confidence} for s in result.top_k],
-    }
-
-
-def _usage(inference: Inference) -> dict[str, Any]:
-    assert inference.usage is not None
-    return {
-        "input_tokens": inference.usage.input_tokens,
-        "output_tokens": inference.usage.output_tokens,
-        "cost_usd": str(inference.usage.cost_usd),  # exact decimal, as a string
-    }

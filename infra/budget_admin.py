@@ -65,8 +65,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             default_limit=getattr(args, "default_limit", None),
         )
         if args.command == "set-limit":
-            return ledger.set_limit(args.tenant, args.limit).to_dict()
-        return ledger.status(args.tenant).to_dict()
+            return ledger.set_limit(args.tenant, args.limit).to_json()
+        return ledger.status(args.tenant).to_json()
     except (BotoCoreError, ClientError) as exc:  # raised outside the ledger (stack lookup, client creation)
         raise AdminError(str(exc)) from exc
 

@@ -466,10 +466,10 @@ class LocalStack:
 
     def set_budget(self, limit: int) -> dict[str, Any]:
         """The tenant's daily limit, applied to today's row at once (units already spent stay spent)."""
-        return self._ledger().set_limit(self.tenant, limit).to_dict()
+        return self._ledger().set_limit(self.tenant, limit).to_json()
 
     def budget(self) -> dict[str, Any]:
-        return self._ledger().status(self.tenant).to_dict()
+        return self._ledger().status(self.tenant).to_json()
 
     def publish(self, artifact_dir: Path | str) -> Any:
         """Publish an artifact to the local bucket (models/<version>/, then latest.json): the edge picks it

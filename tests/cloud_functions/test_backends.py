@@ -18,15 +18,14 @@ from botocore.stub import Stubber
 from cloud_functions.backends import (
     BackendError,
     BedrockBackend,
-    LabelScore,
     LazyBackend,
     LiteRTBackend,
     StaleBackend,
-    TextResult,
     Usage,
     backend_loader,
 )
 from cloud_functions.errors import ConfigurationError, ModelUnavailable
+from modelpack.cloud_api import Answer, TextResult
 from cloud_functions.model_store import ModelStore, ModelStoreError
 from cloud_functions.settings import InferenceSettings, Settings
 from modelpack.classifier import Classifier
@@ -146,8 +145,8 @@ def test_bedrock_classifies_a_batch_in_one_converse_call_and_prices_its_tokens(
     inference = backend.infer(texts)
 
     assert inference.results == (
-        TextResult("balance", 0.9, (LabelScore("balance", 0.9),)),
-        TextResult("oos", 0.7, (LabelScore("oos", 0.7),)),
+        TextResult("balance", 0.9, (Answer("balance", 0.9),)),
+        TextResult("oos", 0.7, (Answer("oos", 0.7),)),
     )
     # 120 input tokens at $0.25/M + 40 output tokens at $1.25/M, exactly.
     assert inference.usage == Usage(120, 40, Decimal("0.00008"))
