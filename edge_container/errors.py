@@ -8,25 +8,14 @@ never reach a client: the service turns them into an edge fallback whose `reason
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from modelpack.errors import ApiError
 
 
-class EdgeError(Exception):
-    """Base class. `status` and `code` are part of the API contract: never change a published code."""
-
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "INTERNAL_ERROR"
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
-
-    def headers(self) -> dict[str, str]:
-        return {}
+class EdgeError(ApiError):
+    """Base class of what the edge answers with. `status` and `code` are part of the API contract: never
+    change a published code."""
 
 
 class ConfigurationError(EdgeError):
@@ -154,8 +143,9 @@ class CloudFailure(Exception):
     reason: ClassVar[str] = "cloud_error"
 
 
-class CloudError(CloudFailure):
-    """5xx, connection refused or reset, an unexpected 4xx or a response that breaks the contract."""
+class CloudCallFailed(CloudFailure):
+    """5xx, connection refused or reset, an unexpected 4xx or a response that breaks the contract (the
+    cloud tier's own `CloudError` is the base of what it answers with; this is the edge's view of a call)."""
 
 
 class CloudTimeout(CloudFailure):
@@ -182,7 +172,9 @@ class RateLimited(CloudFailure):
     reason = "rate_limited"
 
 
-class BudgetExhausted(CloudFailure):
+class CloudBudgetExhausted(CloudFailure):
+    """The cloud answered 429 BUDGET_EXHAUSTED (or the edge knows the budget is spent until `resets_at`)."""
+
     reason = "budget_exhausted"
 
     def __init__(self, message: str, *, resets_at: datetime | None) -> None:

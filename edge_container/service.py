@@ -24,12 +24,13 @@ import numpy as np
 
 from edge_container.auth import EscalationLimiter
 from edge_container.batcher import Batcher, BatchInfo
-from edge_container.cloud import Answer, CloudClient, CloudReply
-from edge_container.errors import BudgetExhausted, CloudDisabled, CloudFailure, RateLimited
+from edge_container.cloud import CloudClient, CloudReply
+from edge_container.errors import CloudBudgetExhausted, CloudDisabled, CloudFailure, RateLimited
 from edge_container.metrics import Metrics
 from edge_container.policies import Policy
 from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
+from modelpack.cloud_api import Answer
 
 Route = Literal["auto", "edge", "cloud"]
 EDGE_OOS = "edge_oos"  # the reason of an `oos` answered by the edge itself (the manifest's lowest band)
@@ -216,13 +217,13 @@ class EdgeService:
                           start: int) -> CloudReply:
         assert self.cloud is not None
         if not self.budget.is_open():  # checked per chunk: an earlier chunk's 429 stops the later ones
-            raise BudgetExhausted("the cloud budget is spent", resets_at=self.budget.blocked_until)
+            raise CloudBudgetExhausted("the cloud budget is spent", resets_at=self.budget.blocked_until)
         started = time.perf_counter()
         try:
             key = idempotency_key(request_id, texts, start=start)
             reply = await self.cloud.infer(texts, idempotency_key=key, deadline=deadline, request_id=request_id,
                                            edge=edge)
-        except BudgetExhausted as exc:
+        except CloudBudgetExhausted as exc:
             self.budget.block(exc.resets_at)
             self.metrics.budget_remaining.set(0)
             self.metrics.cloud_calls.labels(exc.reason).inc()

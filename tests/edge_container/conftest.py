@@ -27,6 +27,16 @@ from edge_container.app import create_app
 from edge_container.auth import ClientKey
 from edge_container.settings import Settings
 from edge_container.wiring import EdgeStack
+from modelpack.cloud_api import (
+    Answer,
+    BudgetInfo,
+    ErrorBody,
+    ErrorCode,
+    InferReply,
+    InferRequest,
+    RequestRefused,
+    TextResult,
+)
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 from modelpack.manifest import load_manifest, write_manifest
 
@@ -129,17 +139,10 @@ class FakeCloud:
             mode = self.mode
         if mode == "raw":
             return Response(self.raw_body, status_code=self.raw_status, media_type="application/json")
-        texts = body["texts"]
-        if len(texts) > self.max_texts:  # the real cloud's refusals (cloud_functions.service.parse_infer_request)
-            return JSONResponse({"error": {"code": "TOO_MANY_TEXTS", "message": f"at most {self.max_texts}",
-                                           "field": "texts", "limit": self.max_texts}}, status_code=400)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                return JSONResponse({"error": {"code": "INVALID_REQUEST", "message": "blank",
-                                               "field": f"texts[{i}]"}}, status_code=400)
-            if len(text) > self.max_chars:
-                return JSONResponse({"error": {"code": "TEXT_TOO_LONG", "message": f"at most {self.max_chars}",
-                                               "field": f"texts[{i}]", "limit": self.max_chars}}, status_code=400)
+        try:  # the real cloud's refusals, by the contract's own parser
+            texts = InferRequest.from_json(body, max_texts=self.max_texts, max_chars=self.max_chars).texts
+        except RequestRefused as refused:
+            return JSONResponse(ErrorBody(refused.code, refused.message, refused.details).to_json(), status_code=400)
         if self.fail_marker is not None and any(self.fail_marker in t for t in texts):
             return JSONResponse({"error": {"code": "INTERNAL", "message": "boom"}}, status_code=self.status)
         if mode == "slow":
@@ -149,15 +152,13 @@ class FakeCloud:
         if mode == "bad_request":
             return JSONResponse({"error": {"code": "BAD_REQUEST", "message": "no"}}, status_code=400)
         if mode == "budget":
-            return JSONResponse({"error": {"code": "BUDGET_EXHAUSTED", "message": "spent",
-                                           "resets_at": self.resets_at.isoformat()}}, status_code=429)
+            return JSONResponse(ErrorBody(ErrorCode.BUDGET_EXHAUSTED, "spent",
+                                          {"resets_at": self.resets_at.isoformat()}).to_json(), status_code=429)
         self.remaining -= len(texts)
-        results = [{"label": "weather" if "weather" in t else "oos", "confidence": 0.97,
-                    "top_k": [{"label": "weather" if "weather" in t else "oos", "confidence": 0.97}]}
-                   for t in texts]
-        return JSONResponse({"results": results, "model_version": "cloud-7", "cost": len(texts),
-                             "budget": {"remaining": self.remaining, "limit": 1000, "period": "2026-11-22",
-                                        "resets_at": self.resets_at.isoformat()}})
+        results = tuple(TextResult(label, 0.97, (Answer(label, 0.97),))
+                        for label in ("weather" if "weather" in t else "oos" for t in texts))
+        budget = BudgetInfo(self.remaining, 1000, "2026-11-22", self.resets_at)
+        return JSONResponse(InferReply(results, "cloud-7", len(texts), budget).to_json())
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,15 @@ import pytest
 from botocore.credentials import Credentials
 
 from edge_container.breaker import CircuitBreaker
-from edge_container.cloud import Answer, CloudClient, SigV4Signer
-from edge_container.errors import BudgetExhausted, CircuitOpen, CloudError, CloudTimeout, DeadlineExceeded
+from edge_container.cloud import CloudClient, SigV4Signer
+from edge_container.errors import (
+    CircuitOpen,
+    CloudBudgetExhausted,
+    CloudCallFailed,
+    CloudTimeout,
+    DeadlineExceeded,
+)
+from modelpack.cloud_api import Answer
 from tests.edge_container.conftest import FakeCloud
 
 
@@ -63,7 +70,7 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    with pytest.raises(CloudError):
+    with pytest.raises(CloudCallFailed):
         run(f"http://127.0.0.1:{refused_port()}", lambda c: c.infer(["x"], idempotency_key="k", deadline=soon()),
             retries=3, backoff_s=0.1, rng=lambda: 0.5, sleep=sleep)
     assert delays == pytest.approx([0.05, 0.1, 0.2])
@@ -73,7 +80,7 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
 def test_client_errors_and_500_are_not_retried(cloud: FakeCloud, mode: str, status: int) -> None:
     cloud.reset(mode, status=status)
     breaker = CircuitBreaker(failures=1, reset_s=30)
-    with pytest.raises(CloudError, match=str(status)):
+    with pytest.raises(CloudCallFailed, match=str(status)):
         run(cloud.url, lambda c: c.infer(["x"], idempotency_key="k", deadline=soon()), breaker=breaker)
     assert len(cloud.attempts) == 1
     assert breaker.state == ("closed" if status == 400 else "open")  # a 400 is our fault, not the cloud's
@@ -81,7 +88,7 @@ def test_client_errors_and_500_are_not_retried(cloud: FakeCloud, mode: str, stat
 
 def test_budget_exhausted_is_reported_with_its_reset_time_and_not_retried(cloud: FakeCloud) -> None:
     cloud.reset("budget")
-    with pytest.raises(BudgetExhausted) as info:
+    with pytest.raises(CloudBudgetExhausted) as info:
         run(cloud.url, lambda c: c.infer(["x"], idempotency_key="k", deadline=soon()))
     assert info.value.resets_at == cloud.resets_at and info.value.reason == "budget_exhausted"
     assert len(cloud.attempts) == 1
@@ -118,7 +125,7 @@ def test_the_circuit_opens_fails_fast_and_recovers_through_a_probe(cloud: FakeCl
             try:
                 await client.infer(["x"], idempotency_key="k", deadline=soon())
                 outcomes.append("ok")
-            except (CloudError, CircuitOpen) as exc:
+            except (CloudCallFailed, CircuitOpen) as exc:
                 outcomes.append(exc.reason)
         attempts_while_open = len(cloud.attempts)
         cloud.reset("ok")
@@ -148,7 +155,7 @@ def test_a_signing_failure_is_a_cloud_error_not_a_crash(cloud: FakeCloud) -> Non
     def broken_signer(url: str, headers: Any, body: bytes) -> Any:
         raise RuntimeError("credentials expired")
 
-    with pytest.raises(CloudError, match="cannot sign"):
+    with pytest.raises(CloudCallFailed, match="cannot sign"):
         run(cloud.url, lambda c: c.infer(["x"], idempotency_key="k", deadline=soon()), signer=broken_signer)
     assert cloud.attempts == []
 
