@@ -1,0 +1,132 @@
+"""edge_container.feedback: the SQLite store of cloud-answered escalations (real files, a real kill -9)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, read_export
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(i: int, text: str | None = None, ts: float = 0.0) -> FeedbackRecord:
+    return FeedbackRecord(text=text or f"what is the weather like in city number {i}", edge_label="weather",
+                          edge_confidence=0.41, edge_scores={"max_prob": 0.41, "top": [["weather", 0.41]]},
+                          cloud_label="oos", cloud_confidence=0.93, edge_model_version="e-1",
+                          cloud_model_version="c-1", reason="low_confidence", ts=ts)
+
+
+def test_records_come_back_in_order_with_both_answers(tmp_path: Path) -> None:
+    with FeedbackStore.open(tmp_path / "fb.sqlite", clock=lambda: 1000.0) as store:
+        assert store.record([record(0), record(1)]) == 2
+        rows = list(store.records())
+    assert [i for i, _ in rows] == [1, 2]
+    first = rows[0][1]
+    assert first["text"] == record(0).text and first["cloud_label"] == "oos" and first["ts"] == 1000.0
+    assert first["edge_scores"] == {"max_prob": 0.41, "top": [["weather", 0.41]]}
+
+
+def test_hash_mode_keeps_no_text_anywhere_on_disk(tmp_path: Path) -> None:
+    secret = "my account number is 4242 4242 4242 4242"
+    with FeedbackStore.open(tmp_path / "fb.sqlite", mode="hash") as store:
+        store.record([record(0, secret), record(1, secret)])
+        (a, first), (_, second) = store.records()
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert "text" not in first and first["text_hash"] == second["text_hash"]  # repeats still countable
+    assert secret.encode() not in on_disk and b"4242 4242" not in on_disk
+
+
+def test_a_store_keeps_its_mode(tmp_path: Path) -> None:
+    FeedbackStore.open(tmp_path / "fb.sqlite", mode="hash").close()
+    with pytest.raises(FeedbackError, match="'hash'-mode feedback store"):
+        FeedbackStore.open(tmp_path / "fb.sqlite", mode="text")
+
+
+def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "junk").write_bytes(b"not sqlite at all " * 100)
+    with pytest.raises(FeedbackError, match="not a usable feedback store"):
+        FeedbackStore.open(tmp_path / "junk")
+    with pytest.raises(FeedbackError, match="feedback mode"):
+        FeedbackStore.open(tmp_path / "x.sqlite", mode="plain")  # type: ignore[arg-type]
+
+
+def test_old_rows_are_pruned_by_age(tmp_path: Path) -> None:
+    now = [10_000.0]
+    with FeedbackStore.open(tmp_path / "fb.sqlite", max_age_s=100, clock=lambda: now[0]) as store:
+        store.record([record(0, ts=9_800.0), record(1, ts=9_950.0)])
+        assert store.prune() == 1
+        assert [r["ts"] for _, r in store.records()] == [9_950.0]
+
+
+def test_the_store_stays_within_its_size_bound_keeping_the_newest(tmp_path: Path) -> None:
+    bound = 256 * 1024
+    path = tmp_path / "fb.sqlite"
+    with FeedbackStore.open(path, max_bytes=bound, prune_every=10) as store:
+        for i in range(400):  # ~1 KB a row: several times the bound
+            store.record([record(i, f"{i} " + "x" * 900)])
+        store.prune()
+        stats = store.stats()
+        newest = [r["text"].split()[0] for _, r in store.records()][-1]
+    assert stats.bytes <= bound and 0 < stats.rows < 400 and newest == "399"
+    assert path.stat().st_size <= bound * 1.5  # freed pages go back to the file system
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from edge_container.feedback import FeedbackRecord, FeedbackStore
+    store = FeedbackStore.open(sys.argv[1], prune_every=7)  # prunes (by age: nothing) and checkpoints mid-stream
+    i = 0
+    while True:
+        batch = [FeedbackRecord("t%d-%d " % (i, j) + "y" * 200, "a", 0.5, {"max_prob": 0.5}, "b", 0.9,
+                                "e", "c", "low_confidence") for j in range(20)]
+        store.record(batch)
+        i += 1
+        print(i * 20, flush=True)   # acknowledged: these records must survive
+""")
+
+
+def test_a_kill_9_mid_write_loses_no_acknowledged_record_and_never_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite"
+    acknowledged = 0
+    for _ in range(3):  # three crashes in a row, each in the middle of a stream of writes
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                                  text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert writer.stdout is not None
+        before = acknowledged
+        for line in writer.stdout:
+            acknowledged = before + int(line)
+            if int(line) >= 600:
+                break
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
+        writer.stdout.close()
+        assert writer.returncode == -signal.SIGKILL
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    db.close()
+    assert rows >= acknowledged  # every record whose write returned is there (unacknowledged ones may be too)
+    with FeedbackStore.open(path) as store:  # and the store opens and takes writes again
+        store.record([record(0)])
+
+
+def test_an_export_reads_back_and_anything_else_is_refused(tmp_path: Path) -> None:
+    with FeedbackStore.open(tmp_path / "fb.sqlite") as store:
+        store.record([record(0), record(1), record(2)])
+        out = io.StringIO()
+        assert store.export(out, after_id=1) == 3
+    items = list(read_export(io.StringIO(out.getvalue())))
+    assert [item["text"] for item in items] == [record(1).text, record(2).text]
+    assert out.getvalue().splitlines()[0] == f'{{"format": "{FORMAT}", "mode": "text"}}'
+    for bad in ("", '{"format": "other"}\n', f'{{"format": "{FORMAT}"}}\n[1]\n'):
+        with pytest.raises(FeedbackError):
+            list(read_export(io.StringIO(bad)))
