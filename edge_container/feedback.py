@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Self
 
 Mode = Literal["text", "hash"]
 MODES: tuple[Mode, ...] = ("text", "hash")
@@ -127,7 +127,7 @@ class FeedbackStore:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> FeedbackStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

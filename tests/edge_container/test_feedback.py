@@ -39,7 +39,7 @@ def test_hash_mode_keeps_no_text_anywhere_on_disk(tmp_path: Path) -> None:
     secret = "my account number is 4242 4242 4242 4242"
     with FeedbackStore.open(tmp_path / "fb.sqlite", mode="hash") as store:
         store.record([record(0, secret), record(1, secret)])
-        (a, first), (_, second) = store.records()
+        (_, first), (_, second) = store.records()
         on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert "text" not in first and first["text_hash"] == second["text_hash"]  # repeats still countable
     assert secret.encode() not in on_disk and b"4242 4242" not in on_disk
