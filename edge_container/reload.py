@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -27,10 +26,10 @@ from edge_container.errors import ModelSourceUnavailable, NothingToRollBack, Not
 from edge_container.metrics import Metrics
 from edge_container.runtime import EdgeModel
 from modelpack.errors import ArtifactError, ChecksumMismatch, ManifestError, ModelNotRunnable
-from modelpack.manifest import MANIFEST_NAME, Manifest
+from modelpack.manifest import MANIFEST_NAME, Manifest, json_object
+from modelpack.pointer import Pointer
 
 log = logging.getLogger("edge_container.reload")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 Loader = Callable[[Path], EdgeModel]
 
 
@@ -201,11 +200,11 @@ class S3Source:
             if not force and digest == self._refused:
                 self._failures = 0
                 return None
-            latest = self._latest(raw, digest)
-            if not force and manager.ready and latest["manifest_sha256"] == manager.current.manifest_sha256:
+            pointer = self._pointer(raw, digest)
+            if not force and manager.ready and pointer.manifest_sha256 == manager.current.manifest_sha256:
                 self._failures = 0
                 return None
-            folder = await asyncio.to_thread(self._download, latest)
+            folder = await asyncio.to_thread(self._download, pointer, digest)
         except ModelSourceUnavailable as exc:
             self._failures += 1
             delay = min(self.backoff_s * 2 ** (self._failures - 1), self.max_backoff_s)
@@ -231,42 +230,31 @@ class S3Source:
         except Exception as exc:  # botocore's errors hang off the injected client; none is the artifact's
             raise ModelSourceUnavailable(f"s3://{self.bucket}/{key}: {exc}") from exc
 
-    def _latest(self, raw: bytes, digest: str) -> dict[str, str]:
+    def _pointer(self, raw: bytes, digest: str) -> Pointer:
         where = f"s3://{self.bucket}/{self.latest_key}"
         try:
-            latest = json.loads(raw)
-            version, key, sha = latest["model_version"], latest["manifest_key"], latest["manifest_sha256"]
-        except (ValueError, KeyError, TypeError) as exc:
-            error = ManifestError(f"{where} is not a valid latest.json: {exc}")
-            raise _Refused(where, digest, error) from exc
-        if not (isinstance(version, str) and _VERSION.fullmatch(version)) or not isinstance(key, str) \
-                or not isinstance(sha, str):
-            raise _Refused(where, digest, ManifestError(f"{where}: bad model_version or manifest_key"))
-        return {"model_version": version, "manifest_key": key, "manifest_sha256": sha, "digest": digest}
+            return Pointer.from_json(raw, where=where)
+        except ManifestError as exc:
+            raise _Refused(where, digest, exc) from exc
 
-    def _download(self, latest: dict[str, str]) -> Path:
-        where = f"s3://{self.bucket}/{latest['manifest_key']}"
-        raw = self._get(latest["manifest_key"])
-        if hashlib.sha256(raw).hexdigest() != latest["manifest_sha256"]:
-            raise _Refused(where, latest["digest"],
-                           ChecksumMismatch(f"{where}: SHA-256 differs from latest.json's manifest_sha256"))
+    def _download(self, pointer: Pointer, digest: str) -> Path:
+        """The version `pointer` names, fetched into the cache; `digest` is the SHA-256 of the pointer."""
+        where = f"s3://{self.bucket}/{pointer.manifest_key}"
+        raw = self._get(pointer.manifest_key)
         try:
-            manifest = Manifest.from_dict(json.loads(raw))
-        except ValueError as exc:
-            error = ManifestError(f"{where} is not valid JSON: {exc}")
-            raise _Refused(where, latest["digest"], error) from exc
+            pointer.check_manifest(raw, where)
+            manifest = Manifest.from_dict(json_object(raw, where))
         except ArtifactError as exc:
-            raise _Refused(where, latest["digest"], exc) from exc
-        base = latest["manifest_key"].rsplit("/", 1)[0] if "/" in latest["manifest_key"] else ""
+            raise _Refused(where, digest, exc) from exc
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            target = self.cache_dir / latest["model_version"]
-            staging = Path(tempfile.mkdtemp(prefix=f".{latest['model_version']}-", dir=self.cache_dir))
+            target = self.cache_dir / pointer.model_version  # a safe folder name: the pointer checked it
+            staging = Path(tempfile.mkdtemp(prefix=f".{pointer.model_version}-", dir=self.cache_dir))
         except OSError as exc:
             raise ModelSourceUnavailable(f"cannot write the model cache {self.cache_dir}: {exc}") from exc
         try:
             for name in manifest.files():  # checksums are verified by the load that follows
-                (staging / name).write_bytes(self._get(f"{base}/{name}" if base else name))
+                (staging / name).write_bytes(self._get(pointer.key_of(name)))
             (staging / MANIFEST_NAME).write_bytes(raw)
             if target.exists():
                 shutil.rmtree(target)  # a loaded model holds its bytes in memory, not this folder

@@ -1,7 +1,9 @@
-"""One verified artifact version on the edge: its manifest and a pool of (tokenizer, interpreter) slots.
+"""One verified artifact version on the edge: its manifest and a pool of classifier slots.
 
-A LiteRT interpreter is not thread-safe, and `invoke()` releases the GIL: so each worker thread borrows a
-slot of its own for one batch. With as many slots as worker threads, a borrow never waits.
+A slot is a `modelpack.classifier.Classifier` (tokenizer + interpreter + temperature), the very one the
+cloud and the build run. A LiteRT interpreter is not thread-safe, and `invoke()` releases the GIL: so each
+worker thread borrows a slot of its own for one batch. With as many slots as worker threads, a borrow
+never waits.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modelpack.errors import ArtifactError, ChecksumMismatch, ModelNotRunnable
-from modelpack.litert import LiteRTModel
-from modelpack.manifest import MANIFEST_NAME, Manifest, load_manifest
-from modelpack.scores import softmax
-from modelpack.tokenizer import TextTokenizer
+from modelpack.classifier import Classifier
+from modelpack.errors import ModelNotRunnable
+from modelpack.manifest import MANIFEST_NAME, Manifest
 
 # Smoke texts cover every length bucket of the tiny and full artifacts, so warm-up plans each shape once.
 _SMOKE_TEXTS = ("hello", "what is the weather going to be like in paris tomorrow morning",
@@ -36,19 +36,13 @@ class EdgeOutput:
     infer_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    tokenizer: TextTokenizer
-    model: LiteRTModel
-
-
 @dataclass(eq=False)
 class EdgeModel:
     manifest: Manifest
     folder: Path
     manifest_sha256: str
     loaded_at: datetime
-    _slots: queue.SimpleQueue[_Slot] = field(repr=False)
+    _slots: queue.SimpleQueue[Classifier] = field(repr=False)
 
     @property
     def version(self) -> str:
@@ -66,32 +60,16 @@ class EdgeModel:
         the artifact, whatever the interpreter or tokenizer raised (`ModelNotRunnable` when inference fails).
         """
         folder = Path(folder)
-        manifest = load_manifest(folder, verify=True)
-        entry, tok = manifest.edge, manifest.tokenizer
-        # Re-check the bytes we actually load: the folder may be rewritten while we read it.
-        model_bytes = _read_verified(folder / entry.file, entry.sha256)
+        classifiers = Classifier.load(folder, "edge", copies=slots, num_threads=1)
         manifest_sha = hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()
-        pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-        model = cls(manifest, folder, manifest_sha, datetime.now(UTC), pool)
-        for _ in range(slots):
-            try:
-                tokenizer = TextTokenizer(folder / tok.file, max_seq_len=tok.max_seq_len,
-                                          length_buckets=tok.length_buckets, pad_id=tok.pad_id)
-            except Exception as exc:  # the tokenizers package raises plain Exception on a bad file
-                raise ArtifactError(f"{folder / tok.file}: not a loadable tokenizer: {exc}") from exc
-            try:
-                interpreter = LiteRTModel(model_bytes, entry, num_threads=1)
-            except ArtifactError:
-                raise
-            except Exception as exc:  # the interpreter's errors are plain ValueError / RuntimeError
-                raise ArtifactError(f"{folder / entry.file}: not a loadable TFLite model: {exc}") from exc
-            slot = _Slot(tokenizer, interpreter)
+        pool: queue.SimpleQueue[Classifier] = queue.SimpleQueue()
+        model = cls(classifiers[0].manifest, folder, manifest_sha, datetime.now(UTC), pool)
+        for slot in classifiers:
             model._smoke_test(slot)  # also warms the slot: every length bucket planned once
             pool.put(slot)
-        _read_verified(folder / tok.file, tok.sha256)
         return model
 
-    def _smoke_test(self, slot: _Slot) -> None:
+    def _smoke_test(self, slot: Classifier) -> None:
         for n in (1, 2):
             for text in _SMOKE_TEXTS:
                 try:
@@ -113,13 +91,13 @@ class EdgeModel:
         finally:
             self._slots.put(slot)
 
-    def _infer(self, slot: _Slot, texts: Sequence[str]) -> EdgeOutput:
+    def _infer(self, slot: Classifier, texts: Sequence[str]) -> EdgeOutput:
         t0 = time.perf_counter()
         ids = slot.tokenizer.encode(texts)  # padded to the smallest length bucket that fits the batch
         t1 = time.perf_counter()
         logits = slot.model.logits(ids)
         t2 = time.perf_counter()
-        return EdgeOutput(softmax(logits, self.manifest.edge.temperature), t1 - t0, t2 - t1)
+        return EdgeOutput(slot.calibrate(logits), t1 - t0, t2 - t1)
 
     def describe(self) -> dict[str, object]:
         return {"model_version": self.version, "folder": str(self.folder), "manifest_sha256": self.manifest_sha256,
@@ -127,10 +105,3 @@ class EdgeModel:
                 "precision": self.manifest.edge.precision, "temperature": self.manifest.edge.temperature,
                 "routing": {"score": self.manifest.routing.score, "threshold": self.manifest.routing.threshold}}
 
-
-def _read_verified(path: Path, sha256: str) -> bytes:
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise ChecksumMismatch(f"{path}: SHA-256 {actual} does not match the manifest's {sha256} (changed while loading?)")
-    return data

@@ -1,29 +1,27 @@
 """Upload an artifact folder to S3 under `{prefix}/{version}/`, manifest last, then update latest.json.
 
 Nothing is uploaded unless the manifest passes the very validation the runtimes apply on load
-(`modelpack.manifest.Manifest.from_dict`): what publish accepts, the edge and the cloud will accept.
+(`modelpack.manifest.Manifest.from_dict`, every named file's SHA-256 by `modelpack.manifest.verify_file`):
+what publish accepts, the edge and the cloud will accept. `latest.json` is `modelpack.pointer.Pointer`,
+the type both runtimes read it with.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import mimetypes
-import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from model_build.errors import PublishError
-from modelpack.errors import ManifestError
-from modelpack.manifest import Manifest
-
-MANIFEST_NAME = "manifest.json"
-LATEST_NAME = "latest.json"
-_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+from modelpack.errors import ArtifactError, ManifestError
+from modelpack.manifest import MANIFEST_NAME, Manifest, json_object, verify_file
+from modelpack.pointer import POINTER_NAME, VERSION_RULE, Pointer, is_valid_version
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ def publish(
     prefix: str = "models",
     s3_client: Any,
     version: str | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     allow_failed_gates: bool = False,
 ) -> PublishResult:
     folder = Path(artifact_dir)
@@ -58,8 +56,8 @@ def publish(
         raise PublishError(f"{folder} failed its build gates ({'; '.join(gates.get('failures', []))}); "
                            "fix the build, or publish it anyway with --allow-failed-gates")
     version = version or manifest["model_version"]
-    if not _VERSION_RE.fullmatch(version):
-        raise PublishError(f"version {version!r} is not a safe S3 key part (letters, digits, . _ + -)")
+    if not is_valid_version(version):
+        raise PublishError(f"version {version!r} is not a safe S3 key part ({VERSION_RULE})")
     _check_named_files(manifest, folder)
     try:
         Manifest.from_dict(manifest)
@@ -69,7 +67,7 @@ def publish(
 
     base = "/".join(part for part in (prefix.strip("/"), version) if part)
     manifest_key = f"{base}/{MANIFEST_NAME}"
-    latest_key = "/".join(part for part in (prefix.strip("/"), LATEST_NAME) if part)
+    latest_key = "/".join(part for part in (prefix.strip("/"), POINTER_NAME) if part)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
 
     existing = _get_or_none(s3_client, bucket, manifest_key)
@@ -88,10 +86,9 @@ def publish(
             _put(s3_client, bucket, key, body, _content_type(path))
         uploaded.append(key)
 
-    published_at = clock().astimezone(timezone.utc).isoformat(timespec="seconds")
-    latest = {"model_version": version, "manifest_key": manifest_key,
-              "manifest_sha256": manifest_sha256, "published_at": published_at}
-    _put(s3_client, bucket, latest_key, (json.dumps(latest, indent=2) + "\n").encode(), "application/json")
+    published_at = clock().astimezone(UTC).isoformat(timespec="seconds")
+    latest = Pointer(version, manifest_key, manifest_sha256, published_at)
+    _put(s3_client, bucket, latest_key, latest.to_json().encode(), "application/json")
     return PublishResult(bucket=bucket, version=version, manifest_key=manifest_key,
                          manifest_sha256=manifest_sha256, latest_key=latest_key, uploaded=tuple(uploaded),
                          published_at=published_at, republished=existing is not None)
@@ -106,11 +103,9 @@ def _read_manifest(folder: Path) -> tuple[bytes, dict[str, Any]]:
     except FileNotFoundError:
         raise PublishError(f"{folder}: no {MANIFEST_NAME}; build the artifact first") from None
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PublishError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise PublishError(f"{path}: must hold a JSON object")
+        manifest = json_object(raw, str(path))
+    except ManifestError as exc:
+        raise PublishError(str(exc)) from None
     if not isinstance(manifest.get("model_version"), str) or not manifest["model_version"]:
         raise PublishError(f"{path}: 'model_version' must be a non-empty string")
     return raw, manifest
@@ -132,12 +127,10 @@ def _check_named_files(manifest: dict[str, Any], folder: Path) -> None:
     for name, expected in _named_files(manifest):
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise PublishError(f"{folder / MANIFEST_NAME} names {name!r}, outside the artifact folder")
-        path = folder / name
-        if not path.is_file():
-            raise PublishError(f"{path} is named in {MANIFEST_NAME} but missing")
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        if actual != expected:
-            raise PublishError(f"{path}: SHA-256 {actual} differs from the manifest's {expected}")
+        try:
+            verify_file(folder / name, expected)
+        except ArtifactError as exc:
+            raise PublishError(f"{folder} differs from its {MANIFEST_NAME}: {exc}") from None
 
 
 def _content_type(path: Path) -> str:

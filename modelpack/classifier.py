@@ -1,20 +1,22 @@
-"""A calibrated text classifier over one model of an artifact: tokenizer + LiteRT model + temperature."""
+"""A calibrated text classifier over one model of an artifact: tokenizer + LiteRT model + temperature.
+
+The one place the three are put together: the cloud's LiteRT backend, the edge runtime's interpreter
+slots (`Classifier.load`), the build's checks and the tests all answer through it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from modelpack.errors import ArtifactError
 from modelpack.litert import LiteRTModel
-from modelpack.manifest import Manifest, ModelEntry, load_manifest
+from modelpack.manifest import Manifest, ModelEntry, Tier, TokenizerEntry, load_manifest, verify_file
 from modelpack.scores import softmax
 from modelpack.tokenizer import TextTokenizer
-
-Tier = Literal["edge", "cloud"]
 
 
 @dataclass(frozen=True)
@@ -25,29 +27,73 @@ class Prediction:
 
 
 class Classifier:
-    def __init__(self, manifest: Manifest, folder: Path | str, tier: Tier, *, num_threads: int = 1):
+    """Not thread-safe (one LiteRT interpreter): give each thread its own, e.g. from `Classifier.load`.
+
+    Raises `ArtifactError` when the tokenizer or the model is there but cannot be loaded. `model_content`:
+    the model's bytes, already read (and verified); by default they are read from the artifact folder.
+    """
+
+    def __init__(self, manifest: Manifest, folder: Path | str, tier: Tier, *, num_threads: int = 1,
+                 model_content: bytes | None = None):
         folder = Path(folder)
         self.manifest = manifest
         self.tier = tier
-        self.entry: ModelEntry = manifest.edge if tier == "edge" else manifest.cloud
-        tok = manifest.tokenizer
-        self.tokenizer = TextTokenizer(
-            folder / tok.file, max_seq_len=tok.max_seq_len, length_buckets=tok.length_buckets, pad_id=tok.pad_id
-        )
-        self.model = LiteRTModel((folder / self.entry.file).read_bytes(), self.entry, num_threads=num_threads)
+        self.entry: ModelEntry = manifest.model(tier)
+        self.tokenizer = _tokenizer(folder, manifest.tokenizer)
+        if model_content is None:
+            model_content = (folder / self.entry.file).read_bytes()
+        self.model = _model(folder, self.entry, model_content, num_threads)
 
     @classmethod
     def from_folder(cls, folder: Path | str, tier: Tier, *, num_threads: int = 1) -> Classifier:
         return cls(load_manifest(folder), folder, tier, num_threads=num_threads)
 
+    @classmethod
+    def load(cls, folder: Path | str, tier: Tier, *, copies: int = 1, num_threads: int = 1) -> list[Classifier]:
+        """`copies` classifiers (one per thread) of `tier`, from an artifact verified as a whole: manifest and
+        the SHA-256 of every file. Each interpreter is built from exactly the model bytes whose digest was
+        checked, and the tokenizer file is checked again once every copy has read it: a folder rewritten
+        while it loads is refused, never served half old, half new. Blocking (seconds for a large model).
+        """
+        if copies < 1:
+            raise ValueError("copies must be >= 1")
+        folder = Path(folder)
+        manifest = load_manifest(folder, verify=True)
+        entry, tok = manifest.model(tier), manifest.tokenizer
+        content = verify_file(folder / entry.file, entry.sha256)  # read again: these are the bytes we run
+        out = [cls(manifest, folder, tier, num_threads=num_threads, model_content=content) for _ in range(copies)]
+        verify_file(folder / tok.file, tok.sha256)
+        return out
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.logits(self.tokenizer.encode(texts))
 
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of the model's `logits`: softmax at the manifest's temperature."""
+        return softmax(logits, self.entry.temperature)
+
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax(self.logits(texts), self.entry.temperature)
+        return self.calibrate(self.logits(texts))
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         probs = self.probabilities(texts)
         idx = probs.argmax(axis=-1)
         labels = self.manifest.labels
         return [Prediction(labels[i], int(i), float(p[i])) for i, p in zip(idx, probs)]
+
+
+def _tokenizer(folder: Path, tok: TokenizerEntry) -> TextTokenizer:
+    try:
+        return TextTokenizer(folder / tok.file, max_seq_len=tok.max_seq_len, length_buckets=tok.length_buckets,
+                             pad_id=tok.pad_id)
+    except Exception as exc:  # the tokenizers package raises plain Exception on a bad file
+        raise ArtifactError(f"{folder / tok.file}: not a loadable tokenizer: {exc}") from exc
+
+
+def _model(folder: Path, entry: ModelEntry, content: bytes, num_threads: int) -> LiteRTModel:
+    try:
+        return LiteRTModel(content, entry, num_threads=num_threads)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # the interpreter's errors are plain ValueError / RuntimeError
+        raise ArtifactError(f"{folder / entry.file}: not a loadable TFLite model: {exc}") from exc

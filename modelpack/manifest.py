@@ -4,17 +4,22 @@ Pure stdlib. `Manifest.from_dict` validates every field and names the bad one (e
 its range: a NaN threshold compares false, so it would silently turn routing off); `load_manifest` also
 checks the SHA-256 of every file the manifest names, so a runtime never serves a file it did not expect.
 model_build writes manifests with `Manifest.to_dict`, so one round-trip test pins the contract.
+
+Every SHA-256 check of an artifact's files is made here (`verify_files`, `verify_file`, `check_sha256`):
+the build's publish step, the edge runtime and the cloud's model store wrap these, so a corrupt file is
+refused by the same rule, in the same words, wherever it is found.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal
 
+from modelpack._fields import Reader, require_finite
 from modelpack.errors import ChecksumMismatch, ManifestError
 
 FORMAT_VERSION = 1
@@ -31,6 +36,10 @@ ESCALATE_NONE, ESCALATE_ALL = -1e9, 1e9
 BAND_SCORES = frozenset(SCORE_RANGES) | {"in_scope_max_prob"}
 # Scores are computed in float64: neg_entropy of a uniform answer comes out at about -1e-16, not 0.
 _SCORE_SLACK = 1e-9
+
+Tier = Literal["edge", "cloud"]
+Part = Literal["tokenizer", "edge", "cloud"]  # a file of the artifact, by the role it plays
+PARTS: tuple[Part, ...] = ("tokenizer", "edge", "cloud")
 
 
 @dataclass(frozen=True)
@@ -103,13 +112,14 @@ class Manifest:
     def oos_index(self) -> int | None:
         return None if self.oos_label is None else self.labels.index(self.oos_label)
 
-    def files(self) -> dict[str, str]:
-        """Every file the manifest names, mapped to its expected SHA-256."""
-        return {
-            self.tokenizer.file: self.tokenizer.sha256,
-            self.edge.file: self.edge.sha256,
-            self.cloud.file: self.cloud.sha256,
-        }
+    def model(self, tier: Tier) -> ModelEntry:
+        """The entry of `tier`'s model."""
+        return self.edge if tier == "edge" else self.cloud
+
+    def files(self, parts: Iterable[Part] = PARTS) -> dict[str, str]:
+        """The files of `parts` (by default every file the manifest names), mapped to their expected SHA-256."""
+        entries = (self.tokenizer if part == "tokenizer" else self.model(part) for part in parts)
+        return {entry.file: entry.sha256 for entry in entries}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,7 +132,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Manifest:
-        r = _Reader(raw, "manifest")
+        r = Reader(raw, "manifest")
         version = r.int("format_version")
         if version != FORMAT_VERSION:
             raise ManifestError(f"manifest.format_version is {version}; this runtime reads {FORMAT_VERSION}")
@@ -148,8 +158,8 @@ class Manifest:
         )
         if manifest.routing.oos_threshold is not None and oos_label is None:
             raise ManifestError("manifest.routing.oos_threshold is set, but there is no oos_label to answer with")
-        _require_finite(manifest.data, "manifest.data")
-        _require_finite(manifest.build, "manifest.build")
+        require_finite(manifest.data, "manifest.data")
+        require_finite(manifest.build, "manifest.build")
         return manifest
 
 
@@ -161,32 +171,60 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def json_object(data: bytes | str, where: str) -> dict[str, Any]:
+    """`data` (UTF-8 JSON) parsed into the object it must hold; a `ManifestError` naming `where` otherwise.
+    The manifest and the publish pointer (`modelpack.pointer`) are both read through it."""
+    try:
+        raw = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where} must hold a JSON object")
+    return raw
+
+
 def load_manifest(folder: Path | str, *, verify: bool = True) -> Manifest:
     """Read and validate `folder/manifest.json`; with `verify`, refuse any file whose SHA-256 differs."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"no {MANIFEST_NAME} in {folder}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path} must hold a JSON object")
-    manifest = Manifest.from_dict(raw)
+    manifest = Manifest.from_dict(json_object(data, str(path)))
     if verify:
         verify_files(manifest, folder)
     return manifest
 
 
-def verify_files(manifest: Manifest, folder: Path) -> None:
-    for name, expected in manifest.files().items():
-        path = folder / name
-        if not path.is_file():
-            raise ManifestError(f"{path} is named in the manifest but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ChecksumMismatch(f"{path}: SHA-256 {actual} does not match the manifest's {expected}")
+def verify_files(manifest: Manifest, folder: Path | str, parts: Iterable[Part] = PARTS) -> None:
+    """Refuse the artifact in `folder` unless every file of `parts` is there with the manifest's SHA-256:
+    `ManifestError` for a missing file, `ChecksumMismatch` for a changed one. Files are hashed as they are
+    read (a teacher model can be large); `verify_file` also hands back the bytes it checked."""
+    for name, expected in manifest.files(parts).items():
+        path = _named_file(Path(folder) / name)
+        check_sha256(path, sha256_file(path), expected)
+
+
+def verify_file(path: Path | str, sha256: str) -> bytes:
+    """The bytes of the file at `path`, once their SHA-256 is `sha256`: load exactly these, and nothing
+    written to the path after the check can be served. Raises as `verify_files` does."""
+    data = _named_file(Path(path)).read_bytes()
+    check_sha256(path, hashlib.sha256(data).hexdigest(), sha256)
+    return data
+
+
+def check_sha256(where: object, actual: str, expected: str) -> None:
+    """Raise `ChecksumMismatch` naming `where` (a path, an S3 URI) unless `actual` is the manifest's `expected`
+    digest: also the check of a file hashed while it downloads."""
+    if actual != expected:
+        raise ChecksumMismatch(f"{where}: SHA-256 {actual} does not match the manifest's {expected}")
+
+
+def _named_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ManifestError(f"{path} is named in the manifest but missing")
+    return path
 
 
 def write_manifest(manifest: Manifest, folder: Path) -> Path:
@@ -197,101 +235,7 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
     return path
 
 
-class _Reader:
-    """Typed field access with errors that name the full path of the bad field."""
-
-    def __init__(self, raw: Any, where: str) -> None:
-        if not isinstance(raw, Mapping):
-            raise ManifestError(f"{where} must be an object")
-        self.raw, self.where = raw, where
-
-    def _get(self, key: str) -> Any:
-        if key not in self.raw:
-            raise ManifestError(f"{self.where}.{key} is missing")
-        return self.raw[key]
-
-    def _fail(self, key: str, what: str) -> ManifestError:
-        return ManifestError(f"{self.where}.{key} must be {what}, got {self.raw.get(key)!r}")
-
-    def sub(self, key: str) -> _Reader:
-        return _Reader(self._get(key), f"{self.where}.{key}")
-
-    def str(self, key: str) -> str:
-        value = self._get(key)
-        if not isinstance(value, str) or not value:
-            raise self._fail(key, "a non-empty string")
-        return value
-
-    def opt_str(self, key: str) -> str | None:
-        return None if self.raw.get(key) is None else self.str(key)
-
-    def int(self, key: str, *, minimum: int | None = None) -> int:
-        value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            raise self._fail(key, "an integer" + ("" if minimum is None else f" >= {minimum}"))
-        return value
-
-    def opt_int(self, key: str) -> int | None:
-        return None if self.raw.get(key) is None else self.int(key)
-
-    def float(self, key: str, *, low: float | None = None, high: float | None = None,
-              low_open: bool = False) -> float:
-        """A finite number in [low, high] (or (low, high] with `low_open`); NaN and infinities never pass."""
-        value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._fail(key, "a number")
-        below = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or below or (high is not None and value > high):
-            raise self._fail(key, "a finite number" + _span(low, high, low_open))
-        return float(value)
-
-    def opt_float(self, key: str, **bounds: float) -> float | None:
-        return None if self.raw.get(key) is None else self.float(key, **bounds)
-
-    def bool(self, key: str) -> bool:
-        value = self._get(key)
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false")
-        return value
-
-    def choice(self, key: str, allowed: frozenset[str]) -> str:
-        value = self.str(key)
-        if value not in allowed:
-            raise self._fail(key, f"one of {sorted(allowed)}")
-        return value
-
-    def str_list(self, key: str) -> list[str]:
-        value = self._get(key)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise self._fail(key, "a list of non-empty strings")
-        return value
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        value = self._get(key)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and (v > 0 or v == -1) for v in value):
-            raise self._fail(key, "a list of positive integers or -1")
-        return tuple(value)
-
-    def sha256(self, key: str) -> str:
-        value = self.str(key)
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise self._fail(key, "a lower-case hex SHA-256")
-        return value
-
-    def file(self, key: str) -> str:
-        value = self.str(key)
-        if "/" in value or "\\" in value or value.startswith("."):
-            raise self._fail(key, "a plain file name inside the artifact folder")
-        return value
-
-    def opt_mapping(self, key: str) -> Mapping[str, Any]:
-        value = self.raw.get(key) or {}
-        if not isinstance(value, Mapping):
-            raise self._fail(key, "an object")
-        return dict(value)
-
-
-def _tokenizer(r: _Reader) -> TokenizerEntry:
+def _tokenizer(r: Reader) -> TokenizerEntry:
     max_len = r.int("max_seq_len", minimum=2)
     buckets = r.raw.get("length_buckets")
     if (
@@ -301,7 +245,7 @@ def _tokenizer(r: _Reader) -> TokenizerEntry:
         or list(buckets) != sorted(set(buckets))
         or buckets[-1] != max_len
     ):
-        raise r._fail("length_buckets", f"a strictly increasing list of lengths ending at max_seq_len={max_len}")
+        raise r.fail("length_buckets", f"a strictly increasing list of lengths ending at max_seq_len={max_len}")
     return TokenizerEntry(
         file=r.file("file"),
         sha256=r.sha256("sha256"),
@@ -311,13 +255,13 @@ def _tokenizer(r: _Reader) -> TokenizerEntry:
     )
 
 
-def _model(r: _Reader, n_labels: int) -> ModelEntry:
-    inputs_raw = r._get("inputs")
+def _model(r: Reader, n_labels: int) -> ModelEntry:
+    inputs_raw = r.required("inputs")
     if not isinstance(inputs_raw, (list, tuple)) or not inputs_raw:
-        raise r._fail("inputs", "a non-empty list of tensor specs")
+        raise r.fail("inputs", "a non-empty list of tensor specs")
     inputs = []
     for i, spec in enumerate(inputs_raw):
-        t = _Reader(spec, f"{r.where}.inputs[{i}]")
+        t = Reader(spec, f"{r.where}.inputs[{i}]")
         inputs.append(TensorSpec(name=t.str("name"), dtype=t.choice("dtype", _DTYPES), shape=t.shape("shape")))
     o = r.sub("output")
     output = OutputSpec(
@@ -343,22 +287,22 @@ def _model(r: _Reader, n_labels: int) -> ModelEntry:
     )
 
 
-def _routing(r: _Reader) -> RoutingEntry:
+def _routing(r: Reader) -> RoutingEntry:
     score = r.choice("score", _SCORES)
     low, high = SCORE_RANGES[score]
     threshold = r.float("threshold")
     in_range = low - _SCORE_SLACK <= threshold <= high + _SCORE_SLACK
     if not (in_range or threshold in (ESCALATE_NONE, ESCALATE_ALL)):
-        raise r._fail("threshold", f"a number in [{low}, {high}] for score {score!r} "
+        raise r.fail("threshold", f"a number in [{low}, {high}] for score {score!r} "
                                    f"(or {ESCALATE_NONE:g} / {ESCALATE_ALL:g}: escalate none / all)")
     oos_score = r.raw.get("oos_score")
-    if oos_score is not None and oos_score not in BAND_SCORES:
-        raise r._fail("oos_score", f"one of {sorted(BAND_SCORES)}")
+    if oos_score is not None and (not isinstance(oos_score, str) or oos_score not in BAND_SCORES):
+        raise r.fail("oos_score", f"one of {sorted(BAND_SCORES)}")
     oos_threshold = r.opt_float("oos_threshold", low=low - _SCORE_SLACK, high=high + _SCORE_SLACK)
     # On the same score the band lies below the escalation threshold; on a score of its own it need not.
     if oos_threshold is not None and oos_score in (None, score) and threshold != ESCALATE_ALL \
             and oos_threshold > threshold:
-        raise r._fail("oos_threshold", f"at most the escalation threshold {threshold} (the edge answers oos "
+        raise r.fail("oos_threshold", f"at most the escalation threshold {threshold} (the edge answers oos "
                                        "below it, the cloud between the two)")
     return RoutingEntry(
         score=score,
@@ -371,25 +315,3 @@ def _routing(r: _Reader) -> RoutingEntry:
         if r.raw.get("expected_edge_oos_rate") is not None else 0.0,
         oos_score=oos_score,
     )
-
-
-def _span(low: float | None, high: float | None, low_open: bool) -> str:
-    if low is None and high is None:
-        return ""
-    if high is None:
-        return f" {'>' if low_open else '>='} {low}"
-    if low is None:
-        return f" <= {high}"
-    return f" in {'(' if low_open else '['}{low}, {high}]"
-
-
-def _require_finite(node: Any, where: str) -> None:
-    """Free-form sections too: json.loads reads NaN and Infinity, which no later reader can rely on."""
-    if isinstance(node, float) and not math.isfinite(node):
-        raise ManifestError(f"{where} must be a finite number, got {node!r}")
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            _require_finite(value, f"{where}.{key}")
-    elif isinstance(node, (list, tuple)):
-        for i, value in enumerate(node):
-            _require_finite(value, f"{where}[{i}]")

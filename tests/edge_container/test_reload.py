@@ -305,6 +305,24 @@ def test_an_s3_blip_is_retried_with_backoff_not_refused(s3: Any, tiny_artifact: 
     assert model is not None and model.version == "tiny-1" and manager.ready
 
 
+def test_a_malformed_latest_json_is_refused_naming_the_field_and_nothing_is_fetched(
+        s3: Any, tiny_artifact: Path, tmp_path: Path) -> None:
+    publish(tiny_artifact, bucket="models", prefix="edge", s3_client=s3)
+    latest = json.loads(s3.get_object(Bucket="models", Key="edge/latest.json")["Body"].read())
+    latest["model_version"] = "../../etc"  # would name a folder outside the cache
+    s3.put_object(Bucket="models", Key="edge/latest.json", Body=json.dumps(latest).encode())
+    recording = RecordingS3(s3)
+    source = S3Source(recording, bucket="models", latest_key="edge/latest.json", cache_dir=tmp_path / "cache")
+    manager = ModelManager(functools.partial(EdgeModel.load, slots=1))
+
+    with pytest.raises(ReloadRefused, match="edge/latest.json: model_version must be"):
+        asyncio.run(source.check(manager))
+
+    assert manager.last_error is not None and manager.last_error["reason"] == "manifest"
+    assert recording.gets == ["edge/latest.json"] and not (tmp_path / "cache").exists()
+    assert asyncio.run(source.check(manager)) is None  # refused once: not again until latest.json changes
+
+
 def test_the_edge_s3_client_has_timeouts_and_bounded_retries(s3: Any, tmp_path: Path) -> None:
     settings = edge_settings(tmp_path / "empty", s3_latest_uri="s3://models/edge/latest.json")
     stack = EdgeStack.create(settings)  # no client passed: the stack makes its own

@@ -11,6 +11,7 @@ from moto import mock_aws
 
 from model_build.errors import PublishError
 from model_build.publish import publish
+from modelpack.pointer import Pointer
 
 BUCKET = "models-bucket"
 FIXED_NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -94,6 +95,17 @@ def test_uploads_every_file_manifest_last_then_latest(s3: RecordingS3, tmp_path:
         "published_at": "2025-01-02T03:04:05+00:00",
     }
     assert not result.republished and result.as_dict()["uploaded"] == list(result.uploaded)
+
+
+def test_latest_json_is_the_pointer_both_runtimes_read(s3: RecordingS3, tmp_path: Path) -> None:
+    art = make_artifact(tmp_path / "art")
+
+    result = publish(art, bucket=BUCKET, s3_client=s3, clock=lambda: FIXED_NOW)
+
+    pointer = Pointer.from_json(read(s3, result.latest_key)["Body"].read(), where=result.latest_key)
+    assert pointer == Pointer("v1", result.manifest_key, result.manifest_sha256, result.published_at)
+    pointer.check_manifest(read(s3, pointer.manifest_key)["Body"].read(), pointer.manifest_key)
+    assert read(s3, pointer.key_of("edge.tflite"))["Body"].read() == b"\x00tflite-bytes"
 
 
 def test_explicit_version_and_prefix(s3: RecordingS3, tmp_path: Path) -> None:

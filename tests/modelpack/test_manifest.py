@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from modelpack.errors import ChecksumMismatch, ManifestError
-from modelpack.manifest import Manifest, load_manifest, write_manifest
+from modelpack.manifest import (
+    Manifest,
+    check_sha256,
+    json_object,
+    load_manifest,
+    verify_file,
+    verify_files,
+    write_manifest,
+)
 
 
 def _entry(file: str, content: bytes, precision: str, dtype: str) -> dict:
@@ -173,3 +181,49 @@ def test_not_json_is_a_manifest_error(tmp_path):
 def test_missing_manifest_is_named(tmp_path):
     with pytest.raises(ManifestError, match="no manifest.json"):
         load_manifest(tmp_path)
+
+
+def test_a_manifest_that_is_not_an_object_is_named(tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ManifestError, match=r"manifest\.json must hold a JSON object"):
+        load_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="^s3://b/m.json is not valid JSON"):
+        json_object(b"\xff{}", "s3://b/m.json")
+
+
+def test_the_files_of_some_parts_only(artifact):
+    folder, _ = artifact
+    manifest = load_manifest(folder)
+    assert list(manifest.files()) == ["tokenizer.json", "edge.tflite", "cloud.tflite"]
+    assert list(manifest.files(("tokenizer", "cloud"))) == ["tokenizer.json", "cloud.tflite"]
+    assert manifest.files(()) == {}
+
+
+def test_verifying_some_parts_ignores_the_files_of_the_others(artifact):
+    folder, _ = artifact
+    manifest = load_manifest(folder)
+    (folder / "edge.tflite").unlink()  # the cloud does not fetch the edge's model
+    verify_files(manifest, folder, ("tokenizer", "cloud"))
+    with pytest.raises(ManifestError, match=r"edge\.tflite is named in the manifest but missing"):
+        verify_files(manifest, folder)
+    (folder / "cloud.tflite").write_bytes(b"bit rot")
+    with pytest.raises(ChecksumMismatch, match=r"cloud\.tflite: SHA-256 [0-9a-f]{64} does not match the manifest's"):
+        verify_files(manifest, folder, ("cloud",))
+
+
+def test_verify_file_hands_back_exactly_the_bytes_it_checked(artifact):
+    folder, _ = artifact
+    manifest = load_manifest(folder)
+    assert verify_file(folder / "edge.tflite", manifest.edge.sha256) == b"edge-bytes"
+    with pytest.raises(ChecksumMismatch, match=r"edge\.tflite: SHA-256"):
+        verify_file(folder / "edge.tflite", manifest.cloud.sha256)
+    with pytest.raises(ManifestError, match="gone.tflite is named in the manifest but missing"):
+        verify_file(folder / "gone.tflite", manifest.edge.sha256)
+
+
+def test_a_digest_computed_elsewhere_is_checked_in_the_same_words():
+    expected = hashlib.sha256(b"model").hexdigest()
+    check_sha256("s3://b/v1/cloud.tflite", expected, expected)
+    with pytest.raises(ChecksumMismatch) as caught:
+        check_sha256("s3://b/v1/cloud.tflite", "0" * 64, expected)
+    assert str(caught.value) == f"s3://b/v1/cloud.tflite: SHA-256 {'0' * 64} does not match the manifest's {expected}"

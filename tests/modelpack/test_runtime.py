@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 
@@ -10,9 +12,9 @@ import pytest
 
 from model_build.teacher import minilm_dir
 from modelpack.classifier import Classifier
-from modelpack.errors import ArtifactError
+from modelpack.errors import ArtifactError, ChecksumMismatch
 from modelpack.litert import LiteRTModel
-from modelpack.manifest import load_manifest
+from modelpack.manifest import load_manifest, sha256_file, write_manifest
 from modelpack.scores import SCORES, softmax
 from modelpack.tokenizer import TextTokenizer
 from tests.conftest import REPO
@@ -61,6 +63,48 @@ def test_classifier_probabilities_use_the_manifest_temperature(tiny_artifact):
     assert [p.label for p in edge.predict(texts)] == ["weather", "greeting"]
 
 
+def test_load_gives_independent_copies_that_answer_like_the_folder(tiny_artifact):
+    texts = ["what's the weather today", "hello there", "set a timer for five minutes"]
+    expected = Classifier.from_folder(tiny_artifact, "cloud").probabilities(texts)
+
+    copies = Classifier.load(tiny_artifact, "cloud", copies=2)
+
+    assert len(copies) == 2 and copies[0].model is not copies[1].model  # an interpreter per thread
+    for clf in copies:
+        assert clf.tier == "cloud" and clf.entry == clf.manifest.cloud
+        np.testing.assert_allclose(clf.probabilities(texts), expected, rtol=1e-6)
+        np.testing.assert_allclose(clf.calibrate(clf.logits(texts)), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="copies"):
+        Classifier.load(tiny_artifact, "edge", copies=0)
+
+
+def test_load_refuses_an_artifact_whose_files_differ_from_the_manifest(tiny_artifact, tmp_path):
+    folder = shutil.copytree(tiny_artifact, tmp_path / "a")
+    (folder / "cloud.tflite").write_bytes(b"tampered")  # even the tier not loaded: the artifact is one whole
+    with pytest.raises(ChecksumMismatch, match=r"cloud\.tflite: SHA-256"):
+        Classifier.load(folder, "edge")
+
+
+def test_a_tokenizer_file_that_is_not_one_is_an_artifact_error(tiny_artifact, tmp_path):
+    folder = shutil.copytree(tiny_artifact, tmp_path / "b")
+    (folder / "tokenizer.json").write_bytes(b"not a tokenizer")
+    manifest = load_manifest(folder, verify=False)
+    tokenizer = dataclasses.replace(manifest.tokenizer, sha256=sha256_file(folder / "tokenizer.json"))
+    write_manifest(dataclasses.replace(manifest, tokenizer=tokenizer), folder)
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: not a loadable tokenizer"):
+        Classifier.load(folder, "edge")
+
+
+def test_the_model_can_be_given_as_bytes_already_read(tiny_artifact):
+    manifest = load_manifest(tiny_artifact)
+    content = (tiny_artifact / manifest.edge.file).read_bytes()
+    given = Classifier(manifest, tiny_artifact, "edge", model_content=content)
+    texts = ["hello there"]
+    np.testing.assert_allclose(given.logits(texts), Classifier.from_folder(tiny_artifact, "edge").logits(texts))
+    with pytest.raises(ArtifactError, match="not a loadable TFLite model"):
+        Classifier(manifest, tiny_artifact, "edge", model_content=b"not a flatbuffer")
+
+
 def test_scores_rank_a_sure_answer_above_an_unsure_one():
     probs = np.array([[0.97, 0.02, 0.01], [0.4, 0.35, 0.25]])
     for name, score in SCORES.items():
@@ -77,7 +121,7 @@ def test_garbage_model_bytes_are_an_artifact_error(tiny_artifact):
 
 
 def test_modelpack_imports_no_tensorflow():
-    code = "import sys, modelpack.classifier, modelpack.manifest; " \
+    code = "import sys, modelpack.classifier, modelpack.manifest, modelpack.pointer; " \
            "bad = [m for m in ('tensorflow', 'torch', 'keras', 'model_build') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
