@@ -29,6 +29,7 @@ from edge_container.errors import (
     ModelNotFound,
     NotFound,
     NotReady,
+    PriorityForbidden,
     Unauthorized,
 )
 from edge_container.openapi import openapi_document
@@ -92,8 +93,12 @@ class Api:
         if req.route == "cloud" and not client.authenticated:
             raise CloudRouteForbidden('route "cloud" spends the cloud budget on the caller\'s say-so: it needs a '
                                       "client key (EDGE_CLIENT_KEYS); without one the edge decides what to escalate")
+        if req.priority == "high" and not client.authenticated:
+            raise PriorityForbidden('priority "high" may spend the cloud budget ahead of the pace: it needs a '
+                                    "client key (EDGE_CLIENT_KEYS)")
         prediction = await self.service.predict(req.texts, route=req.route, deadline_ms=req.deadline_ms,
-                                                request_id=req.request_id, client=client.bucket)
+                                                request_id=req.request_id, client=client.bucket,
+                                                priority=req.priority)
         sources = {r.source for r in prediction.results}
         return (JSONResponse(prediction_json(prediction, self.service.policy.name),
                              headers={"x-request-id": prediction.request_id}),

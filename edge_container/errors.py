@@ -93,6 +93,13 @@ class CloudRouteForbidden(EdgeError):
     code = "CLOUD_ROUTE_FORBIDDEN"
 
 
+class PriorityForbidden(EdgeError):
+    """`priority: "high"` may spend the budget ahead of the pace: only an authenticated client may ask."""
+
+    status = 403
+    code = "PRIORITY_FORBIDDEN"
+
+
 class NotFound(EdgeError):
     status = 404
     code = "NOT_FOUND"

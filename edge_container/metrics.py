@@ -28,6 +28,8 @@ class Metrics:
         self.texts = Counter("edge_texts_total", "Texts answered by source", ["source"], registry=r)
         self.escalations = Counter("edge_escalations_total", "Texts sent to the cloud by routing reason",
                                    ["reason"], registry=r)
+        self.priority_escalations = Counter("edge_escalations_by_priority_total",
+                                            "Texts sent to the cloud by request priority", ["priority"], registry=r)
         self.fallbacks = Counter("edge_fallbacks_total", "Escalated texts answered by the edge, by reason",
                                  ["reason"], registry=r)
         self.cloud_errors = Counter("edge_cloud_errors_total", "Failed cloud attempts by kind", ["kind"], registry=r)

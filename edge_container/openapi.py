@@ -69,6 +69,8 @@ def predict_request(settings: Settings) -> dict[str, Any]:
         "route": {"type": "string", "enum": ["auto", "edge", "cloud"], "default": "auto"},
         "deadline_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": 600000},  # null: the default
         "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:\\-]{1,128}$"},
+        # high: an authenticated client only (403 otherwise); how EDGE_POLICY=paced treats the escalations.
+        "priority": {"type": "string", "enum": ["high", "normal", "low"], "default": "normal"},
     }
     return {"description": "Exactly one of text / texts.", "oneOf": [
         {"type": "object", "properties": {"text": _text(settings), **common}, "required": ["text"],
@@ -154,7 +156,7 @@ def openapi_document(version: str, settings: Settings | None = None) -> dict[str
                         ("/batch_predict", _ERROR), ("/v2/models/{name}/infer", _OIP_ERROR)):
         op = document["paths"][path]["post"]
         op["security"] = [{"ClientKey": []}, {"ClientBearer": []}, {}]
-        extra = (401, 415, 403) if path == "/v1/predict" else (401, 415)  # 403: route "cloud" without a key
+        extra = (401, 415, 403) if path == "/v1/predict" else (401, 415)  # 403: route "cloud"/priority "high" without a key
         for code in extra:
             op["responses"].setdefault(str(code), {
                 "description": "Error", "content": {"application/json": {"schema": error}}})
@@ -176,6 +178,8 @@ def _document(version: str, settings: Settings) -> dict[str, Any]:
             "/v1/predict": {"post": _op(
                 "Classify one text or a list; route auto|edge|cloud", body=predict_request(settings),
                 ok={"type": "object", "properties": {"request_id": {"type": "string"}, "policy": {"type": "string"},
+                                                     "priority": {"type": "string",
+                                                                  "enum": ["high", "normal", "low"]},
                                                      "latency_ms": {"type": "number"},
                                                      "results": {"type": "array", "items": RESULT}}})},
             "/health": {"get": _op("Tutorial-compatible liveness: {status: healthy}", errors=(), tag="compat")},

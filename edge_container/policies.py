@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections import deque
+from datetime import datetime
 from typing import ClassVar
 
 import numpy as np
 
+from edge_container.pacing import BudgetPacer, Priority, ScoreWindow, paced_mask
 from edge_container.settings import Settings
 from modelpack.manifest import RoutingEntry
 from modelpack.scores import SCORES, manifest_band_score
@@ -37,6 +39,16 @@ class Policy(ABC):
         over `escalate`: paying the cloud to say `oos` about a text the edge finds hopeless buys nothing."""
         band = manifest_band_score(probs, routing, oos_index) if self.uses_oos_band else None
         return None if band is None else band < routing.oos_threshold
+
+    def pace(self, probs: np.ndarray, routing: RoutingEntry, escalate: np.ndarray,
+             priority: Priority = "normal") -> np.ndarray:
+        """Which of the texts `escalate` marks go up now; the others fall back with reason `paced`. Only
+        `PacedPolicy` holds any back: every other policy spends greedily until the cloud says the budget
+        is spent."""
+        return escalate
+
+    def observe_budget(self, remaining: int, resets_at: datetime | None, *, cost: int, n_texts: int) -> None:
+        """A cloud reply's budget after the call (only a pacing policy uses it)."""
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name}
@@ -119,6 +131,33 @@ class AdaptivePolicy(Policy):
                 "seen": len(self._window)}
 
 
+class PacedPolicy(ThresholdPolicy):
+    """The manifest's threshold, paced so the budget lasts until its reset (`edge_container.pacing`): when
+    the demand outruns what the budget affords, only the least confident of the would-be escalations go
+    up; priority `high` ignores the pace, `low` goes up only while the pace has room for everything."""
+
+    name = "paced"
+
+    def __init__(self, pacer: BudgetPacer | None = None, *, window: int = 2000) -> None:
+        self.pacer = pacer or BudgetPacer()
+        self._window = ScoreWindow(window)
+
+    def pace(self, probs: np.ndarray, routing: RoutingEntry, escalate: np.ndarray,
+             priority: Priority = "normal") -> np.ndarray:
+        scores = SCORES[routing.score](probs)
+        self.pacer.observe_demand(int(escalate.sum()))
+        self._window.add(scores[escalate])
+        fraction = self.pacer.affordable_fraction()
+        return paced_mask(scores, escalate, fraction, self._window.cut(fraction), priority)
+
+    def observe_budget(self, remaining: int, resets_at: datetime | None, *, cost: int, n_texts: int) -> None:
+        self.pacer.observe_budget(remaining, resets_at, cost=cost, n_texts=n_texts)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "affordable_fraction": round(self.pacer.affordable_fraction(), 4),
+                "demand_per_s": round(self.pacer.demand_per_s, 4), "budget_remaining": self.pacer.remaining}
+
+
 class RandomPolicy(Policy):
     """Escalates a random share of traffic, whatever the score: an A/B baseline and a way to sample
     cloud labels for monitoring the edge model."""
@@ -156,7 +195,7 @@ class CloudOnlyPolicy(Policy):
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (ThresholdPolicy, MarginPolicy, EntropyPolicy, AdaptivePolicy, RandomPolicy,
+    for cls in (ThresholdPolicy, MarginPolicy, EntropyPolicy, AdaptivePolicy, PacedPolicy, RandomPolicy,
                 EdgeOnlyPolicy, CloudOnlyPolicy)
 }
 

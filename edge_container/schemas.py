@@ -19,12 +19,13 @@ from edge_container.errors import (
     TooManyTexts,
     UnsupportedMediaType,
 )
+from edge_container.pacing import PRIORITIES, Priority
 from edge_container.service import ROUTES, Prediction, Result, Route
 from edge_container.settings import Settings
 from modelpack.limits import text_problem
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_PREDICT_FIELDS = frozenset({"text", "texts", "route", "deadline_ms", "request_id"})
+_PREDICT_FIELDS = frozenset({"text", "texts", "route", "deadline_ms", "request_id", "priority"})
 MAX_DEADLINE_MS = 600_000
 
 
@@ -34,6 +35,7 @@ class PredictRequest:
     route: Route
     deadline_ms: int | None
     request_id: str | None
+    priority: Priority = "normal"
 
 
 _REQUIRED = object()
@@ -126,7 +128,10 @@ def parse_predict(raw: Any, settings: Settings) -> PredictRequest:
     request_id = body.get("request_id")
     if request_id is not None and (not isinstance(request_id, str) or not _REQUEST_ID.match(request_id)):
         raise BadRequest("request_id must be 1-128 characters of letters, digits and . _ : -")
-    return PredictRequest(texts, route, deadline, request_id)
+    priority = body.get("priority", "normal")
+    if priority not in PRIORITIES:
+        raise BadRequest(f"priority must be one of {list(PRIORITIES)}, got {priority!r}")
+    return PredictRequest(texts, route, deadline, request_id, priority)
 
 
 def result_json(result: Result, latency_ms: float) -> dict[str, Any]:
@@ -146,5 +151,5 @@ def result_json(result: Result, latency_ms: float) -> dict[str, Any]:
 
 def prediction_json(prediction: Prediction, policy: str) -> dict[str, Any]:
     latency = round(prediction.latency_ms, 3)
-    return {"request_id": prediction.request_id, "policy": policy, "latency_ms": latency,
-            "results": [result_json(r, latency) for r in prediction.results]}
+    return {"request_id": prediction.request_id, "policy": policy, "priority": prediction.priority,
+            "latency_ms": latency, "results": [result_json(r, latency) for r in prediction.results]}

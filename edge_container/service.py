@@ -27,6 +27,7 @@ from edge_container.batcher import Batcher, BatchInfo
 from edge_container.cloud import CloudClient, CloudReply
 from edge_container.errors import CloudBudgetExhausted, CloudDisabled, CloudFailure, RateLimited
 from edge_container.metrics import Metrics
+from edge_container.pacing import PRIORITIES, Priority
 from edge_container.policies import Policy
 from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
@@ -34,6 +35,7 @@ from modelpack.cloud_api import Answer
 
 Route = Literal["auto", "edge", "cloud"]
 EDGE_OOS = "edge_oos"  # the reason of an `oos` answered by the edge itself (the manifest's lowest band)
+PACED = "paced"  # the fallback reason of an escalation a pacing policy held back to make the budget last
 # Chunks of one request's escalations in flight at once: its latency is the slowest chunk's, not their sum;
 # the cloud client's connection pool (EDGE_CLOUD_MAX_CONNECTIONS) bounds all requests together.
 _CHUNKS_IN_FLIGHT = 4
@@ -57,6 +59,7 @@ class Prediction:
     request_id: str
     results: tuple[Result, ...]
     latency_ms: float
+    priority: Priority = "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,23 @@ class EdgeRows:
     def answers(self) -> list[Answer]:
         labels = self.model.labels
         return [Answer(labels[i], float(p[i])) for i, p in zip(self.probs.argmax(axis=1).tolist(), self.probs)]
+
+
+class _Answers:
+    """The answers of one request as routing decides them: the edge's first, replaced text by text."""
+
+    def __init__(self, rows: EdgeRows, keep: str) -> None:
+        self.version, self.edge = rows.model.version, rows.answers()
+        self.results = [Result(a.label, a.confidence, "edge", keep, a, self.version) for a in self.edge]
+
+    def fall_back(self, indices: Sequence[int], reason: str, metrics: Metrics) -> None:
+        """These escalations get the edge's answer, saying why the cloud did not give one."""
+        if not indices:
+            return
+        metrics.fallbacks.labels(reason).inc(len(indices))
+        for i in indices:
+            a = self.edge[i]
+            self.results[i] = Result(a.label, a.confidence, "edge_fallback", reason, a, self.version)
 
 
 class BudgetGate:
@@ -117,6 +137,7 @@ class EdgeService:
         # Request ids: unique per process and cheap (uuid4 per request costs a urandom syscall).
         self._ids, self._id_prefix = itertools.count(1), uuid.uuid4().hex[:12]
         self._texts = {s: metrics.texts.labels(s) for s in ("edge", "cloud", "edge_fallback")}
+        self._priority_texts = {p: metrics.priority_escalations.labels(p) for p in PRIORITIES}
         self.batcher: Batcher[tuple[str, ...], EdgeRows] = Batcher(
             self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s, queue_size=queue_size,
             concurrency=workers, size=len, observer=self._observe_batch)
@@ -133,49 +154,65 @@ class EdgeService:
         return await self.batcher.submit(tuple(texts))
 
     async def predict(self, texts: Sequence[str], *, route: Route = "auto", deadline_ms: int | None = None,
-                      request_id: str | None = None, client: str = "local") -> Prediction:
-        """`client` names the caller's escalation allowance (`EscalationLimiter` bucket)."""
+                      request_id: str | None = None, client: str = "local",
+                      priority: Priority = "normal") -> Prediction:
+        """`client` names the caller's escalation allowance (`EscalationLimiter` bucket); `priority` is how
+        a pacing policy treats its escalations (`edge_container.pacing`)."""
         start = time.perf_counter()
         deadline = self._clock() + (deadline_ms or self.default_deadline_ms) / 1000.0
         request_id = request_id or f"{self._id_prefix}-{next(self._ids)}"
         rows = await self.edge(texts)
-        version, edge = rows.model.version, rows.answers()
         escalate, up, keep = self._route(route, rows)
-        results = [Result(a.label, a.confidence, "edge", keep, a, version) for a in edge]
-        manifest = rows.model.manifest
-        hopeless = self.policy.edge_oos(rows.probs, manifest.routing, manifest.oos_index) if route == "auto" else None
-        if hopeless is not None:
-            oos_label = rows.model.manifest.oos_label
-            assert oos_label is not None  # the manifest refuses an oos band without an oos label
-            for i in np.flatnonzero(hopeless).tolist():
-                # Confidence in the `oos` answer: the mass the edge gives to *not* its best guess.
-                results[i] = Result(oos_label, 1.0 - edge[i].confidence, "edge", EDGE_OOS, edge[i], version)
-            escalate = escalate & ~hopeless
-        chosen = np.flatnonzero(escalate).tolist()
-        granted = self.limiter.take(client, len(chosen))
-        if granted < len(chosen):  # over this client's share: the least confident texts still go up
-            chosen.sort(key=lambda i: edge[i].confidence)
-            chosen, limited = sorted(chosen[:granted]), chosen[granted:]
-            self.metrics.fallbacks.labels(RateLimited.reason).inc(len(limited))
-            for i in limited:
-                results[i] = Result(edge[i].label, edge[i].confidence, "edge_fallback", RateLimited.reason, edge[i],
-                                    version)
+        answers = _Answers(rows, keep)
+        if route == "auto":
+            escalate = self._edge_oos(rows, escalate, answers)
+            escalate = self._pace(rows, escalate, answers, priority)
+        chosen = self._limit(client, escalate, answers)
         if chosen:
             self.metrics.escalations.labels(up).inc(len(chosen))
+            self._priority_texts[priority].inc(len(chosen))
             asked = [texts[i] for i in chosen]
+            edge = answers.edge
             for part, outcome in await self._ask_cloud(asked, [edge[i] for i in chosen], request_id, deadline):
                 if isinstance(outcome, CloudFailure):  # degrade, never fail: the edge's answer, and why
-                    self.metrics.fallbacks.labels(outcome.reason).inc(len(chosen[part]))
-                    for i in chosen[part]:
-                        results[i] = Result(edge[i].label, edge[i].confidence, "edge_fallback",
-                                            outcome.reason, edge[i], version)
+                    answers.fall_back(chosen[part], outcome.reason, self.metrics)
                 else:
                     for i, answer in zip(chosen[part], outcome.results, strict=True):
-                        results[i] = Result(answer.label, answer.confidence, "cloud", up, edge[i], version,
-                                            outcome.model_version, answer.top_k)
-        for source, count in Counter(r.source for r in results).items():
+                        answers.results[i] = Result(answer.label, answer.confidence, "cloud", up, edge[i],
+                                                    answers.version, outcome.model_version, answer.top_k)
+        for source, count in Counter(r.source for r in answers.results).items():
             self._texts[source].inc(count)
-        return Prediction(request_id, tuple(results), (time.perf_counter() - start) * 1000.0)
+        return Prediction(request_id, tuple(answers.results), (time.perf_counter() - start) * 1000.0, priority)
+
+    def _edge_oos(self, rows: EdgeRows, escalate: np.ndarray, answers: _Answers) -> np.ndarray:
+        """The manifest's lowest band: the edge answers `oos` itself, and those texts never go up."""
+        manifest = rows.model.manifest
+        hopeless = self.policy.edge_oos(rows.probs, manifest.routing, manifest.oos_index)
+        if hopeless is None:
+            return escalate
+        oos_label = manifest.oos_label
+        assert oos_label is not None  # the manifest refuses an oos band without an oos label
+        edge = answers.edge
+        for i in np.flatnonzero(hopeless).tolist():
+            # Confidence in the `oos` answer: the mass the edge gives to *not* its best guess.
+            answers.results[i] = Result(oos_label, 1.0 - edge[i].confidence, "edge", EDGE_OOS, edge[i],
+                                        answers.version)
+        return escalate & ~hopeless
+
+    def _pace(self, rows: EdgeRows, escalate: np.ndarray, answers: _Answers, priority: Priority) -> np.ndarray:
+        paced = self.policy.pace(rows.probs, rows.model.manifest.routing, escalate, priority)
+        answers.fall_back(np.flatnonzero(escalate & ~paced).tolist(), PACED, self.metrics)
+        return paced
+
+    def _limit(self, client: str, escalate: np.ndarray, answers: _Answers) -> list[int]:
+        """The texts this client's allowance lets go up; over its share, the least confident still do."""
+        chosen = np.flatnonzero(escalate).tolist()
+        granted = self.limiter.take(client, len(chosen))
+        if granted < len(chosen):
+            chosen.sort(key=lambda i: answers.edge[i].confidence)
+            chosen, limited = sorted(chosen[:granted]), chosen[granted:]
+            answers.fall_back(limited, RateLimited.reason, self.metrics)
+        return chosen
 
     def _route(self, route: Route, rows: EdgeRows) -> tuple[np.ndarray, str, str]:
         """(escalate mask, reason for escalated texts, reason for the others)."""
@@ -225,6 +262,7 @@ class EdgeService:
                                            edge=edge)
         except CloudBudgetExhausted as exc:
             self.budget.block(exc.resets_at)
+            self.policy.observe_budget(0, exc.resets_at, cost=0, n_texts=0)
             self.metrics.budget_remaining.set(0)
             self.metrics.cloud_calls.labels(exc.reason).inc()
             raise
@@ -235,6 +273,8 @@ class EdgeService:
             self.metrics.stage["cloud"].observe(time.perf_counter() - started)
         self.metrics.cloud_calls.labels("ok").inc()
         if reply.budget is not None:
+            self.policy.observe_budget(reply.budget.remaining, reply.budget.resets_at, cost=reply.cost,
+                                       n_texts=len(texts))
             self.metrics.budget_remaining.set(reply.budget.remaining)
             self.metrics.budget_limit.set(reply.budget.limit)
             if reply.budget.remaining <= 0:  # the next call would be refused: do not spend it
