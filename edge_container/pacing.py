@@ -90,23 +90,27 @@ class ScoreWindow:
     def add(self, scores: np.ndarray) -> None:
         self._scores.extend(scores.tolist())
 
-    def cut(self, fraction: float) -> float | None:
-        """The score below which `fraction` of recent would-be escalations lie; None before any was seen."""
+    def admit(self, scores: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+        """Which of `scores` lie within the lowest `fraction` of recent scores (all of them before any was
+        seen). Ties at the cut are admitted at random in the proportion that keeps the fraction: many texts
+        can share one score (a repeated text, a saturated softmax), and a hard cut would admit all or none."""
         if not self._scores:
-            return None
-        return float(np.quantile(np.fromiter(self._scores, float, len(self._scores)), fraction))
+            return np.ones(len(scores), dtype=bool)
+        recent = np.fromiter(self._scores, float, len(self._scores))
+        cut = float(np.quantile(recent, fraction))
+        below, tied = float((recent < cut).mean()), float((recent == cut).mean())
+        share = 0.0 if tied == 0.0 else min(1.0, max(0.0, (fraction - below) / tied))
+        return (scores < cut) | ((scores == cut) & (rng.random(len(scores)) < share))
 
     def __len__(self) -> int:
         return len(self._scores)
 
 
-def paced_mask(scores: np.ndarray, base: np.ndarray, fraction: float, cut: float | None,
-               priority: Priority) -> np.ndarray:
-    """Which of the texts the threshold would escalate (`base`) go up at this pace and priority."""
+def paced_mask(base: np.ndarray, fraction: float, admitted: np.ndarray, priority: Priority) -> np.ndarray:
+    """Which of the texts the threshold would escalate (`base`) go up at this pace and priority; `admitted`
+    marks the texts within the pace's share of recent would-be escalations (`ScoreWindow.admit`)."""
     if priority == "high" or fraction >= 1.0:
         return base
     if priority == "low" or fraction <= 0.0:
         return np.zeros_like(base)
-    if cut is None:
-        return base
-    return base & (scores <= cut)
+    return base & admitted

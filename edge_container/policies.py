@@ -138,9 +138,11 @@ class PacedPolicy(ThresholdPolicy):
 
     name = "paced"
 
-    def __init__(self, pacer: BudgetPacer | None = None, *, window: int = 2000) -> None:
+    def __init__(self, pacer: BudgetPacer | None = None, *, window: int = 2000,
+                 rng: np.random.Generator | None = None) -> None:
         self.pacer = pacer or BudgetPacer()
         self._window = ScoreWindow(window)
+        self._rng = rng or np.random.default_rng()
 
     def pace(self, probs: np.ndarray, routing: RoutingEntry, escalate: np.ndarray,
              priority: Priority = "normal") -> np.ndarray:
@@ -148,7 +150,9 @@ class PacedPolicy(ThresholdPolicy):
         self.pacer.observe_demand(int(escalate.sum()))
         self._window.add(scores[escalate])
         fraction = self.pacer.affordable_fraction()
-        return paced_mask(scores, escalate, fraction, self._window.cut(fraction), priority)
+        if priority == "high" or fraction >= 1.0:  # nothing to hold back: skip the quantile
+            return escalate
+        return paced_mask(escalate, fraction, self._window.admit(scores, fraction, self._rng), priority)
 
     def observe_budget(self, remaining: int, resets_at: datetime | None, *, cost: int, n_texts: int) -> None:
         self.pacer.observe_budget(remaining, resets_at, cost=cost, n_texts=n_texts)
