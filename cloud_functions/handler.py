@@ -41,6 +41,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cloud_functions import clients
 from cloud_functions.backends import InferenceBackend
 from cloud_functions.budget import Clock, utc_now
 from cloud_functions.errors import (
@@ -99,7 +100,7 @@ def build_runtime(
     settings = settings or Settings.from_env()
     options = options or InferenceSettings.from_env()
     if dynamodb_client is None:
-        dynamodb_client = _dynamodb_client()
+        dynamodb_client = clients.dynamodb()
     service = InferenceService.from_settings(
         settings,
         options,
@@ -154,15 +155,6 @@ def use_runtime(prepared: Runtime | None) -> None:
     """Install a prepared runtime (tests, the local API); None makes the next invocation build one."""
     global _runtime
     _runtime = prepared
-
-
-def _dynamodb_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    # Short timeouts and bounded retries: a budget check must not eat the function's 30 s.
-    config = Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 3})
-    return boto3.client("dynamodb", config=config)
 
 
 class _Metrics:

@@ -6,7 +6,8 @@
                 s3://bucket/models/v7/manifest.json    an explicit manifest
                 /var/task/model or model/              a folder packaged with the function
 
-A pointer is what `model_build/publish.py` writes: {"model_version", "manifest_key", "manifest_sha256", ...}.
+A pointer is what `model_build/publish.py` writes: {"model_version", "manifest_key", "manifest_sha256", ...}
+(`modelpack.pointer.Pointer`, read as the edge reads it; a hand-written pin may leave out manifest_sha256).
 Files land in `<cache_dir>/<model_version>/` and are checked against the manifest's SHA-256 while they
 stream in. Only the files a runtime loads are fetched and verified (the cloud needs the tokenizer and the
 cloud model, not the edge model): `parts` names them. A cached copy is reused when its manifest is the
@@ -31,27 +32,36 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloud_functions import clients  # timeouts and retries: cloud_functions/clients.py
 from modelpack.errors import ArtifactError
-from modelpack.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
+from modelpack.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    Part,
+    check_sha256,
+    json_object,
+    load_manifest,
+    sha256_file,
+    verify_files,
+)
+from modelpack.pointer import POINTER_NAME, Pointer, is_valid_version
 
 if TYPE_CHECKING:
     from cloud_functions.settings import Settings
 
-Part = Literal["tokenizer", "cloud", "edge"]
 CLOUD_PARTS: tuple[Part, ...] = ("tokenizer", "cloud")
-POINTER_NAME = "latest.json"
 LAST_GOOD_NAME = "last-good.json"
 logger = logging.getLogger(__name__)
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.*)$")
-_SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _CHUNK = 1 << 20
 _MAX_SMALL_OBJECT = 1 << 20  # manifest and pointer: a few KB; refuse anything absurd before parsing
 
@@ -93,15 +103,8 @@ class ModelStore:
     @classmethod
     def from_settings(cls, settings: Settings, *, s3_client: S3Client | None = None) -> ModelStore:
         if settings.model_is_remote and s3_client is None:
-            import boto3
-            from botocore.config import Config
 
-            # A cold start waits for this: fail in seconds rather than hang until the Lambda timeout.
-            # Bounded retries (standard mode backs off with jitter); read_timeout is per socket read.
-            config = Config(
-                connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3}
-            )
-            s3_client = boto3.client("s3", config=config)
+            s3_client = clients.s3()
         return cls(settings.model_uri, cache_dir=settings.model_cache_dir, s3_client=s3_client)
 
     def fetch(self, parts: Iterable[Part] = CLOUD_PARTS) -> LocalModel:
@@ -131,7 +134,7 @@ class ModelStore:
             name, source, uri = record["folder"], record["source"], record["uri"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if uri != self.uri or not isinstance(name, str) or not _SAFE_DIR.match(name):
+        if uri != self.uri or not is_valid_version(name):  # a cache folder is named like a version
             return None
         folder = self._cache_dir / name
         try:
@@ -157,12 +160,11 @@ class ModelStore:
     # ------------------------------------------------------------------ S3
 
     def _remote(self, parts: tuple[Part, ...]) -> LocalModel:
-        manifest_key, expected_sha = self._resolve_manifest_key()
+        manifest_key, pointer = self._resolve_manifest_key()
         manifest_bytes = self._get_small(manifest_key)
-        if expected_sha is not None and hashlib.sha256(manifest_bytes).hexdigest() != expected_sha:
-            raise ModelStoreError(
-                f"s3://{self._bucket}/{manifest_key}: SHA-256 differs from the pointer's manifest_sha256"
-            )
+        if pointer is not None:
+            with _store_errors():
+                pointer.check_manifest(manifest_bytes, f"s3://{self._bucket}/{manifest_key}")
         manifest = _parse_manifest(manifest_bytes, f"s3://{self._bucket}/{manifest_key}")
         folder = self._cache_dir / _cache_name(manifest.model_version)
         prefix = manifest_key[: -len(MANIFEST_NAME)]
@@ -173,7 +175,7 @@ class ModelStore:
             # Another build under the same version name, or a first fetch: start the folder afresh.
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, sha256 in required_files(manifest, parts).items():
+        for name, sha256 in manifest.files(parts).items():
             path = folder / name
             if path.is_file() and sha256_file(path) == sha256:
                 continue
@@ -185,8 +187,8 @@ class ModelStore:
             manifest, folder, f"s3://{self._bucket}/{manifest_key}", parts, tuple(downloaded)
         )
 
-    def _resolve_manifest_key(self) -> tuple[str, str | None]:
-        """(manifest key, its expected SHA-256 when a pointer says so)."""
+    def _resolve_manifest_key(self) -> tuple[str, Pointer | None]:
+        """(manifest key, the pointer that named it, if one did)."""
         key = self._key or ""
         if key.endswith(".json") and not key.endswith(MANIFEST_NAME):
             return self._follow_pointer(key)
@@ -201,19 +203,12 @@ class ModelStore:
             f"s3://{self._bucket}/{prefix} holds neither {MANIFEST_NAME} nor {POINTER_NAME}"
         )
 
-    def _follow_pointer(self, key: str) -> tuple[str, str | None]:
-        where = f"s3://{self._bucket}/{key}"
-        try:
-            pointer = json.loads(self._get_small(key))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelStoreError(f"{where} is not valid JSON: {exc}") from None
-        manifest_key = pointer.get("manifest_key") if isinstance(pointer, dict) else None
-        if not isinstance(manifest_key, str) or not manifest_key.endswith(MANIFEST_NAME):
-            raise ModelStoreError(f"{where}: manifest_key must name a {MANIFEST_NAME}")
-        sha = pointer.get("manifest_sha256")
-        if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha)):
-            raise ModelStoreError(f"{where}: manifest_sha256 must be a lower-case hex SHA-256")
-        return manifest_key, sha
+    def _follow_pointer(self, key: str) -> tuple[str, Pointer]:
+        # A pin written by hand (MODEL_URI=s3://bucket/pins/prod.json) may leave manifest_sha256 out.
+        with _store_errors():
+            pointer = Pointer.from_json(self._get_small(key), where=f"s3://{self._bucket}/{key}",
+                                        require_sha256=False)
+        return pointer.manifest_key, pointer
 
     def _exists(self, key: str) -> bool:
         try:
@@ -246,10 +241,8 @@ class ModelStore:
                 for chunk in iter(lambda: body.read(_CHUNK), b""):
                     digest.update(chunk)
                     out.write(chunk)
-            if digest.hexdigest() != sha256:
-                raise ModelStoreError(
-                    f"{where}: SHA-256 {digest.hexdigest()} does not match the manifest's {sha256}"
-                )
+            with _store_errors():
+                check_sha256(where, digest.hexdigest(), sha256)
             os.replace(tmp, path)
         except (BotoCoreError, OSError) as exc:  # a read timeout mid-stream, a full /tmp
             raise ModelStoreError(f"{where}: download failed: {exc}") from exc
@@ -276,36 +269,33 @@ class _Missing(Exception):
     pass
 
 
-def required_files(manifest: Manifest, parts: Iterable[Part]) -> dict[str, str]:
-    """File name -> expected SHA-256 of the manifest's entries for `parts`."""
-    entries = {"tokenizer": manifest.tokenizer, "cloud": manifest.cloud, "edge": manifest.edge}
-    return {entries[part].file: entries[part].sha256 for part in parts}
-
-
 def verify_parts(manifest: Manifest, folder: Path, parts: Iterable[Part]) -> None:
-    """Like `modelpack.manifest.verify_files`, over the files of `parts` only."""
-    for name, expected in required_files(manifest, parts).items():
-        path = folder / name
-        if not path.is_file():
-            raise ModelStoreError(f"{path} is named in the manifest but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ModelStoreError(f"{path}: SHA-256 {actual} does not match the manifest's {expected}")
+    """`modelpack.manifest.verify_files` over the files of `parts`, failing as a `ModelStoreError`."""
+    with _store_errors():
+        verify_files(manifest, folder, parts)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """modelpack's verdicts on the artifact (checksums, pointer, manifest) as `ModelStoreError`, same words."""
+    try:
+        yield
+    except ArtifactError as exc:
+        raise ModelStoreError(str(exc)) from exc
 
 
 def _parse_manifest(data: bytes, where: str) -> Manifest:
+    with _store_errors():
+        raw = json_object(data, where)
     try:
-        raw: Mapping[str, Any] = json.loads(data)
         return Manifest.from_dict(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelStoreError(f"{where} is not valid JSON: {exc}") from None
     except (ArtifactError, AttributeError, TypeError) as exc:
         raise ModelStoreError(f"{where}: {exc}") from exc
 
 
 def _cache_name(model_version: str) -> str:
     """A folder name for the version; one that is not a safe path part gets a digest of itself."""
-    if _SAFE_DIR.match(model_version):
+    if is_valid_version(model_version):
         return model_version
     return "v-" + hashlib.sha256(model_version.encode()).hexdigest()[:32]
 

@@ -10,11 +10,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from cloud_functions.errors import ConfigurationError
 from modelpack import limits
+from modelpack.env import EnvReader
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 _URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
@@ -83,48 +84,26 @@ class InferenceSettings:
         )
 
 
-class _Env:
+class _Env(EnvReader):
+    """The shared reader, plus the cloud's own bounds (worded `must be >= N`) and its model URI rule."""
+
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def text(self, key: str, *, default: str | None = None) -> str:
-        value = self._environ.get(key, "").strip()
-        if value:
-            return value
-        if default is None:
-            raise ConfigurationError(f"environment variable {key} is missing or empty", key=key)
-        return default
-
-    def choice(self, key: str, allowed: tuple[str, ...], *, default: str) -> str:
-        value = self.text(key, default=default)
-        if value not in allowed:
-            raise ConfigurationError(
-                f"environment variable {key}={value!r} must be one of {', '.join(allowed)}", key=key
-            )
-        return value
+        super().__init__(environ, ConfigurationError)
 
     def decimal(self, key: str) -> Decimal:
-        raw = self._environ.get(key, "").strip() or "0"
-        try:
-            value = Decimal(raw)
-        except InvalidOperation:
-            raise ConfigurationError(f"environment variable {key}={raw!r} is not a number", key=key) from None
+        value = self.decimal_or_none(key)
+        if value is None:
+            return Decimal(0)
         if not value.is_finite() or value < 0:
-            raise ConfigurationError(f"environment variable {key}={raw!r} must be >= 0", key=key)
+            raise self.bad(key, self.raw(key), "must be >= 0")
         return value
 
     def integer(self, key: str, *, default: int, minimum: int) -> int:
-        raw = self._environ.get(key, "").strip()
-        if not raw:
+        value = self.int_or_none(key)
+        if value is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigurationError(
-                f"environment variable {key}={raw!r} is not an integer", key=key
-            ) from None
         if value < minimum:
-            raise ConfigurationError(f"environment variable {key}={value} must be >= {minimum}", key=key)
+            raise self.error(f"environment variable {key}={value} must be >= {minimum}", key)
         return value
 
     def model_uri(self, key: str) -> str:
@@ -132,11 +111,9 @@ class _Env:
         if value.startswith("s3://"):
             match = _S3_URI.match(value)
             if match is None or not match["key"]:
-                raise ConfigurationError(
-                    f"environment variable {key}={value!r} is not s3://<bucket>/<key>", key=key
-                )
+                raise self.bad(key, value, "is not s3://<bucket>/<key>")
         elif _URI_SCHEME.match(value):
-            raise ConfigurationError(
-                f"environment variable {key}={value!r}: only s3:// URIs or local paths are supported", key=key
+            raise self.error(
+                f"environment variable {key}={value!r}: only s3:// URIs or local paths are supported", key
             )
         return value

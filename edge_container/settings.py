@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 from edge_container.auth import ClientKey
 from edge_container.errors import ConfigurationError
+from modelpack.env import EnvReader
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 
-POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "random", "edge_only", "cloud_only")
+POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "paced", "random", "edge_only", "cloud_only")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 MIN_KEY_CHARS = 16
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+\.json)$")
@@ -97,9 +98,10 @@ class Settings:
             model_name=env.text("EDGE_MODEL_NAME", d.model_name),
             host=env.text("EDGE_HOST", d.host),
             port=env.integer("EDGE_PORT", d.port, low=0, high=65535),
-            log_level=env.choice("EDGE_LOG_LEVEL", d.log_level, ("critical", "error", "warning", "info", "debug")),
+            log_level=env.choice("EDGE_LOG_LEVEL", ("critical", "error", "warning", "info", "debug"),
+                                 default=d.log_level),
             access_log=env.boolean("EDGE_ACCESS_LOG", d.access_log),
-            policy=env.choice("EDGE_POLICY", d.policy, POLICY_NAMES),
+            policy=env.choice("EDGE_POLICY", POLICY_NAMES, default=d.policy),
             target_escalation_rate=env.opt_number("EDGE_TARGET_ESCALATION_RATE", low=0.0, high=1.0),
             margin_threshold=env.opt_number("EDGE_MARGIN_THRESHOLD", low=0.0, high=1.0),
             entropy_threshold=env.opt_number("EDGE_ENTROPY_THRESHOLD", low=0.0, high=1.0),
@@ -143,32 +145,18 @@ class Settings:
         return settings
 
 
-class _Env:
+class _Env(EnvReader):
+    """The shared reader, plus the edge's bounds (worded `must be in [low, high]`) and its own kinds."""
+
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def _raw(self, key: str) -> str:
-        return self._environ.get(key, "").strip()
-
-    def _bad(self, key: str, raw: str, what: str) -> ConfigurationError:
-        return ConfigurationError(f"environment variable {key}={raw!r} {what}", key=key)
-
-    def text(self, key: str, default: str) -> str:
-        return self._raw(key) or default
-
-    def opt_text(self, key: str) -> str | None:
-        return self._raw(key) or None
+        super().__init__(environ, ConfigurationError)
 
     def integer(self, key: str, default: int, *, low: int, high: int | None = None) -> int:
-        raw = self._raw(key)
-        if not raw:
+        value = self.int_or_none(key)
+        if value is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise self._bad(key, raw, "is not an integer") from None
         if value < low or (high is not None and value > high):
-            raise self._bad(key, raw, f"must be in [{low}, {high if high is not None else '∞'}]")
+            raise self._out_of_range(key, low, high)
         return value
 
     def number(self, key: str, default: float, *, low: float, high: float | None = None) -> float:
@@ -176,46 +164,27 @@ class _Env:
         return default if value is None else value
 
     def opt_number(self, key: str, *, low: float, high: float | None = None) -> float | None:
-        raw = self._raw(key)
-        if not raw:
-            return None
-        try:
-            value = float(raw)
-        except ValueError:
-            raise self._bad(key, raw, "is not a number") from None
-        if not (low <= value <= (high if high is not None else float("inf"))):
-            raise self._bad(key, raw, f"must be in [{low}, {high if high is not None else '∞'}]")
+        value = self.float_or_none(key)
+        if value is not None and not (low <= value <= (high if high is not None else float("inf"))):
+            raise self._out_of_range(key, low, high)
         return value
 
-    def boolean(self, key: str, default: bool) -> bool:
-        raw = self._raw(key).lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise self._bad(key, raw, "is not a boolean (true/false)")
-
-    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
-        raw = self._raw(key) or default
-        if raw not in allowed:
-            raise self._bad(key, raw, f"must be one of {', '.join(allowed)}")
-        return raw
+    def _out_of_range(self, key: str, low: float, high: float | None) -> Exception:
+        return self.bad(key, self.raw(key), f"must be in [{low}, {high if high is not None else '∞'}]")
 
     def opt_url(self, key: str) -> str | None:
-        raw = self._raw(key)
+        raw = self.raw(key)
         if not raw:
             return None
         parts = urlsplit(raw)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise self._bad(key, raw, "must be an http(s) base URL without query or fragment")
+            raise self.bad(key, raw, "must be an http(s) base URL without query or fragment")
         return raw
 
     def client_keys(self, key: str, file_key: str) -> tuple[ClientKey, ...]:
         """`client_id:key` entries, comma-separated in `key` or one per line in the file `file_key` names
         (blank lines and # comments skipped). A file keeps keys out of the process environment."""
-        raw, path = self._raw(key), self._raw(file_key)
+        raw, path = self.raw(key), self.raw(file_key)
         if raw and path:
             raise ConfigurationError(f"set {key} or {file_key}, not both", key=key)
         if path:
@@ -245,7 +214,7 @@ class _Env:
         return tuple(keys)
 
     def opt_s3_uri(self, key: str) -> str | None:
-        raw = self._raw(key)
+        raw = self.raw(key)
         if raw and not _S3_URI.match(raw):
-            raise self._bad(key, raw, "must be s3://<bucket>/<prefix>/latest.json")
+            raise self.bad(key, raw, "must be s3://<bucket>/<prefix>/latest.json")
         return raw or None

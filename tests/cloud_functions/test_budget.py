@@ -1,7 +1,7 @@
 """BudgetLedger against in-process moto (one caller at a time), tables built from template.yaml.
 
-Concurrency is pinned in test_budget_concurrency.py against a serialised moto server. This module also
-holds the small tests of settings, errors and the admin CLI of the same slice.
+Concurrency is pinned in test_budget_concurrency.py against a serialised moto server, the item layout in
+test_budget_table.py. This module also holds the tests of the ledger's admin CLI (infra/budget_admin.py).
 """
 
 from __future__ import annotations
@@ -9,26 +9,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
-from cloud_functions.budget import BudgetLedger, Pricing, Reservation
+from cloud_functions.budget import BudgetLedger, Reservation
 from cloud_functions.errors import (
     BadRequest,
     BudgetExhausted,
     BudgetStoreUnavailable,
-    CloudError,
-    ConfigurationError,
     IdempotencyConflict,
-    InvalidText,
-    ModelUnavailable,
     UnknownTenant,
 )
 from cloud_functions.settings import Settings
 from infra import budget_admin
-from modelpack import limits
 
 from .conftest import Aws, FakeClock
 
@@ -380,105 +374,19 @@ def test_a_zero_limit_blocks_every_charge(make_ledger: MakeLedger) -> None:
         ledger.reserve("acme", 1)
 
 
-# --------------------------------------------------------------------------- pricing, settings, errors
-
-_ENV = {
-    "BUDGET_TABLE": "budgets",
-    "IDEMPOTENCY_TABLE": "idempotency",
-    "MODEL_URI": "s3://models-bucket/teacher/v1/",
-}
+# --------------------------------------------------------------------------- from settings
 
 
-def test_pricing_charges_per_request_and_per_text() -> None:
-    pricing = Pricing(per_request=2, per_text=3)
+def test_a_ledger_from_settings_makes_its_own_client_and_uses_the_default_budget(aws: Aws) -> None:
+    settings = Settings.from_env(
+        {"BUDGET_TABLE": aws.budget_table, "IDEMPOTENCY_TABLE": "idempotency", "MODEL_URI": "/opt/model",
+         "DEFAULT_DAILY_BUDGET": "12"}
+    )
 
-    assert pricing.cost(4) == 14
-    with pytest.raises(BadRequest):
-        pricing.cost(-1)
+    ledger = BudgetLedger.from_settings(settings)
 
-
-def test_settings_have_defaults_for_everything_but_tables_and_model() -> None:
-    settings = Settings.from_env(_ENV)
-
-    assert settings.budget_table == "budgets"
-    assert settings.idempotency_table == "idempotency"
-    assert (settings.default_daily_budget, settings.cost_per_request, settings.cost_per_text) == (1000, 1, 1)
-    assert (settings.max_texts_per_call, settings.max_chars_per_text) == (32, 512)
-    assert settings.model_cache_dir == Path("/tmp/models")
-    assert settings.model_is_remote
-    assert Pricing.from_settings(settings).cost(2) == 3
-
-
-def test_the_text_limits_default_to_the_shared_cloud_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """modelpack.limits is the one place the limits are written: the edge chunks to the same numbers."""
-    monkeypatch.setattr(limits, "CLOUD_MAX_TEXTS", 7)
-    monkeypatch.setattr(limits, "CLOUD_MAX_TEXT_CHARS", 99)
-
-    settings = Settings.from_env(_ENV)
-
-    assert (settings.max_texts_per_call, settings.max_chars_per_text) == (7, 99)
-
-
-def test_settings_read_every_value_from_the_environment() -> None:
-    env = {
-        **_ENV,
-        "DEFAULT_DAILY_BUDGET": "50",
-        "COST_PER_REQUEST": "0",
-        "COST_PER_TEXT": "4",
-        "MAX_TEXTS_PER_CALL": "8",
-        "MAX_CHARS_PER_TEXT": "256",
-        "MODEL_URI": "/opt/models/teacher",
-        "MODEL_CACHE_DIR": "/tmp/cache",
-    }
-
-    settings = Settings.from_env(env)
-
-    assert (settings.default_daily_budget, settings.cost_per_request, settings.cost_per_text) == (50, 0, 4)
-    assert (settings.max_texts_per_call, settings.max_chars_per_text) == (8, 256)
-    assert settings.model_uri == "/opt/models/teacher" and not settings.model_is_remote
-    assert settings.model_cache_dir == Path("/tmp/cache")
-    with pytest.raises(AttributeError):
-        settings.budget_table = "other"  # type: ignore[misc]
-
-
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        ("BUDGET_TABLE", ""),
-        ("IDEMPOTENCY_TABLE", "  "),
-        ("MODEL_URI", ""),
-        ("MODEL_URI", "s3://bucket-only"),
-        ("MODEL_URI", "https://example.com/model"),
-        ("DEFAULT_DAILY_BUDGET", "ten"),
-        ("COST_PER_TEXT", "-1"),
-        ("MAX_TEXTS_PER_CALL", "0"),
-    ],
-)
-def test_a_bad_setting_fails_fast_naming_its_key(key: str, value: str) -> None:
-    with pytest.raises(ConfigurationError) as caught:
-        Settings.from_env({**_ENV, key: value})
-
-    assert key in str(caught.value)
-    assert caught.value.details["key"] == key
-
-
-def test_every_error_has_a_distinct_stable_code_and_status() -> None:
-    expected = {
-        BadRequest: (400, "BAD_REQUEST"),
-        UnknownTenant: (403, "UNKNOWN_TENANT"),
-        IdempotencyConflict: (409, "IDEMPOTENCY_KEY_REUSED"),
-        InvalidText: (400, "INVALID_TEXT"),
-        BudgetExhausted: (429, "BUDGET_EXHAUSTED"),
-        ConfigurationError: (500, "CONFIGURATION_ERROR"),
-        ModelUnavailable: (503, "MODEL_UNAVAILABLE"),
-        BudgetStoreUnavailable: (503, "BUDGET_STORE_UNAVAILABLE"),
-    }
-    for error_type, (status, code) in expected.items():
-        assert issubclass(error_type, CloudError)
-        assert (error_type.status, error_type.code) == (status, code)
-    assert ModelUnavailable("loading failed", model_uri="s3://b/k").body() == {
-        "error": {"code": "MODEL_UNAVAILABLE", "message": "loading failed", "model_uri": "s3://b/k"}
-    }
+    assert ledger.reserve("acme", 2).units == 2
+    assert ledger.status("acme").remaining == 10
 
 
 # --------------------------------------------------------------------------- admin CLI
@@ -535,12 +443,3 @@ def test_admin_cli_rejects_a_negative_limit_as_usage_error(
 
     assert caught.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
-
-
-def test_a_ledger_from_settings_makes_its_own_client_and_uses_the_default_budget(aws: Aws) -> None:
-    settings = Settings.from_env({**_ENV, "BUDGET_TABLE": aws.budget_table, "DEFAULT_DAILY_BUDGET": "12"})
-
-    ledger = BudgetLedger.from_settings(settings)
-
-    assert ledger.reserve("acme", 2).units == 2
-    assert ledger.status("acme").remaining == 10

@@ -160,6 +160,25 @@ def test_a_pointer_that_is_not_a_pointer_is_refused(aws: Aws, tmp_path: Path) ->
         _store(f"s3://{aws.model_bucket}/m/", tmp_path, aws).fetch()
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"manifest_sha256": "NOT-A-DIGEST"}, "manifest_sha256 must be a lower-case hex SHA-256"),
+        ({"model_version": "../../etc"}, "model_version must be 1 to 128 letters"),
+        ({"manifest_key": 7}, "manifest_key must name a manifest.json, got 7"),
+    ],
+)
+def test_a_malformed_pointer_is_refused_naming_the_field(
+    published: str, aws: Aws, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    key = "models/latest.json"
+    pointer = json.loads(aws.s3.get_object(Bucket=aws.model_bucket, Key=key)["Body"].read()) | change
+    aws.s3.put_object(Bucket=aws.model_bucket, Key=key, Body=json.dumps(pointer).encode())
+
+    with pytest.raises(ModelStoreError, match=f"s3://{aws.model_bucket}/{key}: .*{message}"):
+        _store(published, tmp_path, aws).fetch()
+
+
 def test_a_version_that_is_not_a_safe_folder_name_gets_a_digest(
     tiny_artifact: Path, aws: Aws, tmp_path: Path
 ) -> None:

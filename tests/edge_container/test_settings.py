@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,27 @@ def test_a_bad_value_fails_naming_its_variable(key: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         Settings.from_env({key: value})
     assert info.value.key == key and key in str(info.value)
+
+
+# What an operator reads when the container will not start: the wording is part of its interface.
+BAD_VALUE_MESSAGES = {
+    "EDGE_PORT=70000": "EDGE_PORT='70000' must be in [0, 65535]",
+    "EDGE_QUEUE_SIZE=0": "EDGE_QUEUE_SIZE='0' must be in [1, ∞]",
+    "EDGE_PORT=http": "EDGE_PORT='http' is not an integer",
+    "EDGE_MAX_WAIT_MS= fast ": "EDGE_MAX_WAIT_MS='fast' is not a number",
+    "EDGE_BREAKER_RESET_S=-1": "EDGE_BREAKER_RESET_S='-1' must be in [0.0, ∞]",
+    "EDGE_TARGET_ESCALATION_RATE=nan": "EDGE_TARGET_ESCALATION_RATE='nan' must be in [0.0, 1.0]",
+    "EDGE_ACCESS_LOG=Maybe": "EDGE_ACCESS_LOG='maybe' is not a boolean (true/false)",
+    "EDGE_LOG_LEVEL=loud": "EDGE_LOG_LEVEL='loud' must be one of critical, error, warning, info, debug",
+    "EDGE_CLOUD_URL=ftp://x": "EDGE_CLOUD_URL='ftp://x' must be an http(s) base URL without query or fragment",
+}
+
+
+@pytest.mark.parametrize(("assignment", "message"), BAD_VALUE_MESSAGES.items())
+def test_a_bad_value_says_what_is_wrong_with_it(assignment: str, message: str) -> None:
+    key, _, value = assignment.partition("=")
+    with pytest.raises(ConfigurationError, match=f"^environment variable {re.escape(message)}$"):
+        Settings.from_env({key: value})
 
 
 def test_a_cloud_url_needs_an_api_key_or_sigv4() -> None:

@@ -21,7 +21,7 @@ from cfnlint.api import ManualArgs, lint, lint_file
 from moto import mock_aws
 from samtranslator.translator.transform import transform
 
-from cloud_functions import budget
+from cloud_functions.budget_table import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 from cloud_functions.settings import Settings
 from infra.moto_server import TEMPLATE_PATH, create_template_resources, load_template
 
@@ -166,10 +166,10 @@ def test_the_budget_table_matches_the_ledger(translated: dict[str, Any]) -> None
 
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["KeySchema"] == [
-        {"AttributeName": budget.PARTITION_KEY, "KeyType": "HASH"},
-        {"AttributeName": budget.SORT_KEY, "KeyType": "RANGE"},
+        {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+        {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
     ]
-    assert table["TimeToLiveSpecification"] == {"AttributeName": budget.TTL_ATTRIBUTE, "Enabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert translated["Resources"]["BudgetTable"]["DeletionPolicy"] == "Retain"
 
@@ -315,7 +315,7 @@ def test_the_stack_deploys_and_table_names_reach_the_function(translated: dict[s
     assert env["IDEMPOTENCY_TABLE"] == physical["IdempotencyTable"]
     assert env["MODEL_URI"] == f"s3://{physical['ModelBucket']}/models/"
     assert outputs["ModelBucketName"] == physical["ModelBucket"]
-    assert [k["AttributeName"] for k in budget_table["KeySchema"]] == [budget.PARTITION_KEY, budget.SORT_KEY]
+    assert [k["AttributeName"] for k in budget_table["KeySchema"]] == [PARTITION_KEY, SORT_KEY]
     settings = Settings.from_env({name: str(value) for name, value in env.items()})
     assert settings.budget_table == physical["BudgetTable"]
 

@@ -1,0 +1,374 @@
+"""The budget table: its item layout, and the conditional writes the ledger (`cloud_functions.budget`) is
+made of. This is the only module that knows DynamoDB's attribute encoding or its error codes.
+
+Items (partition key `tenant_id`, sort key `sk`, all amounts are integer cost units):
+
+    sk = "YYYY-MM-DD"       period row (one per tenant per UTC day): limit, remaining, spent, expires_at
+    sk = "config"           tenant configuration: daily_limit (absent -> the deployment's default)
+    sk = "charge#<key>"     charge record of one idempotency key: period, units, payload_sha256, state,
+                            expires_at
+
+Invariant of a period row: remaining + spent == limit. A deduction is ONE conditional write
+(`remaining >= :units`), so concurrent requests can never overspend; a keyed deduction is one
+`TransactWriteItems` of the charge record's conditional put and that same update (why: see the ledger).
+
+Failures leave as named errors: `BudgetExhausted` (429), `BudgetStoreUnavailable` (503) when the table
+cannot be reached or refuses for another reason, and three outcomes the ledger acts on —
+`PeriodRowMissing` (create the row, charge again), `WriteConflict` (another transaction held the item:
+back off, retry) and `AlreadyCharged` (the key's charge record exists: replay it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cloud_functions.errors import BudgetExhausted, BudgetStoreUnavailable
+
+PARTITION_KEY = "tenant_id"
+SORT_KEY = "sk"
+TTL_ATTRIBUTE = "expires_at"
+CONFIG_SK = "config"
+CHARGE_PREFIX = "charge#"
+
+_CHARGED, _REFUNDED = "charged", "refunded"
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+_UNREACHABLE = "the budget table could not be reached"
+
+
+class DynamoDBClient(Protocol):
+    """The part of a boto3 DynamoDB client the ledger uses."""
+
+    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def put_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def transact_write_items(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodRow:
+    """One tenant's budget for one UTC day, as stored (`remaining` may be negative after a lowered limit)."""
+
+    period: str
+    limit: int
+    remaining: int
+    spent: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRecord:
+    """What a key was charged: `payload_sha256` is None for a record written without a digest."""
+
+    period: str
+    units: int
+    payload_sha256: str | None
+
+
+class PeriodRowMissing(Exception):
+    """Today's row does not exist yet: create it from the tenant's limit, then charge again."""
+
+
+class WriteConflict(Exception):
+    """DynamoDB refused the write because another transaction held the item: back off, then retry."""
+
+
+class AlreadyCharged(Exception):
+    """The key's charge record exists (charged, not refunded, not expired): nothing was deducted."""
+
+    def __init__(self, record: ChargeRecord) -> None:
+        super().__init__(record)
+        self.record = record
+
+
+def period_of(now: datetime) -> str:
+    """The sort key of the period row `now` (UTC) falls in."""
+    return now.date().isoformat()
+
+
+def resets_at(now: datetime) -> datetime:
+    """The next UTC midnight: when the period `now` falls in ends."""
+    return datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+
+
+class BudgetTable:
+    def __init__(
+        self, name: str, client: DynamoDBClient, *, charge_ttl: timedelta, period_retention: timedelta
+    ) -> None:
+        """`charge_ttl`: how long a charge record blocks its key; `period_retention`: how long a period row
+        is kept after its day ends."""
+        self.name = name
+        self._client = client
+        self._charge_ttl = charge_ttl
+        self._period_retention = period_retention
+
+    # ------------------------------------------------------------------ reads
+
+    def period_row(self, tenant: str, period: str) -> PeriodRow | None:
+        item = self._get(tenant, period)
+        return None if item is None else _period_row(item)
+
+    def configured_limit(self, tenant: str) -> int | None:
+        """The tenant's stored daily limit, None when it has no configuration."""
+        item = self._get(tenant, CONFIG_SK)
+        return None if item is None else int(item["daily_limit"]["N"])
+
+    # ------------------------------------------------------------------ writes
+
+    def put_config(self, tenant: str, limit: int, now: datetime) -> None:
+        self._call(
+            "put_item",
+            TableName=self.name,
+            Item={**_key(tenant, CONFIG_SK), "daily_limit": _n(limit), "updated_at": _s(now.isoformat())},
+        )
+
+    def create_period_row(
+        self, tenant: str, now: datetime, limit: int, *, failure: str = "the period row could not be created"
+    ) -> bool:
+        """Create today's row holding `limit`; False when it exists already (another request made it).
+        `failure` is the message of any other refusal."""
+        try:
+            self._send("put_item", self._new_period_row(tenant, now, limit))
+        except ClientError as exc:
+            if _error_code(exc) == _CONDITION_FAILED:
+                return False
+            raise BudgetStoreUnavailable(failure, cause=_error_code(exc)) from exc
+        return True
+
+    def move_limit(self, tenant: str, period: str, old: int, new: int) -> PeriodRow | None:
+        """Set the row's limit from `old` to `new`, moving `remaining` by the difference (units spent stay
+        spent). None when the row's limit was no longer `old`: read it again."""
+        try:
+            updated = self._send(
+                "update_item",
+                {
+                    "TableName": self.name,
+                    "Key": _key(tenant, period),
+                    "UpdateExpression": "SET #limit = :new, #remaining = #remaining + :delta",
+                    "ConditionExpression": "#limit = :old",
+                    "ExpressionAttributeNames": {"#limit": "limit", "#remaining": "remaining"},
+                    "ExpressionAttributeValues": {":new": _n(new), ":old": _n(old), ":delta": _n(new - old)},
+                    "ReturnValues": "ALL_NEW",
+                },
+            )
+        except ClientError as exc:
+            if _error_code(exc) == _CONDITION_FAILED:
+                return None
+            raise BudgetStoreUnavailable("the limit could not be written", cause=_error_code(exc)) from exc
+        return _period_row(updated["Attributes"])
+
+    def deduct(self, tenant: str, units: int, now: datetime) -> None:
+        """Take `units` from today's row in one conditional update."""
+        try:
+            self._send("update_item", self._deduction(tenant, period_of(now), units))
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == _CONDITION_FAILED:
+                if "Item" in exc.response:
+                    raise BudgetExhausted(tenant, requested=units, resets_at=resets_at(now), now=now) from exc
+                raise PeriodRowMissing from exc
+            if code == "TransactionConflictException":  # a keyed charge of this tenant holds the row
+                raise WriteConflict from exc
+            raise BudgetStoreUnavailable("the budget table rejected the charge", cause=code) from exc
+
+    def deduct_once(self, tenant: str, units: int, key: str, digest: str | None, now: datetime) -> None:
+        """Write the key's charge record and take `units` from today's row, both or neither."""
+        period = period_of(now)
+        try:
+            self._send(
+                "transact_write_items",
+                {
+                    "TransactItems": [
+                        {"Put": self._charge_record(tenant, key, period, units, digest, now)},
+                        {"Update": self._deduction(tenant, period, units)},
+                    ]
+                },
+            )
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code != "TransactionCanceledException":
+                raise BudgetStoreUnavailable("the budget table rejected the charge", cause=code) from exc
+            charge, row = _cancellation_reasons(exc)
+            # A charged key wins over an exhausted budget: its replay must succeed after the budget ran out.
+            if charge.get("Code") == "ConditionalCheckFailed":
+                raise AlreadyCharged(self._existing_charge(tenant, key, charge.get("Item"))) from exc
+            if row.get("Code") == "ConditionalCheckFailed":
+                if "Item" in row:
+                    raise BudgetExhausted(tenant, requested=units, resets_at=resets_at(now), now=now) from exc
+                raise PeriodRowMissing from exc
+            if "TransactionConflict" in (charge.get("Code"), row.get("Code")):
+                raise WriteConflict from exc
+            raise BudgetStoreUnavailable("the budget transaction was cancelled", cause=code) from exc
+
+    def refund(self, tenant: str, period: str, units: int, key: str | None, now: datetime) -> bool:
+        """Give `units` back to `period`; with a key, also mark its charge record refunded, in the same
+        transaction. False if there was nothing to refund (a keyed charge already refunded)."""
+        credit = self._credit(tenant, period, units)
+        try:
+            if key is None:
+                self._send("update_item", credit)
+            else:
+                refunded = self._mark_refunded(tenant, key, period, units, now)
+                items = [{"Update": refunded}, {"Update": credit}]
+                self._send("transact_write_items", {"TransactItems": items})
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == _CONDITION_FAILED:
+                return False
+            if code == "TransactionCanceledException":
+                charge, _row = _cancellation_reasons(exc)
+                if charge.get("Code") == "ConditionalCheckFailed":
+                    return False
+            raise BudgetStoreUnavailable("the refund could not be written", cause=code) from exc
+        return True
+
+    # ------------------------------------------------------------------ request builders
+
+    def _deduction(self, tenant: str, period: str, units: int) -> dict[str, Any]:
+        return {
+            **self._move_units(
+                tenant, period, units,
+                update="SET #remaining = #remaining - :units ADD #spent :units",
+                condition="#remaining >= :units",
+            ),
+            # The old row comes back on failure: present -> exhausted, absent -> create the row first.
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+
+    def _credit(self, tenant: str, period: str, units: int) -> dict[str, Any]:
+        return self._move_units(
+            tenant, period, units,
+            update="SET #remaining = #remaining + :units, #spent = #spent - :units",
+            condition="#spent >= :units",
+        )
+
+    def _move_units(
+        self, tenant: str, period: str, units: int, *, update: str, condition: str
+    ) -> dict[str, Any]:
+        """An update of a period row's `remaining` and `spent` by `units`."""
+        return {
+            "TableName": self.name,
+            "Key": _key(tenant, period),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#remaining": "remaining", "#spent": "spent"},
+            "ExpressionAttributeValues": {":units": _n(units)},
+        }
+
+    def _charge_record(
+        self, tenant: str, key: str, period: str, units: int, digest: str | None, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "TableName": self.name,
+            "Item": {
+                **_key(tenant, CHARGE_PREFIX + key),
+                "period": _s(period),
+                "units": _n(units),
+                **({} if digest is None else {"payload_sha256": _s(digest)}),
+                "state": _s(_CHARGED),
+                "charged_at": _s(now.isoformat()),
+                TTL_ATTRIBUTE: _n(_epoch(now + self._charge_ttl)),
+            },
+            # DynamoDB deletes expired items lazily (up to days late): treat them as absent here.
+            "ConditionExpression": "attribute_not_exists(#sk) OR #state = :refunded OR #ttl < :now",
+            "ExpressionAttributeNames": {"#sk": SORT_KEY, "#state": "state", "#ttl": TTL_ATTRIBUTE},
+            "ExpressionAttributeValues": {":refunded": _s(_REFUNDED), ":now": _n(_epoch(now))},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+
+    def _mark_refunded(self, tenant: str, key: str, period: str, units: int, now: datetime) -> dict[str, Any]:
+        return {
+            "TableName": self.name,
+            "Key": _key(tenant, CHARGE_PREFIX + key),
+            "UpdateExpression": "SET #state = :refunded, refunded_at = :now",
+            "ConditionExpression": "#state = :charged AND #period = :period AND #units = :units",
+            "ExpressionAttributeNames": {"#state": "state", "#period": "period", "#units": "units"},
+            "ExpressionAttributeValues": {
+                ":refunded": _s(_REFUNDED),
+                ":charged": _s(_CHARGED),
+                ":now": _s(now.isoformat()),
+                ":period": _s(period),
+                ":units": _n(units),
+            },
+        }
+
+    def _new_period_row(self, tenant: str, now: datetime, limit: int) -> dict[str, Any]:
+        return {
+            "TableName": self.name,
+            "Item": {
+                **_key(tenant, period_of(now)),
+                "limit": _n(limit),
+                "remaining": _n(limit),
+                "spent": _n(0),
+                "created_at": _s(now.isoformat()),
+                TTL_ATTRIBUTE: _n(_epoch(resets_at(now) + self._period_retention)),
+            },
+            "ConditionExpression": "attribute_not_exists(#sk)",
+            "ExpressionAttributeNames": {"#sk": SORT_KEY},
+        }
+
+    # ------------------------------------------------------------------ calls
+
+    def _existing_charge(self, tenant: str, key: str, item: dict[str, Any] | None) -> ChargeRecord:
+        if item is None:  # not every DynamoDB-compatible store returns the old item: read it
+            item = self._get(tenant, CHARGE_PREFIX + key)
+            if item is None:
+                raise BudgetStoreUnavailable("the charge record vanished while being replayed")
+        digest = item.get("payload_sha256", {}).get("S")
+        return ChargeRecord(period=item["period"]["S"], units=int(item["units"]["N"]), payload_sha256=digest)
+
+    def _get(self, tenant: str, sk: str) -> dict[str, Any] | None:
+        response = self._call("get_item", TableName=self.name, Key=_key(tenant, sk), ConsistentRead=True)
+        return response.get("Item")
+
+    def _call(self, method: str, **request: Any) -> dict[str, Any]:
+        """A read or a plain write: any refusal is the store's failure."""
+        try:
+            return self._send(method, request)
+        except ClientError as exc:
+            raise BudgetStoreUnavailable(f"budget table {method} failed", cause=_error_code(exc)) from exc
+
+    def _send(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The call; no answer at all is `BudgetStoreUnavailable`, a refusal stays a `ClientError`."""
+        try:
+            result: dict[str, Any] = getattr(self._client, method)(**request)
+        except BotoCoreError as exc:
+            raise BudgetStoreUnavailable(_UNREACHABLE) from exc
+        return result
+
+
+def _period_row(item: dict[str, Any]) -> PeriodRow:
+    return PeriodRow(
+        period=item[SORT_KEY]["S"],
+        limit=int(item["limit"]["N"]),
+        remaining=int(item["remaining"]["N"]),
+        spent=int(item["spent"]["N"]),
+    )
+
+
+def _cancellation_reasons(exc: ClientError) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(charge-record reason, period-row reason) of a cancelled two-item transaction."""
+    reasons = [*(exc.response.get("CancellationReasons") or []), {}, {}]
+    return reasons[0], reasons[1]
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _key(tenant: str, sk: str) -> dict[str, Any]:
+    return {PARTITION_KEY: _s(tenant), SORT_KEY: _s(sk)}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
