@@ -103,7 +103,6 @@ class ModelStore:
     @classmethod
     def from_settings(cls, settings: Settings, *, s3_client: S3Client | None = None) -> ModelStore:
         if settings.model_is_remote and s3_client is None:
-
             s3_client = clients.s3()
         return cls(settings.model_uri, cache_dir=settings.model_cache_dir, s3_client=s3_client)
 

@@ -16,8 +16,8 @@ corrupt the file). Bounded by size and age: after every `prune_every` writes the
 kept in it): enough to count repeats and monitor agreement, not to train on, and not reversible by hashing
 a dictionary of likely texts without the store's key.
 
-Everything runs on the caller's thread; the service calls it from one dedicated writer thread (SQLite
-connections are not shared between threads here).
+A store is used from one thread (SQLite connections are not shared between threads here); the service writes
+through `FeedbackWriter`, which owns that thread.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Self
 
+log = logging.getLogger("edge_container.feedback")
 Mode = Literal["text", "hash"]
 MODES: tuple[Mode, ...] = ("text", "hash")
 FORMAT = "edge-feedback/1"  # the first line of an export names the format; readers refuse others
@@ -262,3 +264,44 @@ def read_export(lines: Iterable[str], *, where: str = "feedback") -> Iterator[di
         if not isinstance(item, dict):
             raise FeedbackError(f"{where}: line {n} is not a record")
         yield item
+
+
+class FeedbackWriter:
+    """The service's side of the store: records go to one dedicated thread (the store's connection lives
+    there), awaited by the request that produced them, so a record is on disk before its answer leaves.
+    A failure to write is logged and counted, never the request's failure."""
+
+    def __init__(self, opener: Callable[[], FeedbackStore], *, on_result: Callable[[str, int], None] | None = None
+                 ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._opener, self._store = opener, None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="edge-feedback")
+        self._on_result = on_result or (lambda outcome, n: None)
+
+    async def write(self, records: Sequence[FeedbackRecord]) -> None:
+        import asyncio
+
+        if not records:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, records)
+        except Exception:  # a full disk or a broken file must not fail an answered request
+            log.exception("could not record %d feedback record(s)", len(records))
+            self._on_result("error", len(records))
+        else:
+            self._on_result("ok", len(records))
+
+    def close(self) -> None:
+        self._thread.submit(self._close).result(timeout=10)
+        self._thread.shutdown(wait=True)
+
+    def _write(self, records: Sequence[FeedbackRecord]) -> None:
+        if self._store is None:
+            self._store = self._opener()
+        self._store.record(records)
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None

@@ -41,6 +41,14 @@ class Metrics:
         self.budget_limit = Gauge("edge_cloud_budget_limit", "Budget units per period, as last reported",
                                   registry=r)
         self.model_info = Info("edge_model", "The edge model version being served", registry=r)
+        self.last_reload_error = Info("edge_reload_last_error",
+                                      "The last reload failure (reason none after a successful load)", registry=r)
+        self.device = Info("edge_device", "This device's rollout id, cohort (stable/canary) and target version",
+                           registry=r)
+        self.recent_escalation = Gauge("edge_recent_escalation_ratio",
+                                       "Share of the last ~1,000 auto-routed texts sent to the cloud", registry=r)
+        self.feedback_records = Counter("edge_feedback_records_total", "Feedback records written, by outcome",
+                                        ["outcome"], registry=r)
         self.model_loaded = Gauge("edge_model_loaded_timestamp_seconds", "When the served model was loaded",
                                   registry=r)
         self.reloads = Counter("edge_model_reloads_total", "Model load attempts by outcome", ["outcome"],

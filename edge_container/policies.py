@@ -214,4 +214,6 @@ def make_policy(name: str, settings: Settings | None = None) -> Policy:
         return AdaptivePolicy(s.target_escalation_rate, window=s.adaptive_window)
     if name == "random":
         return RandomPolicy(s.target_escalation_rate)
+    if name == "paced":
+        return PacedPolicy(BudgetPacer(window_s=s.pace_window_s, reserve=s.pace_reserve))
     return POLICIES[name]()

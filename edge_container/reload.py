@@ -93,6 +93,7 @@ class ModelManager:
                            "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
         if self._metrics is not None:
             self._metrics.reload_failures.labels(reason).inc()
+            self._metrics.last_reload_error.info({"reason": reason, "source": source, "at": self.last_error["at"]})
 
     def _serving(self) -> str:
         return self._current.version if self._current else "nothing"
@@ -109,6 +110,7 @@ class ModelManager:
             self._metrics.model_info.info({"version": model.version, "manifest_sha256": model.manifest_sha256,
                                            "precision": model.manifest.edge.precision, "source": source})
             self._metrics.model_loaded.set(model.loaded_at.timestamp())
+            self._metrics.last_reload_error.info({"reason": "none", "source": source, "at": ""})
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
@@ -178,14 +180,21 @@ class S3Source:
     (manifest, checksums, load, smoke test) is refused and not fetched again until `latest.json` changes.
     When S3 cannot be read (an error, a missing object: e.g. `latest.json` read before the version's files
     landed), polls wait `backoff_s`, doubling up to `max_backoff_s`, then try again.
+
+    During a staged rollout (`latest.json` with a `canary`), the device serves what
+    `Pointer.for_device(device_id)` names: the canary if its id falls in the rollout's cohort, else the
+    stable version; `cohort` says which (`canary` / `stable`), for metrics and status.
     """
 
     name = "s3"
 
     def __init__(self, s3_client: Any, *, bucket: str, latest_key: str, cache_dir: Path,
-                 backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 device_id: str = "", backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 on_cohort: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._s3, self.bucket, self.latest_key, self.cache_dir = s3_client, bucket, latest_key, cache_dir
+        self.device_id, self._on_cohort = device_id, on_cohort or (lambda cohort, version: None)
+        self.cohort = "stable"
         self.backoff_s, self.max_backoff_s, self._clock = backoff_s, max_backoff_s, clock
         self._refused: str | None = None  # SHA-256 of the latest.json whose version was refused
         self._failures = 0  # consecutive polls S3 could not be read
@@ -233,9 +242,14 @@ class S3Source:
     def _pointer(self, raw: bytes, digest: str) -> Pointer:
         where = f"s3://{self.bucket}/{self.latest_key}"
         try:
-            return Pointer.from_json(raw, where=where)
+            published = Pointer.from_json(raw, where=where)
         except ManifestError as exc:
             raise _Refused(where, digest, exc) from exc
+        mine = published.for_device(self.device_id)
+        self.cohort = "canary" if published.canary is not None and mine.model_version != published.model_version \
+            else "stable"
+        self._on_cohort(self.cohort, mine.model_version)
+        return mine
 
     def _download(self, pointer: Pointer, digest: str) -> Path:
         """The version `pointer` names, fetched into the cache; `digest` is the SHA-256 of the pointer."""

@@ -26,12 +26,14 @@ from edge_container.auth import EscalationLimiter
 from edge_container.batcher import Batcher, BatchInfo
 from edge_container.cloud import CloudClient, CloudReply
 from edge_container.errors import CloudBudgetExhausted, CloudDisabled, CloudFailure, RateLimited
+from edge_container.feedback import FeedbackRecord, FeedbackWriter
 from edge_container.metrics import Metrics
 from edge_container.pacing import PRIORITIES, Priority
 from edge_container.policies import Policy
 from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
 from modelpack.cloud_api import Answer
+from modelpack.scores import SCORES
 
 Route = Literal["auto", "edge", "cloud"]
 EDGE_OOS = "edge_oos"  # the reason of an `oos` answered by the edge itself (the manifest's lowest band)
@@ -128,9 +130,12 @@ class EdgeService:
         default_deadline_ms: int,
         budget: BudgetGate | None = None,
         limiter: EscalationLimiter | None = None,
+        feedback: FeedbackWriter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models, self.policy, self.cloud, self.metrics = models, policy, cloud, metrics
+        self.feedback = feedback
+        self._recent_escalation = 0.0
         self.limiter = limiter or EscalationLimiter(rate=0.0, burst=0)
         self._executor, self._clock, self.default_deadline_ms = executor, clock, default_deadline_ms
         self.budget = budget or BudgetGate()
@@ -168,6 +173,8 @@ class EdgeService:
             escalate = self._edge_oos(rows, escalate, answers)
             escalate = self._pace(rows, escalate, answers, priority)
         chosen = self._limit(client, escalate, answers)
+        if route == "auto":
+            self._observe_escalation(len(chosen), len(texts))
         if chosen:
             self.metrics.escalations.labels(up).inc(len(chosen))
             self._priority_texts[priority].inc(len(chosen))
@@ -180,9 +187,18 @@ class EdgeService:
                     for i, answer in zip(chosen[part], outcome.results, strict=True):
                         answers.results[i] = Result(answer.label, answer.confidence, "cloud", up, edge[i],
                                                     answers.version, outcome.model_version, answer.top_k)
+            if self.feedback is not None:
+                await self.feedback.write(feedback_records(texts, rows, answers.results, chosen))
         for source, count in Counter(r.source for r in answers.results).items():
             self._texts[source].inc(count)
         return Prediction(request_id, tuple(answers.results), (time.perf_counter() - start) * 1000.0, priority)
+
+    def _observe_escalation(self, sent: int, n: int) -> None:
+        """An exponential average over the last ~1,000 auto-routed texts (`edge_recent_escalation_ratio`):
+        what a fleet dashboard compares between a canary's devices and the rest."""
+        keep = (1.0 - 1.0 / 1000) ** n
+        self._recent_escalation = keep * self._recent_escalation + (1.0 - keep) * (sent / n)
+        self.metrics.recent_escalation.set(self._recent_escalation)
 
     def _edge_oos(self, rows: EdgeRows, escalate: np.ndarray, answers: _Answers) -> np.ndarray:
         """The manifest's lowest band: the edge answers `oos` itself, and those texts never go up."""
@@ -308,3 +324,23 @@ def idempotency_key(request_id: str, texts: Sequence[str], *, start: int = 0) ->
     for text in texts:
         digest.update(b"\x1f" + text.encode(errors="surrogatepass"))  # a lone surrogate must not crash a key
     return f"edge-{digest.hexdigest()[:48]}"
+
+
+def feedback_records(texts: Sequence[str], rows: EdgeRows, results: Sequence[Result],
+                     chosen: Sequence[int], *, top: int = 5) -> list[FeedbackRecord]:
+    """One record per escalation the cloud answered: the text, both answers, the edge's routing scores and
+    top probabilities (what a later build needs to learn from it and re-fit a threshold)."""
+    records = []
+    labels = rows.model.labels
+    for i in chosen:
+        result = results[i]
+        if result.source != "cloud" or result.cloud_model_version is None:
+            continue
+        p = rows.probs[i]
+        order = np.argsort(-p)[:top]
+        scores = {name: round(float(fn(p[None, :])[0]), 6) for name, fn in SCORES.items()}
+        scores["top"] = [[labels[j], round(float(p[j]), 6)] for j in order]
+        records.append(FeedbackRecord(texts[i], result.edge.label, result.edge.confidence, scores, result.label,
+                                      result.confidence, result.edge_model_version, result.cloud_model_version,
+                                      result.reason))
+    return records

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from edge_container.auth import ClientKey
@@ -38,6 +40,8 @@ class Settings:
     margin_threshold: float | None = None  # None = the manifest's threshold if it routes on margin, else 0.2
     entropy_threshold: float | None = None  # on neg_entropy; None = manifest's if it routes on it, else 0.5
     adaptive_window: int = 1000
+    pace_window_s: float = 300.0  # paced: time constant of the escalation demand estimate
+    pace_reserve: float = 0.05  # paced: share of the budget left unpaced (high priority, estimate error)
     # Batching and the interpreter pool
     max_batch_size: int = 32
     max_wait_ms: float = 0.0  # 0: take what is queued when an interpreter frees up, never wait for more
@@ -72,6 +76,17 @@ class Settings:
     reload_poll_s: float = 10.0  # 0 disables watching the folder (and S3)
     s3_latest_uri: str | None = None
     s3_cache_dir: Path = Path("/tmp/edge-models")
+    device_id: str = ""  # names this device in a staged rollout's cohort; "" = the host name
+    # Feedback: cloud-answered escalations kept on the device (edge_container.feedback); None = off
+    feedback_path: Path | None = None
+    feedback_mode: str = "text"  # text | hash (only a keyed hash of each text: monitoring, not training)
+    feedback_max_mb: int = 64
+    feedback_max_age_days: float = 30.0
+
+    @property
+    def device(self) -> str:
+        """The id this device has in a staged rollout: EDGE_DEVICE_ID, else the host name."""
+        return self.device_id or socket.gethostname()
 
     @property
     def cloud_enabled(self) -> bool:
@@ -93,48 +108,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
         d = cls()  # defaults live on the fields above, in one place
-        settings = cls(
-            model_dir=Path(env.text("EDGE_MODEL_DIR", str(d.model_dir))),
-            model_name=env.text("EDGE_MODEL_NAME", d.model_name),
-            host=env.text("EDGE_HOST", d.host),
-            port=env.integer("EDGE_PORT", d.port, low=0, high=65535),
-            log_level=env.choice("EDGE_LOG_LEVEL", ("critical", "error", "warning", "info", "debug"),
-                                 default=d.log_level),
-            access_log=env.boolean("EDGE_ACCESS_LOG", d.access_log),
-            policy=env.choice("EDGE_POLICY", POLICY_NAMES, default=d.policy),
-            target_escalation_rate=env.opt_number("EDGE_TARGET_ESCALATION_RATE", low=0.0, high=1.0),
-            margin_threshold=env.opt_number("EDGE_MARGIN_THRESHOLD", low=0.0, high=1.0),
-            entropy_threshold=env.opt_number("EDGE_ENTROPY_THRESHOLD", low=0.0, high=1.0),
-            adaptive_window=env.integer("EDGE_ADAPTIVE_WINDOW", d.adaptive_window, low=10),
-            max_batch_size=env.integer("EDGE_MAX_BATCH_SIZE", d.max_batch_size, low=1, high=4096),
-            max_wait_ms=env.number("EDGE_MAX_WAIT_MS", d.max_wait_ms, low=0.0, high=1000.0),
-            queue_size=env.integer("EDGE_QUEUE_SIZE", d.queue_size, low=1),
-            workers=env.integer("EDGE_WORKERS", d.workers, low=1, high=64),
-            cloud_url=env.opt_url("EDGE_CLOUD_URL"),
-            cloud_api_key=env.opt_text("EDGE_CLOUD_API_KEY"),
-            cloud_sigv4_region=env.opt_text("EDGE_CLOUD_SIGV4_REGION"),
-            cloud_sigv4_service=env.text("EDGE_CLOUD_SIGV4_SERVICE", d.cloud_sigv4_service),
-            cloud_timeout_ms=env.integer("EDGE_CLOUD_TIMEOUT_MS", d.cloud_timeout_ms, low=1, high=120_000),
-            cloud_retries=env.integer("EDGE_CLOUD_RETRIES", d.cloud_retries, low=0, high=10),
-            cloud_backoff_ms=env.integer("EDGE_CLOUD_BACKOFF_MS", d.cloud_backoff_ms, low=0, high=60_000),
-            cloud_max_connections=env.integer("EDGE_CLOUD_MAX_CONNECTIONS", d.cloud_max_connections, low=1),
-            cloud_max_texts=env.integer("EDGE_CLOUD_MAX_TEXTS", d.cloud_max_texts, low=1),
-            cloud_max_text_chars=env.integer("EDGE_CLOUD_MAX_TEXT_CHARS", d.cloud_max_text_chars, low=1),
-            breaker_failures=env.integer("EDGE_BREAKER_FAILURES", d.breaker_failures, low=1),
-            breaker_reset_s=env.number("EDGE_BREAKER_RESET_S", d.breaker_reset_s, low=0.0),
-            default_deadline_ms=env.integer("EDGE_DEFAULT_DEADLINE_MS", d.default_deadline_ms, low=1, high=600_000),
-            max_texts=env.integer("EDGE_MAX_TEXTS", d.max_texts, low=1),
-            max_text_chars=env.integer("EDGE_MAX_TEXT_CHARS", d.max_text_chars, low=1),
-            max_body_bytes=env.integer("EDGE_MAX_BODY_BYTES", d.max_body_bytes, low=64),
-            client_keys=env.client_keys("EDGE_CLIENT_KEYS", "EDGE_CLIENT_KEYS_FILE"),
-            client_escalations_per_s=env.number("EDGE_CLIENT_ESCALATIONS_PER_S", d.client_escalations_per_s,
-                                                low=0.0),
-            client_escalation_burst=env.integer("EDGE_CLIENT_ESCALATION_BURST", d.client_escalation_burst, low=1),
-            admin_token=env.opt_text("EDGE_ADMIN_TOKEN"),
-            reload_poll_s=env.number("EDGE_RELOAD_POLL_S", d.reload_poll_s, low=0.0),
-            s3_latest_uri=env.opt_s3_uri("EDGE_S3_LATEST_URI"),
-            s3_cache_dir=Path(env.text("EDGE_S3_CACHE_DIR", str(d.s3_cache_dir))),
-        )
+        settings = cls(**_service(env, d), **_routing(env, d), **_batching(env, d), **_cloud(env, d),
+                       **_limits(env, d), **_models(env, d), **_feedback(env, d))
         if settings.cloud_url and not (settings.cloud_api_key or settings.cloud_sigv4_region):
             raise ConfigurationError(
                 "EDGE_CLOUD_URL is set but neither EDGE_CLOUD_API_KEY nor EDGE_CLOUD_SIGV4_REGION is",
@@ -143,6 +118,96 @@ class Settings:
         if settings.admin_token is not None and len(settings.admin_token) < 16:
             raise ConfigurationError("EDGE_ADMIN_TOKEN must be at least 16 characters", key="EDGE_ADMIN_TOKEN")
         return settings
+
+
+def _service(env: _Env, d: Settings) -> dict[str, Any]:
+    """Where the model is and how the service listens and logs."""
+    return {
+        "model_dir": Path(env.text("EDGE_MODEL_DIR", str(d.model_dir))),
+        "model_name": env.text("EDGE_MODEL_NAME", d.model_name),
+        "host": env.text("EDGE_HOST", d.host),
+        "port": env.integer("EDGE_PORT", d.port, low=0, high=65535),
+        "log_level": env.choice("EDGE_LOG_LEVEL", ("critical", "error", "warning", "info", "debug"),
+                             default=d.log_level),
+        "access_log": env.boolean("EDGE_ACCESS_LOG", d.access_log),
+    }
+
+
+def _routing(env: _Env, d: Settings) -> dict[str, Any]:
+    """Which policy routes, and its knobs."""
+    return {
+        "policy": env.choice("EDGE_POLICY", POLICY_NAMES, default=d.policy),
+        "target_escalation_rate": env.opt_number("EDGE_TARGET_ESCALATION_RATE", low=0.0, high=1.0),
+        "margin_threshold": env.opt_number("EDGE_MARGIN_THRESHOLD", low=0.0, high=1.0),
+        "entropy_threshold": env.opt_number("EDGE_ENTROPY_THRESHOLD", low=0.0, high=1.0),
+        "adaptive_window": env.integer("EDGE_ADAPTIVE_WINDOW", d.adaptive_window, low=10),
+        "pace_window_s": env.number("EDGE_PACE_WINDOW_S", d.pace_window_s, low=1.0),
+        "pace_reserve": env.number("EDGE_PACE_RESERVE", d.pace_reserve, low=0.0, high=0.9),
+    }
+
+
+def _batching(env: _Env, d: Settings) -> dict[str, Any]:
+    """The batcher and the interpreter pool."""
+    return {
+        "max_batch_size": env.integer("EDGE_MAX_BATCH_SIZE", d.max_batch_size, low=1, high=4096),
+        "max_wait_ms": env.number("EDGE_MAX_WAIT_MS", d.max_wait_ms, low=0.0, high=1000.0),
+        "queue_size": env.integer("EDGE_QUEUE_SIZE", d.queue_size, low=1),
+        "workers": env.integer("EDGE_WORKERS", d.workers, low=1, high=64),
+    }
+
+
+def _cloud(env: _Env, d: Settings) -> dict[str, Any]:
+    """The cloud tier: where, how to authenticate, timeouts, retries, limits, breaker."""
+    return {
+        "cloud_url": env.opt_url("EDGE_CLOUD_URL"),
+        "cloud_api_key": env.opt_text("EDGE_CLOUD_API_KEY"),
+        "cloud_sigv4_region": env.opt_text("EDGE_CLOUD_SIGV4_REGION"),
+        "cloud_sigv4_service": env.text("EDGE_CLOUD_SIGV4_SERVICE", d.cloud_sigv4_service),
+        "cloud_timeout_ms": env.integer("EDGE_CLOUD_TIMEOUT_MS", d.cloud_timeout_ms, low=1, high=120_000),
+        "cloud_retries": env.integer("EDGE_CLOUD_RETRIES", d.cloud_retries, low=0, high=10),
+        "cloud_backoff_ms": env.integer("EDGE_CLOUD_BACKOFF_MS", d.cloud_backoff_ms, low=0, high=60_000),
+        "cloud_max_connections": env.integer("EDGE_CLOUD_MAX_CONNECTIONS", d.cloud_max_connections, low=1),
+        "cloud_max_texts": env.integer("EDGE_CLOUD_MAX_TEXTS", d.cloud_max_texts, low=1),
+        "cloud_max_text_chars": env.integer("EDGE_CLOUD_MAX_TEXT_CHARS", d.cloud_max_text_chars, low=1),
+        "breaker_failures": env.integer("EDGE_BREAKER_FAILURES", d.breaker_failures, low=1),
+        "breaker_reset_s": env.number("EDGE_BREAKER_RESET_S", d.breaker_reset_s, low=0.0),
+        "default_deadline_ms": env.integer("EDGE_DEFAULT_DEADLINE_MS", d.default_deadline_ms, low=1, high=600_000),
+    }
+
+
+def _limits(env: _Env, d: Settings) -> dict[str, Any]:
+    """Request limits and who may call."""
+    return {
+        "max_texts": env.integer("EDGE_MAX_TEXTS", d.max_texts, low=1),
+        "max_text_chars": env.integer("EDGE_MAX_TEXT_CHARS", d.max_text_chars, low=1),
+        "max_body_bytes": env.integer("EDGE_MAX_BODY_BYTES", d.max_body_bytes, low=64),
+        "client_keys": env.client_keys("EDGE_CLIENT_KEYS", "EDGE_CLIENT_KEYS_FILE"),
+        "client_escalations_per_s": env.number("EDGE_CLIENT_ESCALATIONS_PER_S", d.client_escalations_per_s,
+                                            low=0.0),
+        "client_escalation_burst": env.integer("EDGE_CLIENT_ESCALATION_BURST", d.client_escalation_burst, low=1),
+    }
+
+
+def _models(env: _Env, d: Settings) -> dict[str, Any]:
+    """Model management: admin, reloads, S3, the device's rollout id."""
+    return {
+        "admin_token": env.opt_text("EDGE_ADMIN_TOKEN"),
+        "reload_poll_s": env.number("EDGE_RELOAD_POLL_S", d.reload_poll_s, low=0.0),
+        "s3_latest_uri": env.opt_s3_uri("EDGE_S3_LATEST_URI"),
+        "s3_cache_dir": Path(env.text("EDGE_S3_CACHE_DIR", str(d.s3_cache_dir))),
+        "device_id": env.text("EDGE_DEVICE_ID", d.device_id),
+    }
+
+
+def _feedback(env: _Env, d: Settings) -> dict[str, Any]:
+    """The feedback store (off unless EDGE_FEEDBACK_PATH is set)."""
+    path = env.opt_text("EDGE_FEEDBACK_PATH")
+    return {
+        "feedback_path": None if path is None else Path(path),
+        "feedback_mode": env.choice("EDGE_FEEDBACK_MODE", ("text", "hash"), default=d.feedback_mode),
+        "feedback_max_mb": env.integer("EDGE_FEEDBACK_MAX_MB", d.feedback_max_mb, low=1, high=1 << 20),
+        "feedback_max_age_days": env.number("EDGE_FEEDBACK_MAX_AGE_DAYS", d.feedback_max_age_days, low=0.01),
+    }
 
 
 class _Env(EnvReader):

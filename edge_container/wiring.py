@@ -14,6 +14,7 @@ from edge_container.auth import EscalationLimiter
 from edge_container.breaker import CircuitBreaker
 from edge_container.cloud import CloudClient, SigV4Signer
 from edge_container.errors import ConfigurationError
+from edge_container.feedback import FeedbackStore, FeedbackWriter
 from edge_container.metrics import Metrics
 from edge_container.policies import Policy, make_policy
 from edge_container.reload import FolderSource, ModelManager, Reloader, S3Source
@@ -69,7 +70,9 @@ class EdgeStack:
             executor=executor, metrics=metrics, max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.workers,
             default_deadline_ms=settings.default_deadline_ms,
-            limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst))
+            limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst),
+            feedback=_feedback(settings, metrics))
+        metrics.device.info({"device": settings.device, "cohort": "stable", "target_version": ""})
         folder = FolderSource(settings.model_dir)
         sources: list[FolderSource | S3Source] = [folder]
         if settings.s3_latest_uri:
@@ -79,7 +82,9 @@ class EdgeStack:
                 from botocore.config import Config
 
                 s3_client = boto3.client("s3", config=Config(**S3_CLIENT_CONFIG))
-            sources.append(S3Source(s3_client, bucket=bucket, latest_key=key, cache_dir=settings.s3_cache_dir))
+            sources.append(S3Source(s3_client, bucket=bucket, latest_key=key, cache_dir=settings.s3_cache_dir,
+                                    device_id=settings.device, on_cohort=lambda cohort, version: metrics.device.info(
+                                        {"device": settings.device, "cohort": cohort, "target_version": version})))
         reloader = Reloader(models, sources, poll_s=settings.reload_poll_s)
         return cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)
 
@@ -104,10 +109,22 @@ class EdgeStack:
         if self._owns_http and self.http is not None:
             await self.http.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.service.feedback is not None:
+            self.service.feedback.close()
 
     @property
     def ready(self) -> bool:
         return self.models.ready and self.service.batcher.running
+
+
+def _feedback(settings: Settings, metrics: Metrics) -> FeedbackWriter | None:
+    """The feedback store's writer when EDGE_FEEDBACK_PATH is set (the store opens on the first record)."""
+    if settings.feedback_path is None:
+        return None
+    path = settings.feedback_path
+    opener = partial(FeedbackStore.open, path, mode=settings.feedback_mode,  # type: ignore[arg-type]
+                     max_bytes=settings.feedback_max_mb * 2**20, max_age_s=settings.feedback_max_age_days * 86400)
+    return FeedbackWriter(opener, on_result=lambda outcome, n: metrics.feedback_records.labels(outcome).inc(n))
 
 
 def _signer(settings: Settings, credentials: Any) -> SigV4Signer | None:

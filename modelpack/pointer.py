@@ -8,6 +8,18 @@ start, both through `Pointer.from_json`. Stdlib only, like the manifest: one def
      "manifest_sha256": "<SHA-256 of those manifest bytes>", "published_at": "2026-12-01T10:00:00+00:00"}
 
 A version name is also a folder name (the runtimes' download caches) and an S3 key part: `VERSION_PATTERN`.
+
+A staged rollout (`model_build publish --canary 0.1`) adds a `canary` object naming the new version and the
+fraction of the fleet that serves it:
+
+    {..., "canary": {"model_version": "v8", "manifest_key": "models/v8/manifest.json",
+                     "manifest_sha256": "...", "fraction": 0.1, "published_at": "..."}}
+
+`Pointer.for_device(device_id)` is what one device serves: the canary when the device's stable hash of
+(canary version, device id) falls below the fraction, else the pointer's own version. The hash is uniform and
+stable: the same device gets the same answer on every poll, raising the fraction only adds devices, and each
+rollout (another version) picks another cohort. Readers that know nothing of canaries (an older edge, the
+cloud) ignore the key and serve the stable version.
 """
 
 from __future__ import annotations
@@ -39,20 +51,57 @@ def is_valid_version(version: object) -> bool:
 
 
 @dataclass(frozen=True)
+class Canary:
+    """The version a fraction of the fleet serves during a staged rollout."""
+
+    model_version: str
+    manifest_key: str
+    manifest_sha256: str
+    fraction: float  # in (0, 1]
+    published_at: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = _problems(asdict(self), require_sha256=True, where="canary.")
+        if problems:
+            raise PointerError(f"pointer: {'; '.join(problems)}")
+
+    def includes(self, device_id: str) -> bool:
+        """Whether `device_id` is in this rollout's cohort (stable for a given canary version)."""
+        digest = hashlib.sha256(f"{self.model_version}\x1f{device_id}".encode("utf-8", "surrogatepass")).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+
+
+@dataclass(frozen=True)
 class Pointer:
     model_version: str
     manifest_key: str  # the S3 key of the version's manifest.json
     manifest_sha256: str | None = None  # publish always writes it; a hand-written pin may leave it out
     published_at: str | None = None  # ISO 8601, UTC
+    canary: Canary | None = None  # a staged rollout in progress
 
     def __post_init__(self) -> None:
-        problems = _problems(asdict(self), require_sha256=False)
+        fields = {k: v for k, v in asdict(self).items() if k != "canary"}
+        problems = _problems(fields, require_sha256=False)
+        if self.canary is not None and self.canary.model_version == self.model_version:
+            problems.append("canary.model_version must differ from model_version")
         if problems:
             raise PointerError(f"pointer: {'; '.join(problems)}")
 
     def to_json(self) -> str:
         """The text publish writes (absent fields left out)."""
-        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2) + "\n"
+        return json.dumps(_without_none(asdict(self)), indent=2) + "\n"
+
+    def for_device(self, device_id: str) -> Pointer:
+        """The pointer one device follows: the canary's version if the device is in its cohort, else this
+        pointer's own; never with a canary itself."""
+        c = self.canary
+        if c is not None and c.includes(device_id):
+            return Pointer(c.model_version, c.manifest_key, c.manifest_sha256, c.published_at)
+        return Pointer(self.model_version, self.manifest_key, self.manifest_sha256, self.published_at)
+
+    def stable(self) -> Pointer:
+        """This pointer without its canary (what `abort` writes)."""
+        return Pointer(self.model_version, self.manifest_key, self.manifest_sha256, self.published_at)
 
     @classmethod
     def from_json(cls, data: bytes | str, *, where: str = POINTER_NAME, require_sha256: bool = True) -> Pointer:
@@ -64,9 +113,19 @@ class Pointer:
         except ManifestError as exc:
             raise PointerError(str(exc)) from None
         problems = _problems(raw, require_sha256=require_sha256)
+        canary = raw.get("canary")
+        if canary is not None:
+            problems += _problems(canary, require_sha256=True, where="canary.") if isinstance(canary, dict) \
+                else [f"canary must be an object, got {canary!r}"]
         if problems:
             raise PointerError(f"{where}: {'; '.join(problems)}")
-        return cls(raw["model_version"], raw["manifest_key"], raw.get("manifest_sha256"), raw.get("published_at"))
+        try:
+            return cls(raw["model_version"], raw["manifest_key"], raw.get("manifest_sha256"), raw.get("published_at"),
+                       None if canary is None else Canary(canary["model_version"], canary["manifest_key"],
+                                                          canary["manifest_sha256"], float(canary["fraction"]),
+                                                          canary.get("published_at")))
+        except PointerError as exc:
+            raise PointerError(f"{where}: {str(exc).removeprefix('pointer: ')}") from None
 
     def key_of(self, name: str) -> str:
         """The S3 key of `name`, a file of the version the pointer names (it lies beside the manifest)."""
@@ -81,22 +140,35 @@ class Pointer:
                                    f"{self.manifest_sha256}")
 
 
-def _problems(raw: Mapping[str, Any], *, require_sha256: bool) -> list[str]:
-    """What is wrong with the fields of a pointer, each in a few words naming it; empty when nothing is."""
-    checks: tuple[tuple[str, str, Callable[[Any], bool], bool], ...] = (
+def _problems(raw: Mapping[str, Any], *, require_sha256: bool, where: str = "") -> list[str]:
+    """What is wrong with the fields of a pointer (or, with `where="canary."`, of its canary), each in a few
+    words naming it; empty when nothing is."""
+    checks: list[tuple[str, str, Callable[[Any], bool], bool]] = [
         ("model_version", f"be {VERSION_RULE}", is_valid_version, True),
         ("manifest_key", f"name a {MANIFEST_NAME}", _is_manifest_key, True),
         ("manifest_sha256", "be a lower-case hex SHA-256", is_sha256, require_sha256),
         ("published_at", "be an ISO 8601 time", _is_iso_time, False),
-    )
+    ]
+    if where == "canary.":
+        checks.append(("fraction", "be a number in (0, 1]", _is_fraction, True))
     problems = []
     for key, rule, valid, required in checks:
         value = raw.get(key)
         if key not in raw and required:
-            problems.append(f"{key} is missing")
+            problems.append(f"{where}{key} is missing")
         elif (value is not None or required) and not valid(value):
-            problems.append(f"{key} must {rule}, got {value!r}")
+            problems.append(f"{where}{key} must {rule}, got {value!r}")
     return problems
+
+
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value <= 1.0
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _is_manifest_key(key: object) -> bool:

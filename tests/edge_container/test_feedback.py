@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, read_export
+from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,3 +131,28 @@ def test_an_export_reads_back_and_anything_else_is_refused(tmp_path: Path) -> No
     for bad in ("", '{"format": "other"}\n', f'{{"format": "{FORMAT}"}}\n[1]\n'):
         with pytest.raises(FeedbackError):
             list(read_export(io.StringIO(bad)))
+
+
+def test_the_edge_records_what_the_cloud_answered_before_answering(tmp_path: Path, tiny_artifact: Path,
+                                                                   cloud: FakeCloud) -> None:
+    path = tmp_path / "feedback" / "edge.sqlite"
+    settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k", feedback_path=path)
+    with serve_edge(settings) as (client, _):
+        body = client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE, UNSURE]}).json()
+        with FeedbackStore.open(path) as store:  # a second reader while the edge runs: WAL allows it
+            rows = [r for _, r in store.records()]
+        metrics = client.get("/metrics").text
+    assert [r["source"] for r in body["results"]] == ["edge", "cloud", "cloud"]
+    assert [r["text"] for r in rows] == [UNSURE, UNSURE]  # only what the cloud answered
+    first = rows[0]
+    assert first["cloud_label"] == body["results"][1]["label"] and first["reason"] == "low_confidence"
+    assert first["edge_label"] == body["results"][1]["edge"]["label"]
+    assert first["cloud_model_version"] == "cloud-7" and first["edge_model_version"] == "tiny-1"
+    assert set(first["edge_scores"]) == {"max_prob", "margin", "neg_entropy", "top"}
+    assert 'edge_feedback_records_total{outcome="ok"} 2.0' in metrics
+
+
+def test_without_a_path_nothing_is_recorded(tiny_artifact: Path, cloud: FakeCloud) -> None:
+    with serve_edge(edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k")) as (client, stack):
+        client.post("/v1/predict", json={"text": UNSURE})
+        assert stack.service.feedback is None

@@ -142,3 +142,46 @@ def test_the_manifest_fetched_must_be_the_one_the_pointer_was_written_for() -> N
                                                f"differs from the pointer's manifest_sha256 {SHA}$"):
         pointer.check_manifest(b"another manifest", "s3://models/models/v7/manifest.json")
     Pointer("v7", "models/v7/manifest.json").check_manifest(b"anything", "pin")  # no digest: nothing to hold to
+
+
+CANARY = {"model_version": "v8", "manifest_key": "models/v8/manifest.json", "manifest_sha256": SHA, "fraction": 0.1}
+
+
+def test_a_canary_round_trips_and_stable_drops_it() -> None:
+    text = json.dumps(_raw(canary=CANARY))
+    pointer = Pointer.from_json(text)
+    assert pointer.canary is not None and pointer.canary.fraction == 0.1
+    assert Pointer.from_json(pointer.to_json()) == pointer
+    assert json.loads(pointer.to_json())["canary"] == CANARY
+    assert pointer.stable().canary is None and pointer.stable().model_version == "v7"
+
+
+def test_the_canary_cohort_is_the_fraction_stable_monotone_and_new_per_rollout() -> None:
+    devices = [f"kiosk-{i:05d}" for i in range(20_000)]
+    pointer = Pointer.from_json(json.dumps(_raw(canary=CANARY)))
+    chosen = {d for d in devices if pointer.for_device(d).model_version == "v8"}
+    assert len(chosen) / len(devices) == pytest.approx(0.1, abs=0.01)
+    assert all(pointer.for_device(d).canary is None for d in devices[:10])
+    again = {d for d in devices if pointer.for_device(d).model_version == "v8"}
+    assert again == chosen  # every poll, the same answer
+    wider = Pointer.from_json(json.dumps(_raw(canary={**CANARY, "fraction": 0.5})))
+    assert chosen <= {d for d in devices if wider.for_device(d).model_version == "v8"}  # raising only adds
+    other = Pointer.from_json(json.dumps(_raw(canary={**CANARY, "model_version": "v9",
+                                                      "manifest_key": "models/v9/manifest.json"})))
+    overlap = chosen & {d for d in devices if other.for_device(d).model_version == "v9"}
+    assert len(overlap) / len(chosen) == pytest.approx(0.1, abs=0.03)  # another rollout, another cohort
+
+
+@pytest.mark.parametrize(("canary", "message"), [
+    ({**CANARY, "fraction": 0}, "canary.fraction must be a number in (0, 1]"),
+    ({**CANARY, "fraction": 1.5}, "canary.fraction must be"),
+    ({**CANARY, "fraction": True}, "canary.fraction must be"),
+    ({k: v for k, v in CANARY.items() if k != "fraction"}, "canary.fraction is missing"),
+    ({k: v for k, v in CANARY.items() if k != "manifest_sha256"}, "canary.manifest_sha256 is missing"),
+    ({**CANARY, "model_version": "../x"}, "canary.model_version must be"),
+    ({**CANARY, "model_version": "v7", "manifest_key": "models/v7/manifest.json"}, "must differ from model_version"),
+    ("v8", "canary must be an object"),
+])
+def test_a_bad_canary_is_refused_naming_the_field(canary: object, message: str) -> None:
+    with pytest.raises(PointerError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        Pointer.from_json(json.dumps(_raw(canary=canary)), where=WHERE)
