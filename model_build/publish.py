@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from model_build.errors import PublishError
 from modelpack.errors import ArtifactError, ManifestError
 from modelpack.manifest import MANIFEST_NAME, Manifest, json_object, verify_file
-from modelpack.pointer import POINTER_NAME, VERSION_RULE, Pointer, is_valid_version
+from modelpack.pointer import POINTER_NAME, VERSION_RULE, Canary, Pointer, is_valid_version
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class PublishResult:
     uploaded: tuple[str, ...]  # in upload order; the manifest is last
     published_at: str
     republished: bool  # True when this version was already there with the same manifest
+    canary: float | None = None  # the fleet fraction pointed at it, when published as a canary
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "uploaded": list(self.uploaded)}
@@ -48,7 +49,11 @@ def publish(
     version: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     allow_failed_gates: bool = False,
+    canary: float | None = None,
 ) -> PublishResult:
+    """Upload the version, then point `latest.json` at it; with `canary` (a fraction in (0, 1]), point only
+    that stable, device-hashed share of the fleet at it and leave the rest on the current version (again
+    with another fraction: widen or narrow the same rollout). `promote` / `abort` finish or undo it."""
     folder = Path(artifact_dir)
     manifest_bytes, manifest = _read_manifest(folder)
     gates = (manifest.get("build") or {}).get("gates") or {}
@@ -58,26 +63,82 @@ def publish(
     version = version or manifest["model_version"]
     if not is_valid_version(version):
         raise PublishError(f"version {version!r} is not a safe S3 key part ({VERSION_RULE})")
+    if canary is not None and not 0.0 < canary <= 1.0:
+        raise PublishError(f"--canary must be a fraction in (0, 1], got {canary}")
     _check_named_files(manifest, folder)
     try:
         Manifest.from_dict(manifest)
     except ManifestError as exc:
         raise PublishError(f"{folder / MANIFEST_NAME}: {exc}") from None
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST_NAME)
-
-    base = "/".join(part for part in (prefix.strip("/"), version) if part)
-    manifest_key = f"{base}/{MANIFEST_NAME}"
-    latest_key = "/".join(part for part in (prefix.strip("/"), POINTER_NAME) if part)
+    latest_key = _key(prefix, POINTER_NAME)
+    current = _current_pointer(s3_client, bucket, latest_key) if canary is not None else None
+    if canary is not None and (current is None or current.model_version == version):
+        raise PublishError(f"a canary needs another version already published at s3://{bucket}/{latest_key} "
+                           f"to stay on ({'none' if current is None else current.model_version + ' is this one'})")
+    manifest_key, uploaded, existing = _upload_version(folder, manifest_bytes, bucket, _key(prefix, version),
+                                                       s3_client)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    published_at = clock().astimezone(UTC).isoformat(timespec="seconds")
+    if canary is None:
+        latest = Pointer(version, manifest_key, manifest_sha256, published_at)
+    else:
+        assert current is not None
+        latest = replace(current.stable(), canary=Canary(version, manifest_key, manifest_sha256, canary, published_at))
+    _put(s3_client, bucket, latest_key, latest.to_json().encode(), "application/json")
+    return PublishResult(bucket=bucket, version=version, manifest_key=manifest_key,
+                         manifest_sha256=manifest_sha256, latest_key=latest_key, uploaded=tuple(uploaded),
+                         published_at=published_at, republished=existing is not None, canary=canary)
 
+
+def promote(*, bucket: str, prefix: str = "models", s3_client: Any) -> Pointer:
+    """Finish a staged rollout: the canary's version becomes every device's. Returns the pointer written."""
+    latest_key = _key(prefix, POINTER_NAME)
+    current = _current_pointer(s3_client, bucket, latest_key)
+    if current is None or current.canary is None:
+        raise PublishError(f"s3://{bucket}/{latest_key} has no canary to promote")
+    c = current.canary
+    latest = Pointer(c.model_version, c.manifest_key, c.manifest_sha256, c.published_at)
+    _put(s3_client, bucket, latest_key, latest.to_json().encode(), "application/json")
+    return latest
+
+
+def abort(*, bucket: str, prefix: str = "models", s3_client: Any) -> Pointer:
+    """Undo a staged rollout: every device goes back to the stable version (the canary's files stay, unused)."""
+    latest_key = _key(prefix, POINTER_NAME)
+    current = _current_pointer(s3_client, bucket, latest_key)
+    if current is None or current.canary is None:
+        raise PublishError(f"s3://{bucket}/{latest_key} has no canary to abort")
+    latest = current.stable()
+    _put(s3_client, bucket, latest_key, latest.to_json().encode(), "application/json")
+    return latest
+
+
+def _key(prefix: str, name: str) -> str:
+    return "/".join(part for part in (prefix.strip("/"), name) if part)
+
+
+def _current_pointer(s3_client: Any, bucket: str, latest_key: str) -> Pointer | None:
+    raw = _get_or_none(s3_client, bucket, latest_key)
+    if raw is None:
+        return None
+    try:
+        return Pointer.from_json(raw, where=f"s3://{bucket}/{latest_key}")
+    except ManifestError as exc:
+        raise PublishError(str(exc)) from None
+
+
+def _upload_version(folder: Path, manifest_bytes: bytes, bucket: str, base: str,
+                    s3_client: Any) -> tuple[str, list[str], bytes | None]:
+    """Upload the folder under `base/`, the manifest last; (manifest key, keys uploaded, what was there)."""
+    manifest_key = f"{base}/{MANIFEST_NAME}"
     existing = _get_or_none(s3_client, bucket, manifest_key)
     if existing is not None and existing != manifest_bytes:
         raise PublishError(
             f"s3://{bucket}/{manifest_key} already exists with a different manifest "
-            f"(SHA-256 {hashlib.sha256(existing).hexdigest()}, local {manifest_sha256}); "
+            f"(SHA-256 {hashlib.sha256(existing).hexdigest()}, local {hashlib.sha256(manifest_bytes).hexdigest()}); "
             "published versions are immutable: bump model_version"
         )
-
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST_NAME)
     uploaded: list[str] = []
     # The manifest goes last: a reader that finds it can rely on every file it names being there.
     for path in [*files, folder / MANIFEST_NAME]:
@@ -85,13 +146,7 @@ def publish(
         with path.open("rb") as body:
             _put(s3_client, bucket, key, body, _content_type(path))
         uploaded.append(key)
-
-    published_at = clock().astimezone(UTC).isoformat(timespec="seconds")
-    latest = Pointer(version, manifest_key, manifest_sha256, published_at)
-    _put(s3_client, bucket, latest_key, latest.to_json().encode(), "application/json")
-    return PublishResult(bucket=bucket, version=version, manifest_key=manifest_key,
-                         manifest_sha256=manifest_sha256, latest_key=latest_key, uploaded=tuple(uploaded),
-                         published_at=published_at, republished=existing is not None)
+    return manifest_key, uploaded, existing
 
 
 def _read_manifest(folder: Path) -> tuple[bytes, dict[str, Any]]:
