@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -65,7 +65,7 @@ class Fleet:
                 return seen
             time.sleep(0.2)
 
-    def __enter__(self) -> Fleet:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
