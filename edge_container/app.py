@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from edge_container import oip
 from edge_container.auth import Client, ClientAuth
+from edge_container.debug import debug_listener, debug_port
 from edge_container.errors import (
     AdminDisabled,
     BadRequest,
@@ -237,7 +238,9 @@ def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = No
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await stack.start()
         try:
-            yield
+            async with debug_listener(stack) as debug:  # the mutual-TLS port, when EDGE_DEBUG_PORT is set
+                stack.debug_port = debug_port(debug)
+                yield
         finally:
             await stack.stop()
 

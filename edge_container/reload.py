@@ -17,6 +17,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self.source = ""
         self.last_error: dict[str, str] | None = None
+        self.history: deque[dict[str, str]] = deque(maxlen=50)  # newest last: loads, refusals, rollbacks
 
     @property
     def ready(self) -> bool:
@@ -91,6 +93,8 @@ class ModelManager:
         self.last_error = {"folder": where, "source": source, "reason": reason,
                            "error": f"{type(exc).__name__}: {exc}",
                            "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+        self.history.append({"at": self.last_error["at"], "event": "refused" if reason != "unavailable"
+                             else "unavailable", "where": where, "source": source, "reason": reason})
         if self._metrics is not None:
             self._metrics.reload_failures.labels(reason).inc()
             self._metrics.last_reload_error.info({"reason": reason, "source": source, "at": self.last_error["at"]})
@@ -106,6 +110,8 @@ class ModelManager:
 
     def _swap(self, model: EdgeModel, source: str) -> None:
         self._previous, self._current, self.source = self._current, model, source
+        self.history.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), "event": "serving",
+                             "version": model.version, "source": source})
         if self._metrics is not None:
             self._metrics.model_info.info({"version": model.version, "manifest_sha256": model.manifest_sha256,
                                            "precision": model.manifest.edge.precision, "source": source})

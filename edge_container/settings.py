@@ -77,6 +77,12 @@ class Settings:
     s3_latest_uri: str | None = None
     s3_cache_dir: Path = Path("/tmp/edge-models")
     device_id: str = ""  # names this device in a staged rollout's cohort; "" = the host name
+    # Remote debugging over mutual TLS (edge_container.debug); None = off
+    debug_port: int | None = None
+    debug_host: str | None = None  # None = EDGE_HOST
+    debug_tls_cert: Path | None = None
+    debug_tls_key: Path | None = None
+    debug_tls_client_ca: Path | None = None  # the operators' CA: only its client certificates get in
     # Feedback: cloud-answered escalations kept on the device (edge_container.feedback); None = off
     feedback_path: Path | None = None
     feedback_mode: str = "text"  # text | hash (only a keyed hash of each text: monitoring, not training)
@@ -109,7 +115,7 @@ class Settings:
         env = _Env(os.environ if environ is None else environ)
         d = cls()  # defaults live on the fields above, in one place
         settings = cls(**_service(env, d), **_routing(env, d), **_batching(env, d), **_cloud(env, d),
-                       **_limits(env, d), **_models(env, d), **_feedback(env, d))
+                       **_limits(env, d), **_models(env, d), **_feedback(env, d), **_debug(env))
         if settings.cloud_url and not (settings.cloud_api_key or settings.cloud_sigv4_region):
             raise ConfigurationError(
                 "EDGE_CLOUD_URL is set but neither EDGE_CLOUD_API_KEY nor EDGE_CLOUD_SIGV4_REGION is",
@@ -197,6 +203,22 @@ def _models(env: _Env, d: Settings) -> dict[str, Any]:
         "s3_cache_dir": Path(env.text("EDGE_S3_CACHE_DIR", str(d.s3_cache_dir))),
         "device_id": env.text("EDGE_DEVICE_ID", d.device_id),
     }
+
+
+def _debug(env: _Env) -> dict[str, Any]:
+    """The mutual-TLS debug listener: with EDGE_DEBUG_PORT, its certificate, key and client CA must exist."""
+    port = env.int_or_none("EDGE_DEBUG_PORT")
+    if port is not None and not 0 <= port <= 65535:
+        raise env.bad("EDGE_DEBUG_PORT", env.raw("EDGE_DEBUG_PORT"), "must be in [0, 65535]")
+    files: dict[str, Path | None] = {}
+    for field, key in (("debug_tls_cert", "EDGE_DEBUG_TLS_CERT"), ("debug_tls_key", "EDGE_DEBUG_TLS_KEY"),
+                       ("debug_tls_client_ca", "EDGE_DEBUG_TLS_CLIENT_CA")):
+        raw = env.opt_text(key)
+        if port is not None and (raw is None or not Path(raw).is_file()):
+            raise ConfigurationError(f"EDGE_DEBUG_PORT is set: {key} must name a readable PEM file"
+                                     + ("" if raw is None else f" ({raw!r} is not a file)"), key=key)
+        files[field] = None if raw is None else Path(raw)
+    return {"debug_port": port, "debug_host": env.opt_text("EDGE_DEBUG_HOST"), **files}
 
 
 def _feedback(env: _Env, d: Settings) -> dict[str, Any]:

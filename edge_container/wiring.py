@@ -41,6 +41,7 @@ class EdgeStack:
     http: httpx.AsyncClient | None
     executor: ThreadPoolExecutor
     _owns_http: bool = field(default=False, repr=False)
+    debug_port: int | None = None  # the mutual-TLS debug listener's port, once serving (None: off)
 
     @classmethod
     def create(cls, settings: Settings, *, http: httpx.AsyncClient | None = None, s3_client: Any = None,
