@@ -93,6 +93,7 @@ class CloudClient:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[str], None] | None = None,
+        on_bytes: Callable[[str, int], None] | None = None,
         max_texts: int = CLOUD_MAX_TEXTS,
         max_text_chars: int = CLOUD_MAX_TEXT_CHARS,
     ) -> None:
@@ -101,6 +102,7 @@ class CloudClient:
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self._signer, self._rng, self._sleep, self._clock = signer, rng, sleep, clock
         self._on_error = on_error or (lambda kind: None)
+        self._on_bytes = on_bytes or (lambda direction, n: None)  # ("sent" | "received", bytes): device metrics
 
     async def infer(
         self,
@@ -159,6 +161,7 @@ class CloudClient:
                 break
             timeout = min(self.timeout_s, left)
             sent = self._sign(headers, body)
+            self._on_bytes("sent", len(body))
             try:
                 response = await self._http.post(self.url, content=body, headers=sent, timeout=timeout)
             except httpx.TimeoutException:
@@ -170,6 +173,7 @@ class CloudClient:
                 self._on_error("connection")
                 last = CloudCallFailed(f"cannot reach the cloud: {type(exc).__name__}")
                 continue
+            self._on_bytes("received", response.num_bytes_downloaded)
             if response.status_code == 200:
                 try:
                     return CloudReply(InferReply.from_json(_json(response), n_texts=len(texts)), attempt + 1)

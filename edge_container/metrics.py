@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -47,6 +48,14 @@ class Metrics:
                            registry=r)
         self.recent_escalation = Gauge("edge_recent_escalation_ratio",
                                        "Share of the last ~1,000 auto-routed texts sent to the cloud", registry=r)
+        self.cloud_bytes = Counter("edge_cloud_bytes_total", "Body bytes sent to / received from the cloud",
+                                   ["direction"], registry=r)
+        # The device: memory and CPU of this process (process_* on Linux), and the CPU temperature where
+        # the kernel exposes one (/sys/class/thermal); NaN where it does not (most containers and VMs).
+        ProcessCollector(registry=r)
+        self.cpu_temperature = Gauge("edge_cpu_temperature_celsius", "Hottest thermal zone (/sys/class/thermal); "
+                                     "NaN when the device exposes none", registry=r)
+        self.cpu_temperature.set_function(lambda: _or_nan(cpu_temperature_c()))
         self.feedback_records = Counter("edge_feedback_records_total", "Feedback records written, by outcome",
                                         ["outcome"], registry=r)
         self.model_loaded = Gauge("edge_model_loaded_timestamp_seconds", "When the served model was loaded",
@@ -66,3 +75,18 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def cpu_temperature_c(root: Path = Path("/sys/class/thermal")) -> float | None:
+    """The hottest thermal zone in °C, or None where the kernel exposes none (or none can be read)."""
+    readings = []
+    for zone in sorted(root.glob("thermal_zone*/temp")):
+        try:
+            readings.append(int(zone.read_text().strip()) / 1000.0)  # millidegrees
+        except (OSError, ValueError):
+            continue
+    return max(readings) if readings else None
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value

@@ -64,6 +64,7 @@ class EdgeStack:
                 timeout_s=settings.cloud_timeout_ms / 1000.0, retries=settings.cloud_retries,
                 backoff_s=settings.cloud_backoff_ms / 1000.0, signer=_signer(settings, aws_credentials),
                 on_error=lambda kind: metrics.cloud_errors.labels(kind).inc(),
+                on_bytes=lambda direction, n: metrics.cloud_bytes.labels(direction).inc(n),
                 max_texts=settings.cloud_max_texts, max_text_chars=settings.cloud_max_text_chars)
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="edge-infer")
         service = EdgeService(
