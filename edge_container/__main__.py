@@ -1,6 +1,10 @@
 """`python -m edge_container serve [--model-dir DIR] [--host H] [--port P] ...` (the container's entry point).
 
 Flags override the matching EDGE_* variables and go through the same validation.
+
+    python -m edge_container feedback export --store FILE [--out FILE] [--after-id N]
+
+writes the feedback store (EDGE_FEEDBACK_PATH) as JSON Lines for `model_build build --feedback`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the HTTP API (uvicorn)")
     for name, env in _FLAGS.items():
         serve.add_argument("--" + name.replace("_", "-"), dest=name, help=f"overrides {env}")
+    feedback = sub.add_parser("feedback", help="the feedback store").add_subparsers(dest="action", required=True)
+    export = feedback.add_parser("export", help="write the store as JSON Lines (model_build build --feedback)")
+    export.add_argument("--store", required=True, help="the store file (EDGE_FEEDBACK_PATH)")
+    export.add_argument("--out", help="output file (default: stdout)")
+    export.add_argument("--after-id", type=int, default=0, help="only records after this id (incremental)")
     args = parser.parse_args(argv)
+    if args.command == "feedback":
+        return _export_feedback(args)
 
     import uvicorn
 
@@ -43,6 +54,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.run()
     # uvicorn exits quietly when the lifespan start-up fails (e.g. a refused artifact): say so in the status.
     return 0 if server.started else 1
+
+
+def _export_feedback(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge_container.feedback import FeedbackError, FeedbackStore
+
+    if not Path(args.store).is_file():
+        print(f"error: {args.store}: no such feedback store", file=sys.stderr)
+        return 2
+    try:
+        with FeedbackStore.open_existing(args.store) as store:
+            if args.out is None:
+                last = store.export(sys.stdout, after_id=args.after_id)
+            else:
+                with open(args.out, "w", encoding="utf-8") as out:
+                    last = store.export(out, after_id=args.after_id)
+    except (FeedbackError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported records up to id {last}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

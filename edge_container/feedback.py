@@ -29,15 +29,16 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Self
 
+from modelpack.feedback import COLUMNS, FORMAT, FeedbackError, header, read_export  # noqa: F401  (re-exported)
+
 log = logging.getLogger("edge_container.feedback")
 Mode = Literal["text", "hash"]
 MODES: tuple[Mode, ...] = ("text", "hash")
-FORMAT = "edge-feedback/1"  # the first line of an export names the format; readers refuse others
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,12 +58,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
 """
-_COLUMNS = ("ts", "text", "text_hash", "edge_label", "edge_confidence", "edge_scores", "cloud_label",
-            "cloud_confidence", "edge_model_version", "cloud_model_version", "reason")
-
-
-class FeedbackError(Exception):
-    """The store cannot be opened or used (bad path, a file that is not such a store, another mode)."""
+_COLUMNS = COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +121,19 @@ class FeedbackStore:
                     clock=clock)
         store._check_mode()
         return store
+
+    @classmethod
+    def open_existing(cls, path: Path | str) -> FeedbackStore:
+        """Open a store that exists, in the mode it was created with (for export and inspection)."""
+        try:
+            with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True) as db:
+                row = db.execute("SELECT value FROM meta WHERE key = 'mode'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise FeedbackError(f"{path}: not a usable feedback store ({exc})") from None
+        mode = row[0] if row is not None else "text"
+        if mode not in MODES:
+            raise FeedbackError(f"{path}: unknown feedback mode {mode!r}")
+        return cls.open(path, mode=mode)
 
     def close(self) -> None:
         self._db.close()
@@ -194,7 +203,7 @@ class FeedbackStore:
     def export(self, out: IO[str], *, after_id: int = 0, limit: int | None = None) -> int:
         """Write the records after `after_id` to `out` as JSON Lines (a header line naming the format and the
         mode first); returns the last id written (`after_id` when none)."""
-        out.write(json.dumps({"format": FORMAT, "mode": self.mode}) + "\n")
+        out.write(header(self.mode) + "\n")
         last = after_id
         for last, item in self.records(after_id=after_id, limit=limit):
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
@@ -243,27 +252,6 @@ class _Transaction:
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def read_export(lines: Iterable[str], *, where: str = "feedback") -> Iterator[dict[str, Any]]:
-    """The records of an export (`FeedbackStore.export`), checking its header; `FeedbackError` otherwise."""
-    it = iter(lines)
-    try:
-        header = json.loads(next(it))
-    except (StopIteration, json.JSONDecodeError):
-        raise FeedbackError(f"{where}: empty, or not a feedback export (no header line)") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise FeedbackError(f"{where}: not a feedback export (format {FORMAT!r} expected)")
-    for n, line in enumerate(it, start=2):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            raise FeedbackError(f"{where}: line {n} is not JSON") from None
-        if not isinstance(item, dict):
-            raise FeedbackError(f"{where}: line {n} is not a record")
-        yield item
 
 
 class FeedbackWriter:

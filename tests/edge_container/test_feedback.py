@@ -156,3 +156,22 @@ def test_without_a_path_nothing_is_recorded(tiny_artifact: Path, cloud: FakeClou
     with serve_edge(edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k")) as (client, stack):
         client.post("/v1/predict", json={"text": UNSURE})
         assert stack.service.feedback is None
+
+
+def test_the_export_command_writes_what_the_build_reads(tmp_path: Path) -> None:
+    from modelpack.feedback import read_feedback
+
+    with FeedbackStore.open(tmp_path / "fb.sqlite", mode="hash") as store:
+        store.record([record(0), record(1)])
+    out = tmp_path / "fb.jsonl"
+    done = subprocess.run([sys.executable, "-m", "edge_container", "feedback", "export", "--store",
+                           str(tmp_path / "fb.sqlite"), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "up to id 2" in done.stderr
+    items = read_feedback(out)
+    assert len(items) == 2 and all("text" not in item for item in items)  # the store's hash mode kept
+    missing = subprocess.run([sys.executable, "-m", "edge_container", "feedback", "export", "--store",
+                              str(tmp_path / "nope.sqlite")], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert missing.returncode == 2 and "no such feedback store" in missing.stderr
