@@ -100,7 +100,7 @@ def _cold_child() -> None:
     warm = time.perf_counter()
     if first["statusCode"] != 200 or second["statusCode"] != 200:
         raise SystemExit(f"cold request failed: {first['statusCode']} {first['body']}")
-    from modelpack.cloud_api import InferReply  # noqa: PLC0415 - after the measured import (the handler's own)
+    from modelpack.cloud_api import InferReply  # after the measured import (the handler's own)
 
     result = {
         "import_s": round(imported - started, 4),
