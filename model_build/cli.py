@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         model_version=args.model_version,
         strict=args.strict,
     )
-    print(_summary(result.metrics))
+    print(_summary(result.metrics.to_dict()))
     print(f"artifact: {args.out}  (report: {args.out / 'report.md'})")
     return 0
 

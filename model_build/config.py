@@ -56,7 +56,7 @@ class BuildConfig:
     routing_target: float = 0.995
     traffic_oos_fraction: float | str = "test"  # number, "test" or "val": the traffic mix assumed
     # The edge answers `oos` itself below a second, lower threshold when that escalates less for the same
-    # target (routing.choose_deferral); False keeps the one-threshold rule.
+    # target (deferral.choose_deferral); False keeps the one-threshold rule.
     edge_oos_band: bool = True
     cloud_min_in_scope_accuracy: float = 0.95  # floor when choosing the cloud's oos confidence threshold
     subset_per_class: int | None = None  # quick preset: keep this many training texts per label

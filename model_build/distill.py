@@ -44,16 +44,7 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
     # Start from the teacher's word embeddings (PCA-projected): rare tokens get a sensible vector.
     words = load_word_embeddings(minilm_dir())
     model.get_layer("embedding").set_table(embedding_init(words, vocab_map, cfg.embed_dim))
-    labels = np.asarray(dataset.train.labels)
-    weights = np.ones(len(labels), dtype=np.float32)
-    if dataset.oos_index is not None:
-        weights[labels == dataset.oos_index] = d.oos_weight
-    ids, logits = train_ids, teacher_logits
-    if transfer is not None and len(transfer.ids):
-        ids = np.concatenate([train_ids, transfer.ids.astype(train_ids.dtype)])
-        logits = np.concatenate([teacher_logits, transfer.logits])
-        labels = np.concatenate([labels, transfer.logits.argmax(axis=1)])
-        weights = np.concatenate([weights, transfer.weights])
+    ids, logits, labels, weights = _training_set(config, dataset, train_ids, teacher_logits, transfer)
     # The recipe measured in bench/results/student_search.md: AdamW, half an epoch of warm-up, cosine decay.
     per_epoch = int(np.ceil(len(ids) / d.batch_size))
     warmup = per_epoch // 2
@@ -74,12 +65,38 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
         callbacks=[keras_progress("student", d.epochs)],
     )
     if config.prune:
-        from model_build.prune import prune_student
+        model = _prune_and_fine_tune(model, config, vocab_map, dataset.num_labels, ids, targets, weights)
+    return model
 
-        model, _ = prune_student(model, cfg, config.prune, vocab_map=vocab_map, num_labels=dataset.num_labels)
-        # Fine-tune the narrower student with the same loss, at a tenth of the rate, constant.
-        model.compile(optimizer=keras.optimizers.AdamW(d.learning_rate / 10, weight_decay=d.weight_decay),
-                      loss=distillation_loss(d.temperature, d.alpha))
-        model.fit(ids, targets, sample_weight=weights, batch_size=d.batch_size, epochs=config.prune_epochs,
-                  shuffle=True, verbose=0, callbacks=[keras_progress("student (pruned)", config.prune_epochs)])
+
+def _training_set(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray, teacher_logits: np.ndarray,
+                  transfer: TransferData | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ids, teacher logits, hard labels and loss weights: the labelled training texts, then the transfer set."""
+    labels = np.asarray(dataset.train.labels)
+    weights = np.ones(len(labels), dtype=np.float32)
+    if dataset.oos_index is not None:
+        weights[labels == dataset.oos_index] = config.distill.oos_weight
+    if transfer is None or not len(transfer.ids):
+        return train_ids, teacher_logits, labels, weights
+    return (np.concatenate([train_ids, transfer.ids.astype(train_ids.dtype)]),
+            np.concatenate([teacher_logits, transfer.logits]),
+            np.concatenate([labels, transfer.logits.argmax(axis=1)]),
+            np.concatenate([weights, transfer.weights]))
+
+
+def _prune_and_fine_tune(model, config: BuildConfig, vocab_map, num_labels: int, ids: np.ndarray,
+                         targets: np.ndarray, weights: np.ndarray):
+    """Structured pruning, then distillation fine-tuning of the narrower student with the same loss, at a
+    tenth of the rate, constant."""
+    import keras
+
+    from model_build.prune import prune_student
+    from model_build.student import distillation_loss
+
+    d = config.distill
+    model, _ = prune_student(model, config.student, config.prune, vocab_map=vocab_map, num_labels=num_labels)
+    model.compile(optimizer=keras.optimizers.AdamW(d.learning_rate / 10, weight_decay=d.weight_decay),
+                  loss=distillation_loss(d.temperature, d.alpha))
+    model.fit(ids, targets, sample_weight=weights, batch_size=d.batch_size, epochs=config.prune_epochs,
+              shuffle=True, verbose=0, callbacks=[keras_progress("student (pruned)", config.prune_epochs)])
     return model

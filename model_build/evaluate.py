@@ -6,28 +6,34 @@ tokenizer, .tflite files and the data), so a report can always be checked agains
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from model_build import calibration, routing
+from model_build import calibration
+from model_build.artifact import EDGE_FP32_FILE
+from model_build.curves import SplitCurves, escalation_curve
 from model_build.data import Dataset, Split, default_data_path, load_dataset, subset
+from model_build.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
+from model_build.routing import RoutedMetrics, apply_deferral
+from modelpack.classifier import Classifier
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
-from modelpack.scores import SCORES, manifest_band_score, softmax
+from modelpack.scores import SCORES, manifest_band_score, predict_with_oos, softmax
 from modelpack.tokenizer import TextTokenizer
 
-EDGE_FP32_FILE = "edge_fp32.tflite"  # the float student, kept beside the int8 one for comparison
+LATENCY_BATCHES = (1, 32)
 
 
-def model_logits(
-    model: LiteRTModel, tokenizer: TextTokenizer, texts: Sequence[str], *, batch_size: int = 64, desc: str = ""
-) -> np.ndarray:
+def _batched(infer: Callable[[list[str]], np.ndarray], tokenizer: TextTokenizer, texts: Sequence[str], *,
+             batch_size: int, desc: str) -> np.ndarray:
     """Logits for all texts, batched the way serving batches: sorted by length, padded to a bucket."""
     lengths = np.asarray(tokenizer.lengths(texts))
     order = np.argsort(lengths, kind="stable")
@@ -35,12 +41,26 @@ def model_logits(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc or "infer", unit="batch", leave=False, disable=not desc):
         rows = order[start : start + batch_size]
-        logits = model.logits(tokenizer.encode([texts[i] for i in rows]))
+        logits = infer([texts[i] for i in rows])
         if out is None:
             out = np.empty((len(texts), logits.shape[1]), dtype=np.float32)
         out[rows] = logits
     assert out is not None, "no texts"
     return out
+
+
+def model_logits(
+    model: LiteRTModel, tokenizer: TextTokenizer, texts: Sequence[str], *, batch_size: int = 64, desc: str = ""
+) -> np.ndarray:
+    """A bare LiteRT model's logits (a file no manifest describes yet), batched as serving batches."""
+    return _batched(lambda batch: model.logits(tokenizer.encode(batch)), tokenizer, texts,
+                    batch_size=batch_size, desc=desc)
+
+
+def classifier_logits(classifier: Classifier, texts: Sequence[str], *, batch_size: int = 64,
+                      desc: str = "") -> np.ndarray:
+    """An artifact model's raw logits (before its temperature), batched as serving batches."""
+    return _batched(classifier.logits, classifier.tokenizer, texts, batch_size=batch_size, desc=desc)
 
 
 def median_latency_ms(models: dict[str, LiteRTModel], ids: np.ndarray, *, repeats: int) -> dict[str, float]:
@@ -63,18 +83,17 @@ def latency_inputs(tokenizer: TextTokenizer, texts: Sequence[str], batch: int) -
 
 def classification_metrics(
     probs: np.ndarray, labels: np.ndarray, oos_index: int | None, *, pred: np.ndarray | None = None
-) -> dict[str, float]:
+) -> ModelMetrics:
     pred = probs.argmax(axis=1) if pred is None else pred
     correct = pred == labels
     is_oos = labels == oos_index if oos_index is not None else np.zeros(len(labels), dtype=bool)
-    out = {"accuracy": float(correct.mean())}
-    out["in_scope_accuracy"] = float(correct[~is_oos].mean())
+    recall = auroc = None
     if is_oos.any():
-        out["oos_recall"] = float(correct[is_oos].mean())
+        recall = float(correct[is_oos].mean())
         if (~is_oos).any():
-            out["oos_auroc"] = oos_auroc(probs.max(axis=1), is_oos)
-    out["ece"] = calibration.ece(probs, labels, n_bins=15)
-    return out
+            auroc = oos_auroc(probs.max(axis=1), is_oos)
+    return ModelMetrics(accuracy=float(correct.mean()), in_scope_accuracy=float(correct[~is_oos].mean()),
+                        oos_recall=recall, oos_auroc=auroc, ece=calibration.ece(probs, labels, n_bins=15))
 
 
 def size_metrics(int8_file: Path, fp32_file: Path) -> dict[str, float]:
@@ -102,46 +121,84 @@ def oos_auroc(confidence: np.ndarray, is_oos: np.ndarray) -> float:
 
 
 class ArtifactRunner:
-    """The models of one artifact folder, ready to run on a data set."""
+    """The models of one artifact folder, ready to run on a data set: the manifest's two tiers as calibrated
+    classifiers, and the float student (a file beside them no manifest entry describes) when it is there."""
 
     def __init__(self, folder: Path, manifest: Manifest):
-        tok = manifest.tokenizer
         self.folder, self.manifest = folder, manifest
-        self.tokenizer = TextTokenizer(
-            folder / tok.file, max_seq_len=tok.max_seq_len, length_buckets=tok.length_buckets, pad_id=tok.pad_id
-        )
-        self.edge = self._load(manifest.edge)
-        self.cloud = self._load(manifest.cloud)
+        self.edge = Classifier(manifest, folder, "edge")
+        self.cloud = Classifier(manifest, folder, "cloud")
+        self.tokenizer = self.edge.tokenizer
         fp32 = folder / EDGE_FP32_FILE
-        self.edge_fp32 = self._load_fp32(fp32, manifest.edge) if fp32.exists() else None
-
-    def _load(self, entry: ModelEntry) -> LiteRTModel:
-        return LiteRTModel((self.folder / entry.file).read_bytes(), entry)
-
-    @staticmethod
-    def _load_fp32(path: Path, int8_entry: ModelEntry) -> LiteRTModel:
-        from dataclasses import replace
-
-        entry = replace(
-            int8_entry,
-            file=path.name,
-            precision="fp32",
-            output=replace(int8_entry.output, dtype="float32", scale=None, zero_point=None),
-        )
-        return LiteRTModel(path.read_bytes(), entry)
+        self.edge_fp32 = _load_fp32(fp32, manifest.edge) if fp32.exists() else None
 
     def logits(self, which: str, split: Split) -> np.ndarray:
-        model = {"edge": self.edge, "cloud": self.cloud, "edge_fp32": self.edge_fp32}[which]
-        assert model is not None, f"no {which} model in {self.folder}"
-        return model_logits(model, self.tokenizer, split.texts, desc=f"{which} {len(split)} texts")
+        desc = f"{which} {len(split)} texts"
+        if which == "edge_fp32":
+            assert self.edge_fp32 is not None, f"no {which} model in {self.folder}"
+            return model_logits(self.edge_fp32, self.tokenizer, split.texts, desc=desc)
+        return classifier_logits({"edge": self.edge, "cloud": self.cloud}[which], split.texts, desc=desc)
+
+    def timed_models(self) -> dict[str, LiteRTModel]:
+        """The interpreters whose latency metrics.json reports, by their metrics name."""
+        timed = {"edge_int8": self.edge.model}
+        if self.edge_fp32 is not None:
+            timed["edge_fp32"] = self.edge_fp32
+        timed["teacher"] = self.cloud.model
+        return timed
+
+
+def _load_fp32(path: Path, int8_entry: ModelEntry) -> LiteRTModel:
+    entry = dataclasses.replace(
+        int8_entry,
+        file=path.name,
+        precision="fp32",
+        output=dataclasses.replace(int8_entry.output, dtype="float32", scale=None, zero_point=None),
+    )
+    return LiteRTModel(path.read_bytes(), entry)
+
+
+@dataclass(frozen=True, eq=False)
+class DeployedAnswers:
+    """A split's calibrated probabilities and both tiers' answers under the manifest's rules."""
+
+    labels: np.ndarray
+    edge_probs: np.ndarray
+    edge_pred: np.ndarray  # the argmax: the edge's `oos` band is applied by the routing rule
+    cloud_probs: np.ndarray
+    cloud_pred: np.ndarray  # with the cloud's `oos` rule
+    score: np.ndarray  # the routing score
+    band: np.ndarray | None  # the score the edge's `oos` band is cut on; None: no band
+
+    @classmethod
+    def of(cls, logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> DeployedAnswers:
+        oos = m.oos_index
+        cloud_probs = softmax(logits["cloud"], m.cloud.temperature)
+        cloud_pred = cloud_probs.argmax(axis=1)
+        if oos is not None and m.cloud.oos_threshold is not None:
+            cloud_pred = predict_with_oos(cloud_probs, m.cloud.oos_threshold, oos)
+        edge_probs = softmax(logits["edge"], m.edge.temperature)
+        return cls(labels, edge_probs, edge_probs.argmax(axis=1), cloud_probs, cloud_pred,
+                   SCORES[m.routing.score](edge_probs), manifest_band_score(edge_probs, m.routing, oos))
+
+    def routed(self, m: Manifest, rows: np.ndarray | None = None) -> tuple[RoutedMetrics, float]:
+        """The manifest's rule applied to these texts (or to ``rows`` of them), and the share the edge
+        answers `oos` itself."""
+        at = slice(None) if rows is None else rows
+        band = None if self.band is None else self.band[at]
+        r = m.routing
+        routed = apply_deferral(self.edge_pred[at], self.cloud_pred[at], self.labels[at], self.score[at],
+                                r.threshold, r.oos_threshold, oos_index=m.oos_index, oos_score=band)
+        edge_oos_rate = float((band < r.oos_threshold).mean()) if band is not None else 0.0
+        return routed, edge_oos_rate
 
 
 def test_metrics(
     runner: ArtifactRunner, dataset: Dataset, *, latency_repeats: int = 200
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """metrics.json's content on the test split, using the manifest's temperatures and thresholds as is.
+) -> tuple[TestMetrics, dict[str, np.ndarray]]:
+    """metrics.json's test part, using the manifest's temperatures and thresholds as is.
 
-    Returns the metrics and the raw test logits (for plots)."""
+    Returns the metrics and the raw test logits (for the build's calibration figures and curves)."""
     m = runner.manifest
     test = dataset.test
     y = np.asarray(test.labels)
@@ -149,88 +206,114 @@ def test_metrics(
     logits = {"edge": runner.logits("edge", test), "cloud": runner.logits("cloud", test)}
     if runner.edge_fp32 is not None:
         logits["edge_fp32"] = runner.logits("edge_fp32", test)
+    a = DeployedAnswers.of(logits, y, m)
+    latency = _latencies(runner, list(test.texts), latency_repeats)
 
-    cloud_probs = softmax(logits["cloud"], m.cloud.temperature)
-    cloud_pred = cloud_probs.argmax(axis=1)
-    if oos is not None and m.cloud.oos_threshold is not None:
-        cloud_pred = routing.predict_with_oos(cloud_probs, m.cloud.oos_threshold, oos)
-    edge_probs = softmax(logits["edge"], m.edge.temperature)
-    edge_pred = edge_probs.argmax(axis=1)
-
-    metrics: dict[str, Any] = {
-        "split": "test",
-        "n": int(len(y)),
-        "oos_fraction": float((y == oos).mean()) if oos is not None else 0.0,
-    }
-    # The teacher as a classifier (argmax), and as deployed: answering `oos` below its calibrated confidence.
-    metrics["teacher"] = classification_metrics(cloud_probs, y, oos)
-    metrics["teacher_with_oos_rule"] = classification_metrics(cloud_probs, y, oos, pred=cloud_pred)
-    metrics["edge_int8"] = classification_metrics(edge_probs, y, oos)
-    metrics["edge_int8"]["size_bytes"] = m.edge.size_bytes
-    score = SCORES[m.routing.score](edge_probs)
-    band = m.routing.oos_threshold
-    band_on = manifest_band_score(edge_probs, m.routing, oos)
-    if band_on is None:
-        band_on = score  # no band: nothing is below it (band is None)
-    else:
-        # The edge alone, as deployed with its band: `oos` below routing.oos_threshold.
-        edge_rule = np.where(band_on < band, oos, edge_pred)
-        metrics["edge_int8_with_oos_rule"] = classification_metrics(edge_probs, y, oos, pred=edge_rule)
-
-    texts = list(test.texts)
-    timed = {"edge_int8": runner.edge}
+    edge = dataclasses.replace(classification_metrics(a.edge_probs, y, oos), size_bytes=m.edge.size_bytes)
+    edge_fp32 = None
     if runner.edge_fp32 is not None:
-        fp32_probs = softmax(logits["edge_fp32"], m.edge.temperature)
-        metrics["edge_fp32"] = classification_metrics(fp32_probs, y, oos)
-        metrics["edge_fp32"]["size_bytes"] = (runner.folder / EDGE_FP32_FILE).stat().st_size
-        metrics["student_float"] = {"accuracy": metrics["edge_fp32"]["accuracy"]}
-        metrics["edge_int8"]["size_ratio_vs_fp32"] = m.edge.size_bytes / metrics["edge_fp32"]["size_bytes"]
-        metrics["edge_int8"].update(size_metrics(runner.folder / m.edge.file, runner.folder / EDGE_FP32_FILE))
-        metrics["edge_int8"]["accuracy_drop_vs_fp32"] = (
-            metrics["edge_fp32"]["accuracy"] - metrics["edge_int8"]["accuracy"]
-        )
-        timed["edge_fp32"] = runner.edge_fp32
-    timed["teacher"] = runner.cloud
-    for batch in (1, 32):
-        ids = latency_inputs(runner.tokenizer, texts, batch)
-        repeats = latency_repeats if batch == 1 else max(10, latency_repeats // 4)
-        for name, ms in median_latency_ms(timed, ids, repeats=repeats).items():
-            metrics[name][f"latency_ms_b{batch}"] = round(ms, 4)
+        edge_fp32 = dataclasses.replace(
+            classification_metrics(softmax(logits["edge_fp32"], m.edge.temperature), y, oos),
+            size_bytes=(runner.folder / EDGE_FP32_FILE).stat().st_size, **latency["edge_fp32"])
+        edge = dataclasses.replace(
+            edge, size_ratio_vs_fp32=m.edge.size_bytes / edge_fp32.size_bytes,
+            **size_metrics(runner.folder / m.edge.file, runner.folder / EDGE_FP32_FILE),
+            accuracy_drop_vs_fp32=edge_fp32.accuracy - edge.accuracy)
+    edge_rule = None
+    if a.band is not None:  # the edge alone, as deployed with its band: `oos` below routing.oos_threshold
+        pred = np.where(a.band < m.routing.oos_threshold, oos, a.edge_pred)
+        edge_rule = classification_metrics(a.edge_probs, y, oos, pred=pred)
+    return TestMetrics(
+        n=int(len(y)),
+        oos_fraction=float((y == oos).mean()) if oos is not None else 0.0,
+        teacher=dataclasses.replace(classification_metrics(a.cloud_probs, y, oos), **latency["teacher"]),
+        teacher_with_oos_rule=classification_metrics(a.cloud_probs, y, oos, pred=a.cloud_pred),
+        edge_int8=dataclasses.replace(edge, **latency["edge_int8"]),
+        edge_int8_with_oos_rule=edge_rule,
+        edge_fp32=edge_fp32,
+        routing=_routing_summary(a, m),
+        routing_in_scope=_in_scope_routing(a, m) if oos is not None and (y == oos).any() else None,
+    ), logits
 
-    routed = routing.apply_deferral(edge_pred, cloud_pred, y, score, m.routing.threshold, band, oos_index=oos,
-                                    oos_score=band_on)
-    metrics["routing"] = {
-        "score": m.routing.score,
-        "threshold": m.routing.threshold,
-        "oos_threshold": band,
-        "oos_score": m.routing.oos_score,
-        "edge_oos_rate": float((band_on < band).mean()) if band is not None else 0.0,
-        "target_joint_over_teacher": m.routing.target_joint_over_teacher,
-        "traffic_oos_fraction": m.routing.traffic_oos_fraction,
-        "escalation_rate": routed.escalation_rate,
-        "joint_accuracy": routed.joint_accuracy,
-        "joint_over_teacher": routed.joint_over_teacher,
-        "joint_oos_recall": routed.joint_oos_recall,
-        "joint_in_scope_accuracy": routed.in_scope_accuracy,
-        "in_scope_escalation_rate": routed.in_scope_escalation_rate,
-        "oos_escalation_rate": routed.oos_escalation_rate,
-        "edge_only_accuracy": routed.edge_accuracy,
-        "cloud_only_accuracy": routed.teacher_accuracy,
-    }
-    if oos is not None and (y == oos).any():
-        inside = y != oos  # the same rule on in-scope traffic alone
-        r_in = routing.apply_deferral(edge_pred[inside], cloud_pred[inside], y[inside], score[inside],
-                                      m.routing.threshold, band, oos_index=oos, oos_score=band_on[inside])
-        metrics["routing_in_scope"] = {
-            "escalation_rate": r_in.escalation_rate, "joint_accuracy": r_in.joint_accuracy,
-            "joint_over_teacher": r_in.joint_over_teacher, "edge_only_accuracy": r_in.edge_accuracy,
-            "cloud_only_accuracy": r_in.teacher_accuracy,
-            "edge_oos_rate": float((band_on[inside] < band).mean()) if band is not None else 0.0,
-        }
-    return metrics, logits
+
+def _latencies(runner: ArtifactRunner, texts: list[str], repeats: int) -> dict[str, dict[str, float]]:
+    """Median latency per timed model and batch size, as ModelMetrics fields."""
+    out: dict[str, dict[str, float]] = {name: {} for name in runner.timed_models()}
+    for batch in LATENCY_BATCHES:
+        ids = latency_inputs(runner.tokenizer, texts, batch)
+        times = median_latency_ms(runner.timed_models(), ids,
+                                  repeats=repeats if batch == 1 else max(10, repeats // 4))
+        for name, ms in times.items():
+            out[name][f"latency_ms_b{batch}"] = round(ms, 4)
+    return out
+
+
+def _routing_summary(a: DeployedAnswers, m: Manifest) -> RoutingSummary:
+    routed, edge_oos_rate = a.routed(m)
+    r = m.routing
+    return RoutingSummary(
+        score=r.score, threshold=r.threshold, oos_threshold=r.oos_threshold, oos_score=r.oos_score,
+        edge_oos_rate=edge_oos_rate, target_joint_over_teacher=r.target_joint_over_teacher,
+        traffic_oos_fraction=r.traffic_oos_fraction, escalation_rate=routed.escalation_rate,
+        joint_accuracy=routed.joint_accuracy, joint_over_teacher=routed.joint_over_teacher,
+        joint_oos_recall=routed.joint_oos_recall, joint_in_scope_accuracy=routed.in_scope_accuracy,
+        in_scope_escalation_rate=routed.in_scope_escalation_rate,
+        oos_escalation_rate=routed.oos_escalation_rate, edge_only_accuracy=routed.edge_accuracy,
+        cloud_only_accuracy=routed.teacher_accuracy,
+    )
+
+
+def _in_scope_routing(a: DeployedAnswers, m: Manifest) -> InScopeRouting:
+    routed, edge_oos_rate = a.routed(m, a.labels != m.oos_index)  # the same rule on in-scope traffic alone
+    return InScopeRouting(
+        escalation_rate=routed.escalation_rate, joint_accuracy=routed.joint_accuracy,
+        joint_over_teacher=routed.joint_over_teacher, edge_only_accuracy=routed.edge_accuracy,
+        cloud_only_accuracy=routed.teacher_accuracy, edge_oos_rate=edge_oos_rate,
+    )
+
+
+def with_calibration(metrics: TestMetrics, logits: Mapping[str, np.ndarray], labels: np.ndarray,
+                     m: Manifest) -> TestMetrics:
+    """The build's additions to the test metrics: each model's ECE before temperature scaling, and its
+    temperature."""
+    def calibrated(model: ModelMetrics, raw: np.ndarray, entry: ModelEntry) -> ModelMetrics:
+        return dataclasses.replace(model, ece_before=calibration.ece(softmax(raw, 1.0), labels, n_bins=15),
+                                   temperature=entry.temperature)
+
+    return dataclasses.replace(metrics, edge_int8=calibrated(metrics.edge_int8, logits["edge"], m.edge),
+                               teacher=calibrated(metrics.teacher, logits["cloud"], m.cloud))
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeReliability:
+    """The edge model's reliability bins on the test split, before and after its temperature."""
+
+    before: calibration.ReliabilityBins
+    after: calibration.ReliabilityBins
+
+
+def edge_reliability(logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> EdgeReliability:
+    """The reliability plot's data."""
+    raw = logits["edge"]
+    return EdgeReliability(calibration.reliability_bins(softmax(raw, 1.0), labels, n_bins=15),
+                           calibration.reliability_bins(softmax(raw, m.edge.temperature), labels, n_bins=15))
+
+
+def routing_curves(logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> SplitCurves:
+    """The test split's escalation curves (the escalation plot's and the escalation tables' data)."""
+    a = DeployedAnswers.of(logits, labels, m)
+    curves = {name: escalation_curve(a.edge_pred, a.cloud_pred, labels, fn(a.edge_probs), name=name)
+              for name, fn in SCORES.items()}
+    if m.oos_index is None:
+        return SplitCurves(curves, None)
+    inside = labels != m.oos_index
+    in_scope = escalation_curve(a.edge_pred[inside], a.cloud_pred[inside], labels[inside],
+                                SCORES[m.routing.score](a.edge_probs[inside]), name="in-scope")
+    return SplitCurves(curves, in_scope)
 
 
 def evaluate_artifact(folder: Path | str, *, data_path: Path | str | None = None) -> dict[str, Any]:
+    """The test metrics of an artifact folder, recomputed from its files and the data (`evaluate --json`)."""
     folder = Path(folder)
     manifest = load_manifest(folder)
     path = data_path or manifest.data.get("path") or default_data_path()
@@ -243,4 +326,4 @@ def evaluate_artifact(folder: Path | str, *, data_path: Path | str | None = None
         raise DataError(f"{path}: its labels differ from the artifact's ({len(dataset.labels)} vs "
                         f"{len(manifest.labels)}); evaluate on the data the model was built from")
     metrics, _ = test_metrics(ArtifactRunner(folder, manifest), dataset)
-    return metrics
+    return metrics.to_dict()

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,7 +107,7 @@ def test_evaluate_recomputes_the_metrics_from_the_files(built):
 def test_second_build_reuses_cached_teacher_and_student(built):
     _, root = built
     again = build(preset("quick"), data_path=CLINC, out_dir=root / "again", cache_dir=root / "cache")
-    assert set(again.metrics["cached_stages"]) == {"teacher", "student"}
+    assert set(again.metrics.cached_stages) == {"teacher", "student"}
 
 
 def test_a_tampered_artifact_is_refused(built, tmp_path):
@@ -144,13 +143,14 @@ def test_a_failed_gate_keeps_the_artifact_and_says_so(built, capsys):
     _, root = built
     config = dataclasses.replace(preset("quick"), gates=Gates(max_int8_size_ratio=0.01))
     result = build(config, data_path=CLINC, out_dir=root / "gated", cache_dir=root / "cache")
-    gates = result.metrics["gates"]
-    assert gates["passed"] is False and "int8 weights are" in gates["failures"][0]
-    assert load_manifest(result.out_dir).build["gates"] == gates
-    assert result.metrics["cached_stages"] == ["teacher", "student"]
+    gates = result.metrics.gates
+    assert gates.passed is False and "int8 weights are" in gates.failures[0]
+    assert load_manifest(result.out_dir).build["gates"] == gates.to_dict()
+    assert json.loads((result.out_dir / "metrics.json").read_text())["gates"] == gates.to_dict()
+    assert result.metrics.cached_stages == ("teacher", "student")
     assert "gate failed" in capsys.readouterr().err
     report = (result.out_dir / "report.md").read_text()
-    assert "**Gates failed**" in report and gates["failures"][0] in report
+    assert "**Gates failed**" in report and gates.failures[0] in report
 
 
 def test_strict_stops_at_a_cheap_gate_right_after_training(built):
@@ -168,8 +168,8 @@ def test_strict_stops_at_a_cheap_gate_right_after_training(built):
 
 def test_the_size_gate_measures_the_weights_not_the_fixed_bytes(built):
     result, _ = built
-    e = result.metrics["edge_int8"]
+    e = result.metrics.test.edge_int8
     # The toy student's file is mostly its id map: the file ratio says little, the weight ratio is ~1/4.
-    assert e["size_ratio_vs_fp32"] > e["weight_size_ratio_vs_fp32"]
-    assert 0.2 < e["weight_size_ratio_vs_fp32"] <= 0.35
-    assert e["fixed_bytes"] > 60_000  # the 61 KB id map and the flatbuffer around the weights
+    assert e.size_ratio_vs_fp32 > e.weight_size_ratio_vs_fp32
+    assert 0.2 < e.weight_size_ratio_vs_fp32 <= 0.35
+    assert e.fixed_bytes > 60_000  # the 61 KB id map and the flatbuffer around the weights

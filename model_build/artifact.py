@@ -1,0 +1,107 @@
+"""The artifact folder: its file names, the manifest entries read from the .tflite files themselves, the
+draft manifest a build starts from, and the provenance it records (version, git commit, machine)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from model_build.cache import stage_key
+from model_build.config import BuildConfig
+from model_build.data import Dataset
+from model_build.metrics import jsonable
+from modelpack.manifest import (
+    Manifest,
+    ModelEntry,
+    OutputSpec,
+    RoutingEntry,
+    TensorSpec,
+    TokenizerEntry,
+    sha256_file,
+)
+
+EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
+EDGE_FP32_FILE = "edge_fp32.tflite"  # the float student, kept beside the int8 one for comparison
+EDGE_DYNAMIC_FILE = "edge_dynamic.tflite"  # in the student stage only, for bench/quantization.py
+
+
+def model_entry(folder: Path, file: str, precision: str, n_labels: int) -> ModelEntry:
+    """The manifest entry of a .tflite file, read from the file itself (tensors, quantization, digest)."""
+    from model_build.convert import input_details, output_details
+
+    tflite = (folder / file).read_bytes()
+    inputs = tuple(TensorSpec(t.name, t.dtype.lower(), t.shape_signature) for t in input_details(tflite))
+    (out,) = output_details(tflite)
+    dtype = out.dtype.lower()
+    quantized = dtype in ("int8", "uint8")
+    return ModelEntry(
+        file=file,
+        sha256=sha256_file(folder / file),
+        size_bytes=len(tflite),
+        precision=precision,
+        inputs=inputs,
+        output=OutputSpec(
+            dtype=dtype, shape=(-1, n_labels), logits=True,
+            scale=out.scale if quantized else None, zero_point=out.zero_point if quantized else None,
+        ),
+        temperature=1.0,
+    )
+
+
+def draft_manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folder: Path,
+                   version: str) -> Manifest:
+    """The manifest of the files in `folder` before calibration: temperatures 1, escalate nothing."""
+    n = dataset.num_labels
+    return Manifest(
+        model_version=version,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        labels=dataset.labels,
+        oos_label=dataset.oos_label,
+        tokenizer=TokenizerEntry(
+            file=TOKENIZER_FILE, sha256=sha256_file(folder / TOKENIZER_FILE),
+            max_seq_len=config.max_seq_len, length_buckets=config.length_buckets, pad_id=0,
+        ),
+        edge=model_entry(folder, EDGE_FILE, "int8", n),
+        cloud=model_entry(folder, CLOUD_FILE, config.teacher.precision, n),
+        routing=RoutingEntry(score="max_prob", threshold=0.0, target_joint_over_teacher=config.routing_target,
+                             traffic_oos_fraction=None, expected_escalation_rate=0.0),
+        data={
+            "name": dataset.name, "path": str(data_path), "sha256": dataset.source_sha256,
+            "sizes": {s: len(dataset.split(s)) for s in ("train", "val", "test")},
+        },
+        build={"preset": config.preset, "config": jsonable(config.to_dict()), "git_commit": git_commit()},
+    )
+
+
+def default_version(teacher_key: str, student_key: str) -> str:
+    """The build day and a digest of the trained stages' keys."""
+    day = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    return f"{day}-{stage_key('version', t=teacher_key, s=student_key)[:8]}"
+
+
+def machine() -> dict[str, Any]:
+    """The CPU a build's timings were measured on: they mean nothing without it."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "arch": platform.machine()}
+
+
+def git_commit() -> str | None:
+    """HEAD's commit, marked ``-dirty`` when tracked files differ from it; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,168 @@
+"""Fitting on validation data: the temperatures, the cloud's oos threshold and the routing rule, all on the
+validation split re-weighted to the traffic mix the build assumes (the test split's share of oos by
+default). The result is :class:`Fitted`: what goes into the manifest, and the record of how it was chosen."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_build import calibration
+from model_build.config import BuildConfig
+from model_build.data import Dataset
+from model_build.deferral import DeferralChoice, choose_deferral
+from model_build.evaluate import ArtifactRunner
+from model_build.thresholds import OosChoice, RoutingChoice, choose_oos_threshold, compare_scores
+from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
+from modelpack.scores import SCORES, band_score, predict_with_oos, softmax
+
+BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """How the build chose its temperatures and thresholds on validation data (metrics.json
+    ``validation``)."""
+
+    traffic_oos_fraction: float | None  # None: the split as it is
+    edge_temperature: float
+    cloud_temperature: float
+    cloud_oos: OosChoice | None  # None: no oos texts to fit it on
+    routing_choices: Mapping[str, RoutingChoice]  # the two-way rule, per score
+    routing_best: str
+    deferral_choices: Mapping[str, DeferralChoice] | None = None  # "score/band score"; None: not searched
+    deferral_shipped: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"traffic_oos_fraction": self.traffic_oos_fraction,
+                               "edge_temperature": self.edge_temperature,
+                               "cloud_temperature": self.cloud_temperature}
+        if self.cloud_oos is not None:
+            out["cloud_oos"] = dataclasses.asdict(self.cloud_oos)
+        out["routing_choices"] = {name: dataclasses.asdict(c) for name, c in self.routing_choices.items()}
+        out["routing_best"] = self.routing_best
+        if self.deferral_choices is not None:
+            out["deferral_choices"] = {key: dataclasses.asdict(c) for key, c in self.deferral_choices.items()}
+            out["deferral_shipped"] = self.deferral_shipped
+        return out
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What the build fitted, ready for the manifest, with the record of how (``validation``)."""
+
+    edge_temperature: float
+    cloud_temperature: float
+    cloud_oos_threshold: float | None
+    routing: RoutingEntry
+    validation: ValidationReport
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with these temperatures and thresholds."""
+        return dataclasses.replace(
+            manifest,
+            edge=dataclasses.replace(manifest.edge, temperature=self.edge_temperature),
+            cloud=dataclasses.replace(manifest.cloud, temperature=self.cloud_temperature,
+                                      oos_threshold=self.cloud_oos_threshold),
+            routing=self.routing,
+        )
+
+
+def traffic_fraction(config: BuildConfig, dataset: Dataset) -> float | None:
+    """The oos share of the traffic the build fits for (None: the validation split as it is)."""
+    mix = config.traffic_oos_fraction
+    if mix == "val" or dataset.oos_index is None:
+        return None
+    if mix == "test":
+        return float((np.asarray(dataset.test.labels) == dataset.oos_index).mean())
+    return float(mix)
+
+
+def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRunner) -> Fitted:
+    """Temperatures, the cloud's oos threshold and the routing rule, fit on re-weighted validation data."""
+    val = dataset.val
+    y = np.asarray(val.labels)
+    oos = dataset.oos_index
+    fraction = traffic_fraction(config, dataset)
+    is_oos = y == oos if oos is not None else np.zeros(len(y), dtype=bool)
+    has_oos = oos is not None and bool(is_oos.any())
+    w = calibration.traffic_weights(is_oos, fraction if is_oos.any() else None)
+    edge_logits, cloud_logits = runner.logits("edge", val), runner.logits("cloud", val)
+    t_edge = calibration.fit_temperature(edge_logits, y, weights=w)
+    t_cloud = calibration.fit_temperature(cloud_logits, y, weights=w)
+    edge_probs, cloud_probs = softmax(edge_logits, t_edge), softmax(cloud_logits, t_cloud)
+
+    cloud_oos, oos_threshold = None, None
+    if has_oos:
+        cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
+                                         min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
+        if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
+            oos_threshold = float(cloud_oos.threshold)
+    cloud_pred = predict_with_oos(cloud_probs, oos_threshold, oos)
+    comparison = compare_scores(edge_probs, edge_probs.argmax(axis=1), cloud_pred, y,
+                                target_ratio=config.routing_target, weights=w)
+    best = comparison.best_choice
+    entry = _routing_entry(config, fraction, comparison.best, best.threshold, best.escalation_rate)
+    deferrals = None
+    if config.edge_oos_band and has_oos:
+        deferrals = _deferrals(config, edge_probs, cloud_pred, y, oos, w)
+        three_way = _cheaper_deferral(deferrals, best.escalation_rate)
+        if three_way is not None:
+            chosen, band_name = three_way
+            entry = dataclasses.replace(
+                _routing_entry(config, fraction, chosen.score_name, chosen.threshold, chosen.escalation_rate),
+                oos_threshold=float(chosen.oos_threshold), expected_edge_oos_rate=chosen.edge_oos_rate,
+                oos_score=band_name)
+    validation = ValidationReport(
+        traffic_oos_fraction=fraction, edge_temperature=t_edge, cloud_temperature=t_cloud, cloud_oos=cloud_oos,
+        routing_choices=comparison.choices, routing_best=comparison.best,
+        deferral_choices=None if deferrals is None else {
+            f"{name}/{band_name or name}": c for (name, band_name), c in deferrals.items()},
+        deferral_shipped=None if deferrals is None else entry.oos_threshold is not None,
+    )
+    return Fitted(t_edge, t_cloud, oos_threshold, entry, validation)
+
+
+def _routing_entry(config: BuildConfig, fraction: float | None, score: str, threshold: float,
+                   rate: float) -> RoutingEntry:
+    """The two-way rule's manifest entry (an infinite threshold written as the manifest's escalate-all or
+    escalate-none)."""
+    threshold = threshold if np.isfinite(threshold) else (ESCALATE_ALL if threshold > 0 else ESCALATE_NONE)
+    return RoutingEntry(
+        score=score, threshold=float(threshold), target_joint_over_teacher=config.routing_target,
+        traffic_oos_fraction=fraction, expected_escalation_rate=rate,
+        oos_threshold=None, expected_edge_oos_rate=0.0, oos_score=None,
+    )
+
+
+def _deferrals(config: BuildConfig, edge_probs: np.ndarray, cloud_pred: np.ndarray, y: np.ndarray, oos: int,
+               w: np.ndarray) -> dict[tuple[str, str | None], DeferralChoice]:
+    """The three-way rule for every escalation score, its band cut on the same score or on the best
+    in-scope probability."""
+    edge_pred = edge_probs.argmax(axis=1)
+    return {
+        (name, band_name): choose_deferral(
+            fn(edge_probs), edge_pred, cloud_pred, y, oos, target_ratio=config.routing_target, weights=w,
+            name=name, oos_score=None if band_name is None else band_score(band_name, edge_probs, oos))
+        for name, fn in SCORES.items() for band_name in BAND_SCORES
+    }
+
+
+def _cheaper_deferral(deferrals: Mapping[tuple[str, str | None], DeferralChoice],
+                      two_way_rate: float) -> tuple[DeferralChoice, str | None] | None:
+    """The cheapest reachable three-way rule and its band score, when it escalates less than the best
+    two-way rule (then it is shipped); else None."""
+    def cost(key: tuple[str, str | None]) -> tuple[float, float]:
+        return round(deferrals[key].escalation_rate, 9), -round(deferrals[key].joint_accuracy, 9)
+
+    pick = min((key for key, c in deferrals.items() if c.reachable), default=None, key=cost)
+    if pick is None:
+        return None
+    chosen = deferrals[pick]
+    if chosen.escalation_rate < two_way_rate - 1e-12 and np.isfinite(chosen.oos_threshold):
+        return chosen, pick[1]
+    return None
