@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--unlabeled", type=Path, default=None,
                    help="unlabelled texts (a .txt, one a line, or a .csv/.jsonl with a 'text' column) the teacher "
                         "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
+    b.add_argument("--feedback", default=None, metavar="PATH|s3://BUCKET/PREFIX",
+                   help="the edge's feedback (EDGE_FEEDBACK_PATH stores, `edge_container feedback export` files, a "
+                        "folder of them, or an S3 prefix holding them): the cloud-answered texts join the student's "
+                        "transfer set, labelled by the teacher")
     b.add_argument("--augment", type=int, default=None, metavar="N",
                    help="teacher-labelled augmented copies of each training text for the student (preset default)")
     b.add_argument("--prune", type=float, default=None, metavar="FRACTION",
@@ -51,8 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", type=Path)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    u = sub.add_parser("publish", help="upload an artifact to S3 under a versioned prefix, then latest.json")
-    u.add_argument("dir", type=Path)
+    u = sub.add_parser("publish", help="upload an artifact to S3 under a versioned prefix, then latest.json "
+                                       "(--canary F: only a device-hashed share of the fleet; --promote/--abort)")
+    u.add_argument("dir", type=Path, nargs="?", help="the artifact folder (not with --promote / --abort)")
+    stage = u.add_mutually_exclusive_group()
+    stage.add_argument("--canary", type=float, metavar="FRACTION",
+                       help="a staged rollout: this share of devices (by EDGE_DEVICE_ID hash) serves the new version")
+    stage.add_argument("--promote", action="store_true", help="finish the rollout: every device on the canary")
+    stage.add_argument("--abort", action="store_true", help="undo the rollout: every device on the stable version")
     u.add_argument("--bucket", required=True)
     u.add_argument("--prefix", default="models")
     u.add_argument("--region", default=None)
@@ -89,21 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{path} verified\n{wiki} verified (unlabelled texts for build --unlabeled)")
         return 0
     if args.command == "publish":
-        import boto3
-        from botocore.config import Config
-
-        from model_build.publish import publish
-
-        client = boto3.client(
-            "s3",
-            region_name=args.region,
-            endpoint_url=args.endpoint_url,
-            config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"}),
-        )
-        result = publish(args.dir, bucket=args.bucket, prefix=args.prefix, s3_client=client,
-                         allow_failed_gates=args.allow_failed_gates)
-        print(json.dumps({"bucket": args.bucket, **result.as_dict()}, indent=2))
-        return 0
+        return _publish(args)
     if args.command == "evaluate":
         from model_build.evaluate import evaluate_artifact
 
@@ -120,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["unlabeled"] = str(args.unlabeled)
     if args.augment is not None:
         overrides["augment"] = args.augment
+    if args.feedback is not None:
+        overrides["feedback"] = _local_feedback(args.feedback, args.cache_dir)
     if args.prune is not None:
         overrides["prune"] = args.prune
     config = preset(args.preset, **overrides)
@@ -135,6 +133,63 @@ def _run(args: argparse.Namespace) -> int:
     print(_summary(result.metrics.to_dict()))
     print(f"artifact: {args.out}  (report: {args.out / 'report.md'})")
     return 0
+
+
+def _s3_client(region: str | None, endpoint_url: str | None) -> object:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", region_name=region, endpoint_url=endpoint_url,
+                        config=Config(connect_timeout=10, read_timeout=60,
+                                      retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from model_build.errors import PublishError
+    from model_build.publish import abort, promote, publish
+
+    client = _s3_client(args.region, args.endpoint_url)
+    if args.promote or args.abort:
+        if args.dir is not None:
+            raise PublishError("--promote / --abort take no artifact folder: they only rewrite latest.json")
+        pointer = (promote if args.promote else abort)(bucket=args.bucket, prefix=args.prefix, s3_client=client)
+        print(pointer.to_json(), end="")
+        return 0
+    if args.dir is None:
+        raise PublishError("publish needs the artifact folder (or --promote / --abort)")
+    result = publish(args.dir, bucket=args.bucket, prefix=args.prefix, s3_client=client,
+                     allow_failed_gates=args.allow_failed_gates, canary=args.canary)
+    print(json.dumps({"bucket": args.bucket, **result.as_dict()}, indent=2))
+    return 0
+
+
+def _local_feedback(source: str, cache_dir: Path | None) -> str:
+    """`source` itself, or for `s3://bucket/prefix` a local copy of the feedback files under that prefix."""
+    if not source.startswith("s3://"):
+        return source
+    import hashlib
+
+    from model_build.cache import default_cache_dir
+
+    bucket, _, prefix = source[len("s3://"):].partition("/")
+    if not bucket:
+        raise BuildError(f"--feedback {source}: not s3://bucket/prefix")
+    client = _s3_client(None, None)
+    folder = (cache_dir or default_cache_dir()) / "feedback" / hashlib.sha256(source.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    found = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if key.endswith((".jsonl", ".sqlite", ".db")):
+                    client.download_file(bucket, key, str(folder / key.replace("/", "__")))
+                    found += 1
+    except Exception as exc:  # noqa: BLE001 - botocore's errors: one line naming the source, not a traceback
+        raise BuildError(f"--feedback {source}: cannot read it ({type(exc).__name__}: {exc})") from None
+    if not found:
+        raise BuildError(f"--feedback {source}: no .jsonl / .sqlite feedback files under that prefix")
+    return str(folder)
 
 
 def _summary(metrics: dict) -> str:

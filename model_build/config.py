@@ -45,6 +45,7 @@ class BuildConfig:
     gates: Gates = field(default_factory=Gates)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
+    feedback: str | None = None  # the edge's feedback (store, export or folder) added to the transfer set
     prune: float = 0.0  # structured L1 pruning: this share of conv filters and hidden units dropped (--prune)
     prune_epochs: int = 3  # distillation fine-tuning epochs after pruning
     max_seq_len: int = 32  # CLINC150: p99 21 tokens, longest 33
@@ -131,6 +132,9 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     unlabeled = overrides.get("unlabeled")
     if unlabeled is not None and not Path(unlabeled).is_file():
         raise BuildError(f"--unlabeled {unlabeled}: no such file")
+    feedback = overrides.get("feedback")
+    if feedback is not None and not Path(feedback).exists():
+        raise BuildError(f"--feedback {feedback}: no such file or folder")
     target = overrides.get("routing_target", config.routing_target)
     if not 0.0 < target <= 1.0:
         raise BuildError(f"--routing-target must be in (0, 1], got {target}")

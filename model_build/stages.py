@@ -8,6 +8,7 @@ key may change without bumping the stage's code version.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,14 @@ def _transfer_stage(
     inputs."""
     extra: dict[str, Any] = {}
     transfer_dir: Path | None = None
-    if config.transfer.augment_copies or config.unlabeled:
-        from model_build.transfer import file_digest
+    if config.transfer.augment_copies or config.unlabeled or config.feedback:
+        from model_build.transfer import file_digest, load_feedback, texts_digest
 
+        # Feedback enters the key by its texts only when given: keys of builds without it stay as they were.
+        feedback = {} if not config.feedback else {"feedback": texts_digest(load_feedback(config.feedback)[0])}
         transfer_key = stage_key(
             "transfer", teacher=teacher_key, transfer=config.transfer, unlabeled=file_digest(config.unlabeled),
-            seq=config.max_seq_len, seed=config.seed, code=TRANSFER_CODE_VERSION,
+            seq=config.max_seq_len, seed=config.seed, code=TRANSFER_CODE_VERSION, **feedback,
         )
         with timer.stage("transfer"):
             transfer_dir, hit = cache.cached(
@@ -126,20 +129,28 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
                         folder: Path) -> None:
     """The teacher's logits on the transfer set (augmented and unlabelled texts), through LiteRT."""
     from model_build.evaluate import model_logits
-    from model_build.transfer import build_transfer_set, load_unlabeled
+    from model_build.transfer import build_transfer_set, load_feedback, load_unlabeled
     from modelpack.litert import LiteRTModel
 
     unlabeled = load_unlabeled(config.unlabeled) if config.unlabeled else ()
-    transfer = build_transfer_set(
-        config.transfer, dataset.train.texts, dataset.train.labels, unlabeled,
-        exclude=tuple(dataset.val.texts) + tuple(dataset.test.texts), seed=config.seed,
-    )
+    feedback, textless = load_feedback(config.feedback) if config.feedback else ((), 0)
+    in_test = len(set(feedback) & set(dataset.test.texts))
+    if textless or in_test:
+        print(f"[build] feedback: {len(feedback)} texts, {textless} record(s) without text (hash mode) skipped, "
+              f"{in_test} of them in the test split (its metrics then include texts the student saw)",
+              file=sys.stderr)
+    # Validation texts never enter training (they fit the temperatures and thresholds); feedback texts may be
+    # test texts (a device's real traffic): they are kept, and counted.
+    exclude = tuple(dataset.val.texts) + tuple(t for t in dataset.test.texts if t not in set(feedback))
+    transfer = build_transfer_set(config.transfer, dataset.train.texts, dataset.train.labels, unlabeled,
+                                  exclude=exclude, seed=config.seed, feedback=feedback)
     entry = model_entry(teacher_dir, CLOUD_FILE, config.teacher.precision, dataset.num_labels)
     teacher = LiteRTModel((teacher_dir / CLOUD_FILE).read_bytes(), entry, num_threads=2)
     logits = model_logits(teacher, tokenizer, transfer.texts, batch_size=64, desc="teacher labels transfer set")
     np.save(folder / "ids.npy", tokenizer.encode(transfer.texts, pad_to=config.max_seq_len))
     np.save(folder / "logits.npy", logits)
-    (folder / "transfer.json").write_text(json.dumps({"counts": transfer.counts(), "kinds": transfer.kinds}))
+    (folder / "transfer.json").write_text(json.dumps({"counts": transfer.counts(), "kinds": transfer.kinds,
+                                                      "feedback_in_test_split": in_test}))
 
 
 def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):

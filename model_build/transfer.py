@@ -47,7 +47,7 @@ class TransferSet:
     kinds: tuple[str, ...]  # "dropout" | "splice" | "unlabeled", per text
 
     def counts(self) -> dict[str, int]:
-        return {kind: self.kinds.count(kind) for kind in ("dropout", "splice", "unlabeled")}
+        return {kind: self.kinds.count(kind) for kind in ("dropout", "splice", "unlabeled", "feedback")}
 
 
 def load_unlabeled(path: Path | str) -> tuple[str, ...]:
@@ -98,6 +98,7 @@ def build_transfer_set(
     *,
     exclude: Sequence[str],
     seed: int,
+    feedback: Sequence[str] = (),
 ) -> TransferSet:
     rng = np.random.default_rng(seed)
     labels = np.asarray(train_labels)
@@ -122,6 +123,26 @@ def build_transfer_set(
         pool = [pool[i] for i in sorted(rng.choice(len(pool), size=config.max_unlabeled, replace=False))]
     texts += pool
     kinds += ["unlabeled"] * len(pool)
+    texts += list(feedback)  # escalations the cloud answered on a device: the edge's hardest real traffic
+    kinds += ["feedback"] * len(feedback)
     banned = set(exclude) | set(train_texts)
     keep_rows = [i for i, t in enumerate(texts) if t and t not in banned]
     return TransferSet(tuple(texts[i] for i in keep_rows), tuple(kinds[i] for i in keep_rows))
+
+
+def load_feedback(path: Path | str) -> tuple[tuple[str, ...], int]:
+    """The distinct texts of the edge's feedback at `path` (a store, an export or a folder of them:
+    `modelpack.feedback.read_feedback`), in first-seen order, and how many records had no text (a hash-mode
+    store's, kept for monitoring only)."""
+    from modelpack.feedback import FeedbackError, read_feedback
+
+    try:
+        records = read_feedback(path)
+    except FeedbackError as exc:
+        raise DataError(f"--feedback {exc}") from None
+    texts = [r["text"] for r in records if isinstance(r.get("text"), str) and r["text"].strip()]
+    return tuple(dict.fromkeys(texts)), len(records) - len(texts)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x1e".join(texts).encode("utf-8", "surrogatepass")).hexdigest()

@@ -206,3 +206,30 @@ def test_an_artifact_whose_gates_failed_is_published_only_when_asked(s3: Recordi
     assert s3.puts == []
     publish(art, bucket=BUCKET, s3_client=s3, clock=lambda: FIXED_NOW, allow_failed_gates=True)
     assert s3.puts[-1] == "models/latest.json"
+
+
+def test_the_cli_stages_a_rollout_then_promotes_or_aborts_it(s3: RecordingS3, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from model_build.cli import main
+
+    def latest() -> Pointer:
+        return Pointer.from_json(s3.client.get_object(Bucket=BUCKET, Key="models/latest.json")["Body"].read())
+
+    v1, v2 = make_artifact(tmp_path / "a", "v1"), make_artifact(tmp_path / "b", "v2", model=b"\x00other")
+    assert main(["publish", str(v1), "--bucket", BUCKET]) == 0
+    assert main(["publish", str(v2), "--bucket", BUCKET, "--canary", "0.2"]) == 0
+    pointer = latest()
+    assert pointer.model_version == "v1" and pointer.canary is not None and pointer.canary.model_version == "v2"
+    assert main(["publish", "--bucket", BUCKET, "--abort"]) == 0
+    assert latest().canary is None and latest().model_version == "v1"
+    assert main(["publish", str(v2), "--bucket", BUCKET, "--canary", "0.5"]) == 0  # the same version again
+    assert latest().canary.fraction == 0.5  # type: ignore[union-attr]
+    assert main(["publish", "--bucket", BUCKET, "--promote"]) == 0
+    assert latest().model_version == "v2" and latest().canary is None
+    capsys.readouterr()
+    assert main(["publish", "--bucket", BUCKET, "--promote"]) == 2
+    assert "no canary to promote" in capsys.readouterr().err
+    assert main(["publish", "--bucket", BUCKET]) == 2
+    assert "needs the artifact folder" in capsys.readouterr().err
+    assert main(["publish", str(v1), "--bucket", BUCKET, "--abort"]) == 2
+    assert "take no artifact folder" in capsys.readouterr().err

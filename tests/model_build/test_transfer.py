@@ -86,3 +86,25 @@ def test_max_unlabeled_keeps_a_seeded_sample() -> None:
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         TransferConfig(**bad)
+
+
+def test_feedback_texts_join_the_transfer_set_deduplicated_and_hash_only_records_are_counted(
+        tmp_path: Path) -> None:
+    from edge_container.feedback import FeedbackRecord, FeedbackStore
+    from model_build.transfer import load_feedback
+
+    def rec(text: str) -> FeedbackRecord:
+        return FeedbackRecord(text, "a", 0.4, {}, "b", 0.9, "e", "c", "low_confidence")
+
+    with FeedbackStore.open(tmp_path / "dev1" / "fb.sqlite") as store:
+        store.record([rec("is it going to snow"), rec("play jazz please"), rec("is it going to snow")])
+    with FeedbackStore.open(tmp_path / "dev2" / "fb.sqlite", mode="hash") as store:
+        store.record([rec("secret text")])
+    texts, textless = load_feedback(tmp_path)
+    assert texts == ("is it going to snow", "play jazz please") and textless == 1
+    transfer = build_transfer_set(TransferConfig(augment_copies=0), TRAIN, LABELS, (), exclude=("play jazz please",),
+                                  seed=0, feedback=texts)
+    assert transfer.texts == ("is it going to snow",) and transfer.kinds == ("feedback",)  # excluded stays out
+    assert transfer.counts()["feedback"] == 1
+    with pytest.raises(DataError, match="--feedback"):
+        load_feedback(tmp_path / "nothing-here")
