@@ -16,7 +16,26 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model_build", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="train teacher and student, convert, calibrate, write the artifact")
+    _build_parser(sub.add_parser("build", help="train teacher and student, convert, calibrate, write the artifact"))
+
+    e = sub.add_parser("evaluate", help="recompute metrics.json from an artifact folder's files alone")
+    e.add_argument("dir", type=Path)
+    e.add_argument("--data", type=Path)
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    _publish_parser(sub.add_parser(
+        "publish", help="upload an artifact to S3 under a versioned prefix, then latest.json "
+                        "(--canary F: only a device-hashed share of the fleet; --promote/--abort)"))
+
+    d = sub.add_parser("data", help="data set helpers")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download a public data set and verify its SHA-256")
+    f.add_argument("name", choices=["clinc150"])
+    f.add_argument("--out", type=Path, default=Path("data/clinc150/data_full.json"))
+    return p
+
+
+def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--preset", choices=["quick", "fast", "full"], default="full",
                    help="full: the measured recipe; fast: a real model in minutes (make up's default); quick: a toy")
     b.add_argument("--data", type=Path, help="CLINC150 data_full.json, or a CSV/JSONL with text,label[,split]")
@@ -50,13 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit non-zero when a gate fails (the artifact is still written, its failures recorded); "
                         "a cheap gate failing right after training stops the build at once")
 
-    e = sub.add_parser("evaluate", help="recompute metrics.json from an artifact folder's files alone")
-    e.add_argument("dir", type=Path)
-    e.add_argument("--data", type=Path)
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    u = sub.add_parser("publish", help="upload an artifact to S3 under a versioned prefix, then latest.json "
-                                       "(--canary F: only a device-hashed share of the fleet; --promote/--abort)")
+def _publish_parser(u: argparse.ArgumentParser) -> None:
     u.add_argument("dir", type=Path, nargs="?", help="the artifact folder (not with --promote / --abort)")
     stage = u.add_mutually_exclusive_group()
     stage.add_argument("--canary", type=float, metavar="FRACTION",
@@ -69,13 +83,6 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (e.g. the local moto server)")
     u.add_argument("--allow-failed-gates", action="store_true",
                    help="publish an artifact whose build gates failed (its manifest says which)")
-
-    d = sub.add_parser("data", help="data set helpers")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    f = dsub.add_parser("fetch", help="download a public data set and verify its SHA-256")
-    f.add_argument("name", choices=["clinc150"])
-    f.add_argument("--out", type=Path, default=Path("data/clinc150/data_full.json"))
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
