@@ -110,7 +110,7 @@ def measure(model_dir: Path) -> dict[str, Any]:
             needed = k / len(texts)
             break
     return {
-        "model_version": manifest.model_version,
+        "model_version": manifest.model_version, "second_half_texts": len(texts),
         "edge_accuracy": round(float((edge == gold).mean()), 5),
         "cloud_only_accuracy": round(cloud_acc, 5),
         "shipped": {"escalation_rate": round(float(escalate.mean()), 5),
@@ -125,10 +125,11 @@ def compare(old: Path, new: Path) -> dict[str, Any]:
     drop = None
     if before["escalation_rate"] and after["escalation_rate"] is not None:
         drop = round(1 - after["escalation_rate"] / before["escalation_rate"], 4)
-    transfer = json.loads((new / "metrics.json").read_text()).get("build", {})
-    return {"benchmark": "learn", "target_joint_over_cloud": TARGET, "second_half_texts": None,
-            "before": before, "after": after, "relative_escalation_drop": drop, "goal_relative_drop": 0.30,
-            "failed": 0, "new_build": transfer, "machine": {"cpu": _cpu(), "python": platform.python_version()}}
+    config = json.loads((new / "manifest.json").read_text())["build"]["config"]
+    return {"benchmark": "learn", "target_joint_over_cloud": TARGET, "before": before, "after": after,
+            "relative_escalation_drop": drop, "goal_relative_drop": 0.30, "failed": 0,
+            "new_build": {k: config.get(k) for k in ("preset", "feedback", "feedback_weight", "unlabeled")},
+            "machine": {"cpu": _cpu(), "python": platform.python_version()}}
 
 
 def _cpu() -> str:

@@ -58,6 +58,9 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
                    help="the edge's feedback (EDGE_FEEDBACK_PATH stores, `edge_container feedback export` files, a "
                         "folder of them, or an S3 prefix holding them): the cloud-answered texts join the student's "
                         "transfer set, labelled by the teacher")
+    b.add_argument("--feedback-weight", type=float, default=None, metavar="W",
+                   help="loss weight of each feedback text (default 1; the edge's hardest texts are few among "
+                        "the transfer set's tens of thousands)")
     b.add_argument("--augment", type=int, default=None, metavar="N",
                    help="teacher-labelled augmented copies of each training text for the student (preset default)")
     b.add_argument("--prune", type=float, default=None, metavar="FRACTION",
@@ -125,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["augment"] = args.augment
     if args.feedback is not None:
         overrides["feedback"] = _local_feedback(args.feedback, args.cache_dir)
+    if args.feedback_weight is not None:
+        overrides["feedback_weight"] = args.feedback_weight
     if args.prune is not None:
         overrides["prune"] = args.prune
     config = preset(args.preset, **overrides)

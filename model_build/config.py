@@ -46,6 +46,7 @@ class BuildConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
     feedback: str | None = None  # the edge's feedback (store, export or folder) added to the transfer set
+    feedback_weight: float = 1.0  # loss weight of a feedback text against 1 for a labelled one (--feedback-weight)
     prune: float = 0.0  # structured L1 pruning: this share of conv filters and hidden units dropped (--prune)
     prune_epochs: int = 3  # distillation fine-tuning epochs after pruning
     max_seq_len: int = 32  # CLINC150: p99 21 tokens, longest 33
@@ -135,6 +136,9 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     feedback = overrides.get("feedback")
     if feedback is not None and not Path(feedback).exists():
         raise BuildError(f"--feedback {feedback}: no such file or folder")
+    weight = overrides.get("feedback_weight", config.feedback_weight)
+    if not 0.0 < weight <= 100.0:
+        raise BuildError(f"--feedback-weight must be in (0, 100], got {weight}")
     target = overrides.get("routing_target", config.routing_target)
     if not 0.0 < target <= 1.0:
         raise BuildError(f"--routing-target must be in (0, 1], got {target}")

@@ -108,6 +108,8 @@ def _transfer_stage(
             )
             timer.mark_cached("transfer", hit)
         extra["transfer"] = transfer_key  # absent without a transfer set: earlier cache entries stay valid
+        if config.feedback and config.feedback_weight != 1.0:
+            extra["feedback_weight"] = config.feedback_weight
     if config.prune:
         extra["prune"] = (config.prune, config.prune_epochs)
     return transfer_dir, extra
@@ -181,8 +183,8 @@ def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_log
     transfer = None
     if transfer_dir is not None:
         kinds = json.loads((transfer_dir / "transfer.json").read_text())["kinds"]
-        weights = np.array([config.transfer.unlabeled_weight if k == "unlabeled" else 1.0 for k in kinds],
-                           dtype=np.float32)
+        weight = {"unlabeled": config.transfer.unlabeled_weight, "feedback": config.feedback_weight}
+        weights = np.array([weight.get(k, 1.0) for k in kinds], dtype=np.float32)
         transfer = TransferData(np.load(transfer_dir / "ids.npy"), np.load(transfer_dir / "logits.npy"), weights)
     model = distill_student(config, dataset, train_ids, teacher_logits, transfer)
     rng = np.random.default_rng(config.seed)
