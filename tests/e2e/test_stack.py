@@ -23,7 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
-from infra.stack import DEFAULT_EDGE_PORT, REPO_ROOT, LocalStack
+from infra.processes import REPO_ROOT
+from infra.stack import DEFAULT_EDGE_PORT, LocalStack
 from modelpack.scores import SCORES
 from tests.e2e.conftest import EDGE_ENV, Reference
 from tests.fixtures.tiny_artifact import TEXTS

@@ -1,25 +1,36 @@
 """infra.local_api: real HTTP on loopback (`python -m infra.local_api` in a subprocess) in front of the
-handler, a serialised moto server for DynamoDB, and the real tiny artifact."""
+handler, a serialised moto server for DynamoDB, and the real tiny artifact; and the app itself (served
+in-process) over a pool of execution environments whose backend sleeps, for concurrency and budgets."""
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import contextlib
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from cloud_functions.backends import Inference
 from cloud_functions.budget import BudgetLedger
-from infra.local_api import READY_PREFIX, ApiKey, load_api_keys, proxy_event
+from infra.api_gateway import ApiKey
+from infra.lambda_pool import EnvironmentPool, Handler
+from infra.local_api import READY_PREFIX, create_app
+from infra.local_function import FunctionSetup, powertools_environ, resolve_tables
 from infra.moto_server import SerialisedMotoServer
 from modelpack.classifier import Classifier
+from modelpack.cloud_api import BudgetStatus, ErrorBody, ErrorCode, InferReply, TextResult
 
 REPO = Path(__file__).resolve().parents[2]
 ACME_KEY, SMALL_KEY = "s3cr3t-acme-key", "s3cr3t-small-key"
@@ -95,7 +106,7 @@ def test_an_inference_over_http_is_answered_and_charged(
     assert ledger.status("k1acme0001").spent == 2
 
     budget = httpx.get(f"{local_api}/v1/budget", headers={"x-api-key": ACME_KEY}, timeout=30)
-    assert budget.json()["spent"] == 2
+    assert BudgetStatus.from_json(budget.json()).spent == 2
 
 
 @pytest.mark.parametrize("headers", [{}, {"x-api-key": "not-a-key"}], ids=["missing", "unknown"])
@@ -116,46 +127,139 @@ def test_an_exhausted_budget_is_429_with_its_reset_time(local_api: str, ledger: 
 
     assert first.status_code == 200
     assert second.status_code == 429
-    error = second.json()["error"]
-    assert error["code"] == "BUDGET_EXHAUSTED"
-    assert datetime.fromisoformat(error["resets_at"]) > datetime.now(UTC)
+    error = ErrorBody.from_json(second.json())
+    assert error.code == ErrorCode.BUDGET_EXHAUSTED
+    resets_at = error.resets_at()
+    assert resets_at is not None and resets_at > datetime.now(UTC)
     assert int(second.headers["retry-after"]) > 0
 
 
-def test_the_function_sees_an_api_gateway_proxy_event() -> None:
-    event = proxy_event(
-        method="POST", path="/v1/infer", query=[("a", "1"), ("a", "2")],
-        headers=[("host", "127.0.0.1:8080"), ("x-api-key", "k"), ("accept", "a"), ("accept", "b")],
-        body=b"\xff\x00", api_key=ApiKey("k", "tenant-1"), source_ip="127.0.0.1", request_id="r-1",
-        now=datetime(2026, 3, 14, 12, 0, tzinfo=UTC),
-    )
-
-    assert event["requestContext"]["identity"]["apiKeyId"] == "tenant-1"
-    assert event["requestContext"]["requestId"] == "r-1"
-    assert event["requestContext"]["path"] == "/dev/v1/infer"
-    assert event["headers"]["accept"] == "b" and event["multiValueHeaders"]["accept"] == ["a", "b"]
-    assert event["queryStringParameters"] == {"a": "2"}
-    assert event["multiValueQueryStringParameters"] == {"a": ["1", "2"]}
-    assert event["isBase64Encoded"] and base64.b64decode(event["body"]) == b"\xff\x00"
+# --------------------------------------------------------------------------- execution environments side by side
 
 
-def test_api_keys_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
-    keys_file = tmp_path / "keys"
-    keys_file.write_text("# tenant keys\n\n  s3cr3t-acme-key=acme  \nbase64ish==beta\n", encoding="utf-8")
+@dataclass(frozen=True)
+class SleepingBackend:
+    """An InferenceBackend that takes `sleep_s` a call (none for texts starting "quick") and answers with
+    the id of the process it ran in: the cost of a model without one. Pickled to every environment."""
 
-    assert load_api_keys(str(keys_file), {"LOCAL_API_KEYS": "ignored=x"}) == [
-        ApiKey("s3cr3t-acme-key", "acme"), ApiKey("base64ish=", "beta")]
-    assert load_api_keys(None, {"LOCAL_API_KEYS": "k1=a, k2=b"}) == [ApiKey("k1", "a"), ApiKey("k2", "b")]
+    sleep_s: float
+    model_version: str = "sleepy-1"
+    labels: tuple[str, ...] = ("slow",)
+
+    def infer(self, texts: Sequence[str]) -> Inference:
+        if not texts[0].startswith("quick"):
+            time.sleep(self.sleep_s)
+        return Inference(tuple(TextResult(f"pid-{os.getpid()}", 0.9) for _ in texts))
 
 
-@pytest.mark.parametrize("environ", [{}, {"LOCAL_API_KEYS": " , "}], ids=["unset", "empty"])
-def test_no_api_key_is_a_start_up_error(environ: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match="no API key"):
-        load_api_keys(None, environ)
+@dataclass(frozen=True)
+class LocalFunction:
+    """`FunctionSetup` with the environment `python -m infra.local_api` gives its environments (this test's
+    fork server was started with pytest's)."""
+
+    setup: FunctionSetup
+
+    def __call__(self, index: int) -> Handler:
+        os.environ.update(powertools_environ(emit_metrics=False), POWERTOOLS_LOG_LEVEL="WARNING",
+                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+        return self.setup(index)
 
 
-def test_a_malformed_key_entry_is_named_by_position_never_echoed() -> None:
-    with pytest.raises(ValueError, match="entry 2") as raised:
-        load_api_keys(None, {"LOCAL_API_KEYS": "k1=a,s3cr3t-without-tenant"})
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[str]:
+    """`app` under uvicorn on a free loopback port, in a thread of this process; yields its base URL."""
+    import uvicorn
 
-    assert "s3cr3t" not in str(raised.value)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def sleepy_cloud(moto_server: SerialisedMotoServer, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[str, BudgetLedger]]:
+    """The local API app over 4 environments running the real handler with a backend of 1 s, on
+    tables of its own in the serialised moto; yields (URL, the tables' ledger)."""
+    folder = tmp_path_factory.mktemp("sleepy-cloud")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            env.setenv(name, value)
+        tables = resolve_tables(moto_server.endpoint_url, create=True, prefix="sleepy", budget=None,
+                                idempotency=None)
+    setup = FunctionSetup(str(folder / "no-model"), moto_server.endpoint_url, tables, str(folder / "cache"),
+                          backend=SleepingBackend(1.0))
+    keys = [ApiKey(key, tenant) for key, tenant in SLOW_TENANTS.items()]
+    app = create_app(keys, environments=EnvironmentPool(LocalFunction(setup), size=4))
+    ledger = BudgetLedger(tables.budget, dynamodb_client=moto_server.client("dynamodb"), default_limit=None)
+    with served(app) as url:
+        yield url, ledger
+
+
+SLOW_TENANTS = {"s3cr3t-slow-a": "slow-a", "s3cr3t-slow-b": "slow-b"}  # key -> tenant: one per test
+
+
+def post_at_once(url: str, tenant: str, n: int, *, in_flight: int, text: str = "text"
+                 ) -> tuple[list[httpx.Response], float]:
+    """`n` one-text inferences of `tenant`, `in_flight` at a time; the responses and the seconds they took."""
+    key = next(k for k, t in SLOW_TENANTS.items() if t == tenant)
+
+    async def main() -> list[httpx.Response]:
+        gate = asyncio.Semaphore(in_flight)
+        async with httpx.AsyncClient(base_url=url, headers={"x-api-key": key}, timeout=60) as client:
+
+            async def one(i: int) -> httpx.Response:
+                async with gate:
+                    return await client.post("/v1/infer", json={"texts": [f"{text} {i}"]})
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    started = time.monotonic()
+    responses = asyncio.run(main())
+    return responses, time.monotonic() - started
+
+
+def test_invocations_run_side_by_side_through_the_local_api(sleepy_cloud: tuple[str, BudgetLedger]) -> None:
+    # Given 4 execution environments whose backend takes 1 s a call
+    url, ledger = sleepy_cloud
+    ledger.set_limit("slow-a", 1000)
+
+    # When 8 calls arrive at once
+    responses, wall_s = post_at_once(url, "slow-a", 8, in_flight=8)
+
+    # Then all are answered by the 4 environments, in about two rounds of 1 s, not in eight
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    answered_by = {InferReply.from_json(r.json(), n_texts=1).results[0].label for r in responses}
+    assert len(answered_by) == 4, answered_by
+    assert wall_s < 8 * 1.0 / 2, wall_s  # one at a time takes >= 8 s; side by side ~2 s plus moto's share
+
+
+def test_budgets_stay_exact_under_concurrent_charges_through_the_local_api(
+    sleepy_cloud: tuple[str, BudgetLedger]
+) -> None:
+    # Given a tenant with 30 units, and calls of 2 units each (1 per call + 1 per text)
+    url, ledger = sleepy_cloud
+    ledger.set_limit("slow-b", 30)
+
+    # When 40 calls race for them, 16 in flight over 4 environments (their backend answers at once)
+    responses, _ = post_at_once(url, "slow-b", 40, in_flight=16, text="quick")
+
+    # Then exactly 15 are answered and charged, the other 25 refused, and not one unit more is spent
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 15 + [429] * 25, statuses
+    refused = [ErrorBody.from_json(r.json()).code for r in responses if r.status_code == 429]
+    assert set(refused) == {ErrorCode.BUDGET_EXHAUSTED}
+    status = ledger.status("slow-b")
+    assert (status.spent, status.remaining) == (30, 0)
