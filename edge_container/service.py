@@ -25,6 +25,8 @@ import numpy as np
 from edge_container.auth import EscalationLimiter
 from edge_container.batcher import Batcher, BatchInfo
 from edge_container.cloud import CloudClient, CloudReply
+from edge_container.cloud_batch import CloudBatcher
+from edge_container.cloud_batch import Job as CloudJob
 from edge_container.errors import CloudBudgetExhausted, CloudDisabled, CloudFailure, RateLimited
 from edge_container.feedback import FeedbackRecord, FeedbackWriter
 from edge_container.metrics import Metrics
@@ -131,11 +133,14 @@ class EdgeService:
         budget: BudgetGate | None = None,
         limiter: EscalationLimiter | None = None,
         feedback: FeedbackWriter | None = None,
+        cloud_batch_wait_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models, self.policy, self.cloud, self.metrics = models, policy, cloud, metrics
         self.feedback = feedback
         self._recent_escalation = 0.0
+        self.cloud_batcher = None if cloud is None or cloud_batch_wait_s <= 0 else CloudBatcher(
+            self._one_call, max_texts=cloud.max_texts, wait_s=cloud_batch_wait_s, concurrency=_CHUNKS_IN_FLIGHT)
         self.limiter = limiter or EscalationLimiter(rate=0.0, burst=0)
         self._executor, self._clock, self.default_deadline_ms = executor, clock, default_deadline_ms
         self.budget = budget or BudgetGate()
@@ -150,9 +155,13 @@ class EdgeService:
 
     async def start(self) -> None:
         await self.batcher.start()
+        if self.cloud_batcher is not None:
+            await self.cloud_batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self.cloud_batcher is not None:
+            await self.cloud_batcher.stop()
 
     async def edge(self, texts: Sequence[str]) -> EdgeRows:
         """Calibrated edge probabilities for `texts`, through the batcher; no routing."""
@@ -271,9 +280,17 @@ class EdgeService:
         assert self.cloud is not None
         if not self.budget.is_open():  # checked per chunk: an earlier chunk's 429 stops the later ones
             raise CloudBudgetExhausted("the cloud budget is spent", resets_at=self.budget.blocked_until)
+        key = idempotency_key(request_id, texts, start=start)
+        if self.cloud_batcher is not None:  # with other requests' escalations, in one call
+            return await self.cloud_batcher.ask(CloudJob(tuple(texts), tuple(edge), request_id, deadline, key))
+        return await self._one_call(texts, edge, request_id, deadline, key)
+
+    async def _one_call(self, texts: list[str], edge: list[Answer], request_id: str, deadline: float,
+                        key: str) -> CloudReply:
+        """One cloud call, with its metrics and what its reply says of the budget."""
+        assert self.cloud is not None
         started = time.perf_counter()
         try:
-            key = idempotency_key(request_id, texts, start=start)
             reply = await self.cloud.infer(texts, idempotency_key=key, deadline=deadline, request_id=request_id,
                                            edge=edge)
         except CloudBudgetExhausted as exc:

@@ -56,6 +56,7 @@ class Settings:
     cloud_retries: int = 2
     cloud_backoff_ms: int = 50
     cloud_max_connections: int = 32
+    cloud_batch_wait_ms: float = 0.0  # > 0: escalations of several requests share one call (waiting at most this)
     # The cloud's per-call limits (its MAX_TEXTS_PER_CALL / MAX_CHARS_PER_TEXT): escalations are chunked and
     # cut to these. Set them only for a cloud deployed with other limits.
     cloud_max_texts: int = CLOUD_MAX_TEXTS
@@ -173,6 +174,7 @@ def _cloud(env: _Env, d: Settings) -> dict[str, Any]:
         "cloud_retries": env.integer("EDGE_CLOUD_RETRIES", d.cloud_retries, low=0, high=10),
         "cloud_backoff_ms": env.integer("EDGE_CLOUD_BACKOFF_MS", d.cloud_backoff_ms, low=0, high=60_000),
         "cloud_max_connections": env.integer("EDGE_CLOUD_MAX_CONNECTIONS", d.cloud_max_connections, low=1),
+        "cloud_batch_wait_ms": env.number("EDGE_CLOUD_BATCH_WAIT_MS", d.cloud_batch_wait_ms, low=0.0, high=1000.0),
         "cloud_max_texts": env.integer("EDGE_CLOUD_MAX_TEXTS", d.cloud_max_texts, low=1),
         "cloud_max_text_chars": env.integer("EDGE_CLOUD_MAX_TEXT_CHARS", d.cloud_max_text_chars, low=1),
         "breaker_failures": env.integer("EDGE_BREAKER_FAILURES", d.breaker_failures, low=1),

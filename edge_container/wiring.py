@@ -73,7 +73,7 @@ class EdgeStack:
             max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.workers,
             default_deadline_ms=settings.default_deadline_ms,
             limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst),
-            feedback=_feedback(settings, metrics))
+            feedback=_feedback(settings, metrics), cloud_batch_wait_s=settings.cloud_batch_wait_ms / 1000.0)
         metrics.device.info({"device": settings.device, "cohort": "stable", "target_version": ""})
         folder = FolderSource(settings.model_dir)
         sources: list[FolderSource | S3Source] = [folder]

@@ -51,7 +51,7 @@ def test_a_healthy_cloud_answers_every_escalation(client: httpx.Client, cloud: F
 
 
 @pytest.mark.parametrize(("mode", "settings", "reason"), [
-    ("slow", {"delay_s": 0.5}, "cloud_timeout"),
+    ("slow", {"delay_s": 2.0}, "cloud_timeout"),  # far past the 150 ms timeout, even on a starved loop
     ("error", {"status": 503}, "cloud_error"),
     ("error", {"status": 500}, "cloud_error"),
 ])
