@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = load_samples(args.data, limit=args.limit)
     # One text per request costs 1 per call + 1 per text (the template's prices): enough for every text.
     budget = args.daily_budget if args.daily_budget is not None else len(samples) * 2
-    edge_env = {"EDGE_BREAKER_RESET_S": str(args.breaker_reset_s)}
+    edge_env = {"EDGE_BREAKER_RESET_S": str(args.breaker_reset_s),
+                "EDGE_CLOUD_BATCH_WAIT_MS": f"{args.cloud_batch_wait_ms:g}"}
     _stderr(f"{len(samples)} texts, scenario {args.scenario}, concurrency {args.concurrency}, "
             f"cloud environments {args.cloud_concurrency}, model {manifest.model_version}")
     result = _replay_on_a_stack(args, model_dir, samples, budget, edge_env)
@@ -125,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cloud-concurrency", type=concurrency, default=default_concurrency(os.environ),
                         help=f"the local cloud's Lambda execution environments (default: ${CONCURRENCY_ENV} or "
                         f"{DEFAULT_CONCURRENCY}; 1: one invocation at a time)")
+    parser.add_argument("--cloud-batch-wait-ms", type=float, default=20.0,
+                        help="the edge's EDGE_CLOUD_BATCH_WAIT_MS: escalations of several requests share a cloud call, "
+                             "waiting at most this long for company (0: one call per request; default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N (shuffled) texts")
     parser.add_argument("--model-dir", type=Path, help="artifact folder (default: artifacts/latest, built if missing)")
     parser.add_argument("--preset", choices=["full", "fast", "quick"], default=os.environ.get("PRESET") or "fast",
