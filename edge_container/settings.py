@@ -167,7 +167,7 @@ def _cloud(env: _Env, d: Settings) -> dict[str, Any]:
     """The cloud tier: where, how to authenticate, timeouts, retries, limits, breaker."""
     return {
         "cloud_url": env.opt_url("EDGE_CLOUD_URL"),
-        "cloud_api_key": env.opt_text("EDGE_CLOUD_API_KEY"),
+        "cloud_api_key": env.secret("EDGE_CLOUD_API_KEY", "EDGE_CLOUD_API_KEY_FILE"),
         "cloud_sigv4_region": env.opt_text("EDGE_CLOUD_SIGV4_REGION"),
         "cloud_sigv4_service": env.text("EDGE_CLOUD_SIGV4_SERVICE", d.cloud_sigv4_service),
         "cloud_timeout_ms": env.integer("EDGE_CLOUD_TIMEOUT_MS", d.cloud_timeout_ms, low=1, high=120_000),
@@ -199,7 +199,7 @@ def _limits(env: _Env, d: Settings) -> dict[str, Any]:
 def _models(env: _Env, d: Settings) -> dict[str, Any]:
     """Model management: admin, reloads, S3, the device's rollout id."""
     return {
-        "admin_token": env.opt_text("EDGE_ADMIN_TOKEN"),
+        "admin_token": env.secret("EDGE_ADMIN_TOKEN", "EDGE_ADMIN_TOKEN_FILE"),
         "reload_poll_s": env.number("EDGE_RELOAD_POLL_S", d.reload_poll_s, low=0.0),
         "s3_latest_uri": env.opt_s3_uri("EDGE_S3_LATEST_URI"),
         "s3_cache_dir": Path(env.text("EDGE_S3_CACHE_DIR", str(d.s3_cache_dir))),
@@ -301,6 +301,23 @@ class _Env(EnvReader):
                 raise ConfigurationError(f"{where}: client {client_id!r} reuses another client's key", key=where)
             keys.append(ClientKey(client_id, secret))
         return tuple(keys)
+
+    def secret(self, key: str, file_key: str) -> str | None:
+        """A secret from `key`, or from the file `file_key` names (its content, stripped): a file keeps it out
+        of the process environment (a Kubernetes Secret volume, a Greengrass-written file). Not both."""
+        raw, path = self.opt_text(key), self.opt_text(file_key)
+        if raw and path:
+            raise ConfigurationError(f"set {key} or {file_key}, not both", key=key)
+        if path is None:
+            return raw
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"{file_key}={path!r} cannot be read: {type(exc).__name__}", key=file_key) \
+                from None
+        if not value:
+            raise ConfigurationError(f"{file_key}={path!r} is empty", key=file_key)
+        return value
 
     def opt_s3_uri(self, key: str) -> str | None:
         raw = self.raw(key)

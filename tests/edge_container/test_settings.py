@@ -69,3 +69,19 @@ def test_a_cloud_url_needs_an_api_key_or_sigv4() -> None:
 
 def test_every_policy_name_has_a_class() -> None:
     assert set(POLICY_NAMES) == set(POLICIES)
+
+
+def test_the_cloud_key_and_admin_token_may_come_from_files(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("cloud-key-from-a-file\n")
+    (tmp_path / "token").write_text("admin-token-0123456789")
+    s = Settings.from_env({"EDGE_CLOUD_URL": "https://api.example.com", "EDGE_CLOUD_API_KEY_FILE": str(tmp_path / "key"),
+                           "EDGE_ADMIN_TOKEN_FILE": str(tmp_path / "token")})
+    assert s.cloud_api_key == "cloud-key-from-a-file" and s.admin_token == "admin-token-0123456789"
+    with pytest.raises(ConfigurationError, match="not both"):
+        Settings.from_env({"EDGE_CLOUD_API_KEY": "x", "EDGE_CLOUD_API_KEY_FILE": str(tmp_path / "key")})
+    with pytest.raises(ConfigurationError, match="cannot be read") as missing:
+        Settings.from_env({"EDGE_ADMIN_TOKEN_FILE": str(tmp_path / "absent")})
+    assert missing.value.key == "EDGE_ADMIN_TOKEN_FILE"
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        Settings.from_env({"EDGE_CLOUD_API_KEY_FILE": str(tmp_path / "empty")})
