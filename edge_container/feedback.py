@@ -211,6 +211,15 @@ class FeedbackStore:
 
     # ------------------------------------------------------------------ helpers
 
+    def shipped_id(self) -> int:
+        """The last id shipped to S3 (0: none yet)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'shipped_id'").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def mark_shipped(self, last_id: int) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('shipped_id', ?)", (str(last_id),))
+
     def _row(self, record: FeedbackRecord, now: float) -> tuple[Any, ...]:
         digest = hmac.new(self._key, record.text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
         values = asdict(record)
@@ -280,6 +289,17 @@ class FeedbackWriter:
         else:
             self._on_result("ok", len(records))
 
+    async def run(self, job: Callable[[FeedbackStore], Any]) -> Any:
+        """`job(store)` on the store's own thread (the shipper's reads and watermark)."""
+        import asyncio
+
+        def call() -> Any:
+            if self._store is None:
+                self._store = self._opener()
+            return job(self._store)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
     def close(self) -> None:
         self._thread.submit(self._close).result(timeout=10)
         self._thread.shutdown(wait=True)
@@ -293,3 +313,69 @@ class FeedbackWriter:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+class FeedbackShipper:
+    """Ships the store's new records to S3 every `interval_s` (EDGE_FEEDBACK_S3_URI), as JSON Lines exports at
+    `<prefix>/<device>/<first id>-<last id>.jsonl`, at most `batch` records each, then moves the store's
+    watermark. An upload that fails is retried next time; one that succeeded before a crash, before the
+    watermark moved, is uploaded again under the same key with the same content: never lost, never doubled.
+    `model_build build --feedback s3://bucket/prefix` reads them."""
+
+    def __init__(self, writer: FeedbackWriter, s3_client: Any, *, bucket: str, prefix: str, device: str,
+                 interval_s: float = 300.0, batch: int = 10_000,
+                 on_result: Callable[[str, int], None] | None = None) -> None:
+        self._writer, self._s3, self.bucket, self.prefix = writer, s3_client, bucket, prefix.strip("/")
+        self.device, self.interval_s, self.batch = device, interval_s, batch
+        self._on_result = on_result or (lambda outcome, n: None)
+        self._task: Any = None
+
+    def start(self) -> None:
+        import asyncio
+
+        self._task = asyncio.create_task(self._loop(), name="feedback-shipper")
+
+    async def stop(self) -> None:
+        import asyncio
+        import contextlib
+
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def ship_once(self) -> int:
+        """Upload what is new (up to `batch` records); the number of records shipped."""
+        import asyncio
+        import io
+
+        def export(store: FeedbackStore) -> tuple[int, int, str]:
+            after = store.shipped_id()
+            out = io.StringIO()
+            last = store.export(out, after_id=after, limit=self.batch)
+            return after, last, out.getvalue()
+
+        after, last, body = await self._writer.run(export)
+        if last == after:
+            return 0
+        key = "/".join(p for p in (self.prefix, self.device, f"{after + 1:012d}-{last:012d}.jsonl") if p)
+        await asyncio.to_thread(self._s3.put_object, Bucket=self.bucket, Key=key, Body=body.encode(),
+                                ContentType="application/x-ndjson")
+        await self._writer.run(lambda store: store.mark_shipped(last))
+        return last - after
+
+    async def _loop(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                shipped = await self.ship_once()
+            except Exception:
+                log.warning("could not ship feedback to s3://%s/%s (retried in %gs)", self.bucket, self.prefix,
+                            self.interval_s, exc_info=True)
+                self._on_result("error", 0)
+            else:
+                if shipped:
+                    self._on_result("shipped", shipped)

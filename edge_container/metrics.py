@@ -56,6 +56,8 @@ class Metrics:
         self.cpu_temperature = Gauge("edge_cpu_temperature_celsius", "Hottest thermal zone (/sys/class/thermal); "
                                      "NaN when the device exposes none", registry=r)
         self.cpu_temperature.set_function(lambda: _or_nan(cpu_temperature_c()))
+        self.feedback_shipped = Counter("edge_feedback_shipped_total", "Feedback records shipped to S3 (shipped), "
+                                        "failed shipping rounds (error)", ["outcome"], registry=r)
         self.feedback_records = Counter("edge_feedback_records_total", "Feedback records written, by outcome",
                                         ["outcome"], registry=r)
         self.model_loaded = Gauge("edge_model_loaded_timestamp_seconds", "When the served model was loaded",

@@ -23,6 +23,7 @@ from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "paced", "random", "edge_only", "cloud_only")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 MIN_KEY_CHARS = 16
+_S3_PREFIX = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+\.json)$")
 
 
@@ -89,6 +90,8 @@ class Settings:
     feedback_mode: str = "text"  # text | hash (only a keyed hash of each text: monitoring, not training)
     feedback_max_mb: int = 64
     feedback_max_age_days: float = 30.0
+    feedback_s3_uri: str | None = None  # s3://bucket/prefix: ship the store's new records there
+    feedback_ship_s: float = 300.0
 
     @property
     def device(self) -> str:
@@ -103,6 +106,13 @@ class Settings:
     def cloud_infer_url(self) -> str:
         assert self.cloud_url is not None
         return self.cloud_url.rstrip("/") + "/v1/infer"
+
+    @property
+    def feedback_s3_location(self) -> tuple[str, str]:
+        """(bucket, prefix) of EDGE_FEEDBACK_S3_URI."""
+        match = _S3_PREFIX.match(self.feedback_s3_uri or "")
+        assert match is not None
+        return match["bucket"], (match["prefix"] or "").strip("/")
 
     @property
     def s3_location(self) -> tuple[str, str]:
@@ -223,6 +233,18 @@ def _debug(env: _Env) -> dict[str, Any]:
     return {"debug_port": port, "debug_host": env.opt_text("EDGE_DEBUG_HOST"), **files}
 
 
+def _feedback_s3(env: _Env, path: str | None) -> str | None:
+    uri = env.opt_text("EDGE_FEEDBACK_S3_URI")
+    if uri is None:
+        return None
+    if not _S3_PREFIX.match(uri):
+        raise env.bad("EDGE_FEEDBACK_S3_URI", uri, "must be s3://<bucket>[/<prefix>]")
+    if path is None:
+        raise ConfigurationError("EDGE_FEEDBACK_S3_URI ships the feedback store: set EDGE_FEEDBACK_PATH too",
+                                 key="EDGE_FEEDBACK_S3_URI")
+    return uri
+
+
 def _feedback(env: _Env, d: Settings) -> dict[str, Any]:
     """The feedback store (off unless EDGE_FEEDBACK_PATH is set)."""
     path = env.opt_text("EDGE_FEEDBACK_PATH")
@@ -231,6 +253,8 @@ def _feedback(env: _Env, d: Settings) -> dict[str, Any]:
         "feedback_mode": env.choice("EDGE_FEEDBACK_MODE", ("text", "hash"), default=d.feedback_mode),
         "feedback_max_mb": env.integer("EDGE_FEEDBACK_MAX_MB", d.feedback_max_mb, low=1, high=1 << 20),
         "feedback_max_age_days": env.number("EDGE_FEEDBACK_MAX_AGE_DAYS", d.feedback_max_age_days, low=0.01),
+        "feedback_s3_uri": _feedback_s3(env, path),
+        "feedback_ship_s": env.number("EDGE_FEEDBACK_SHIP_S", d.feedback_ship_s, low=0.05),
     }
 
 

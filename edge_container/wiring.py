@@ -14,7 +14,7 @@ from edge_container.auth import EscalationLimiter
 from edge_container.breaker import CircuitBreaker
 from edge_container.cloud import CloudClient, SigV4Signer
 from edge_container.errors import ConfigurationError
-from edge_container.feedback import FeedbackStore, FeedbackWriter
+from edge_container.feedback import FeedbackShipper, FeedbackStore, FeedbackWriter
 from edge_container.metrics import Metrics
 from edge_container.policies import Policy, make_policy
 from edge_container.reload import FolderSource, ModelManager, Reloader, S3Source
@@ -42,6 +42,7 @@ class EdgeStack:
     executor: ThreadPoolExecutor
     _owns_http: bool = field(default=False, repr=False)
     debug_port: int | None = None  # the mutual-TLS debug listener's port, once serving (None: off)
+    shipper: FeedbackShipper | None = None  # ships feedback to S3 (EDGE_FEEDBACK_S3_URI)
 
     @classmethod
     def create(cls, settings: Settings, *, http: httpx.AsyncClient | None = None, s3_client: Any = None,
@@ -77,18 +78,24 @@ class EdgeStack:
         metrics.device.info({"device": settings.device, "cohort": "stable", "target_version": ""})
         folder = FolderSource(settings.model_dir)
         sources: list[FolderSource | S3Source] = [folder]
+        if (settings.s3_latest_uri or settings.feedback_s3_uri) and s3_client is None:
+            import boto3  # optional dependency: only with EDGE_S3_LATEST_URI / EDGE_FEEDBACK_S3_URI
+            from botocore.config import Config
+
+            s3_client = boto3.client("s3", config=Config(**S3_CLIENT_CONFIG))
         if settings.s3_latest_uri:
             bucket, key = settings.s3_location
-            if s3_client is None:
-                import boto3  # optional dependency: only with EDGE_S3_LATEST_URI
-                from botocore.config import Config
-
-                s3_client = boto3.client("s3", config=Config(**S3_CLIENT_CONFIG))
             sources.append(S3Source(s3_client, bucket=bucket, latest_key=key, cache_dir=settings.s3_cache_dir,
                                     device_id=settings.device, on_cohort=lambda cohort, version: metrics.device.info(
                                         {"device": settings.device, "cohort": cohort, "target_version": version})))
         reloader = Reloader(models, sources, poll_s=settings.reload_poll_s)
-        return cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)
+        stack = cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)
+        if settings.feedback_s3_uri and service.feedback is not None:
+            bucket, prefix = settings.feedback_s3_location
+            stack.shipper = FeedbackShipper(service.feedback, s3_client, bucket=bucket, prefix=prefix,
+                                            device=settings.device, interval_s=settings.feedback_ship_s,
+                                            on_result=lambda outcome, n: metrics.feedback_shipped.labels(outcome).inc(n))
+        return stack
 
     async def start(self) -> None:
         """Load and warm the model (readiness waits for this), then start serving and watching."""
@@ -102,10 +109,14 @@ class EdgeStack:
                                      "and no EDGE_S3_LATEST_URI to fetch one from", key="EDGE_MODEL_DIR")
         await self.service.start()
         self.reloader.start()
+        if self.shipper is not None:
+            self.shipper.start()
         log.info("edge ready: model %s, policy %s, cloud %s", self.models.current.version,
                  self.service.policy.name, self.settings.cloud_url or "disabled")
 
     async def stop(self) -> None:
+        if self.shipper is not None:
+            await self.shipper.stop()
         await self.reloader.stop()
         await self.service.stop()
         if self._owns_http and self.http is not None:

@@ -9,11 +9,16 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, read_export
+from infra.moto_server import SerialisedMotoServer
+from modelpack.feedback import read_feedback
 from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,12 +171,70 @@ def test_the_export_command_writes_what_the_build_reads(tmp_path: Path) -> None:
     out = tmp_path / "fb.jsonl"
     done = subprocess.run([sys.executable, "-m", "edge_container", "feedback", "export", "--store",
                            str(tmp_path / "fb.sqlite"), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "up to id 2" in done.stderr
     items = read_feedback(out)
     assert len(items) == 2 and all("text" not in item for item in items)  # the store's hash mode kept
     missing = subprocess.run([sys.executable, "-m", "edge_container", "feedback", "export", "--store",
                               str(tmp_path / "nope.sqlite")], cwd=REPO, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=False)
     assert missing.returncode == 2 and "no such feedback store" in missing.stderr
+
+
+# --------------------------------------------------------------------------- shipping to S3
+
+BUCKET = "fleet-feedback"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[SerialisedMotoServer]:
+    with SerialisedMotoServer() as server:
+        server.client("s3").create_bucket(Bucket=BUCKET)
+        yield server
+
+
+def shipped(s3: Any, prefix: str) -> list[str]:
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def wait_for(condition: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_the_edge_ships_new_feedback_to_s3_and_the_build_reads_it(
+        moto: SerialisedMotoServer, tiny_artifact: Path, cloud: FakeCloud, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = moto.client("s3")
+    store = tmp_path / "fb.sqlite"
+    settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k", feedback_path=store,
+                             feedback_s3_uri=f"s3://{BUCKET}/feedback", feedback_ship_s=0.2, device_id="kiosk-7")
+    texts = [f"{UNSURE} number {i}" for i in range(5)]
+    with serve_edge(settings, s3_client=s3) as (client, _):
+        client.post("/v1/predict", json={"texts": texts[:3], "route": "cloud"})
+        wait_for(lambda: len(shipped(s3, "feedback/kiosk-7/")) == 1)
+        client.post("/v1/predict", json={"texts": texts[3:], "route": "cloud"})
+        wait_for(lambda: len(shipped(s3, "feedback/kiosk-7/")) == 2)
+        metrics = client.get("/metrics").text
+    keys = shipped(s3, "feedback/kiosk-7/")
+    assert keys == ["feedback/kiosk-7/000000000001-000000000003.jsonl", "feedback/kiosk-7/000000000004-000000000005.jsonl"]
+    assert 'edge_feedback_shipped_total{outcome="shipped"} 5.0' in metrics
+
+    # A restart ships nothing twice: the watermark is in the store.
+    with serve_edge(settings, s3_client=s3) as (client, _):
+        time.sleep(0.8)
+    assert shipped(s3, "feedback/kiosk-7/") == keys
+
+    # The build reads the prefix (boto3 finds the endpoint in AWS_ENDPOINT_URL_S3).
+    from model_build.cli import _local_feedback
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.endpoint_url)
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    local = _local_feedback(f"s3://{BUCKET}/feedback/", tmp_path / "cache")
+    assert [r["text"] for r in read_feedback(local)] == texts
