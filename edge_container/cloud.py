@@ -222,9 +222,10 @@ def _json(response: httpx.Response) -> Any:
 
 
 def _json_or_none(response: httpx.Response) -> Any:
+    """The body as JSON, or None: an error body a gateway wrote in HTML is no reason to fail differently."""
     try:
-        return response.json()
-    except (ValueError, RecursionError):
+        return _json(response)
+    except ContractViolation:
         return None
 
 

@@ -22,14 +22,18 @@ through `FeedbackWriter`, which owns that thread.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Self
@@ -270,15 +274,11 @@ class FeedbackWriter:
 
     def __init__(self, opener: Callable[[], FeedbackStore], *, on_result: Callable[[str, int], None] | None = None
                  ) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self._opener, self._store = opener, None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="edge-feedback")
         self._on_result = on_result or (lambda outcome, n: None)
 
     async def write(self, records: Sequence[FeedbackRecord]) -> None:
-        import asyncio
-
         if not records:
             return
         try:
@@ -291,8 +291,6 @@ class FeedbackWriter:
 
     async def run(self, job: Callable[[FeedbackStore], Any]) -> Any:
         """`job(store)` on the store's own thread (the shipper's reads and watermark)."""
-        import asyncio
-
         def call() -> Any:
             if self._store is None:
                 self._store = self._opener()
@@ -331,14 +329,9 @@ class FeedbackShipper:
         self._task: Any = None
 
     def start(self) -> None:
-        import asyncio
-
         self._task = asyncio.create_task(self._loop(), name="feedback-shipper")
 
     async def stop(self) -> None:
-        import asyncio
-        import contextlib
-
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -347,9 +340,6 @@ class FeedbackShipper:
 
     async def ship_once(self) -> int:
         """Upload what is new (up to `batch` records); the number of records shipped."""
-        import asyncio
-        import io
-
         def export(store: FeedbackStore) -> tuple[int, int, str]:
             after = store.shipped_id()
             out = io.StringIO()
@@ -366,8 +356,6 @@ class FeedbackShipper:
         return last - after
 
     async def _loop(self) -> None:
-        import asyncio
-
         while True:
             await asyncio.sleep(self.interval_s)
             try:

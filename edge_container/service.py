@@ -347,17 +347,19 @@ def feedback_records(texts: Sequence[str], rows: EdgeRows, results: Sequence[Res
                      chosen: Sequence[int], *, top: int = 5) -> list[FeedbackRecord]:
     """One record per escalation the cloud answered: the text, both answers, the edge's routing scores and
     top probabilities (what a later build needs to learn from it and re-fit a threshold)."""
-    records = []
+    answered = [i for i in chosen if results[i].source == "cloud" and results[i].cloud_model_version is not None]
+    if not answered:
+        return []
+    probs = rows.probs[answered]
+    scores = {name: fn(probs) for name, fn in SCORES.items()}  # each score once, over all the rows
+    tops = np.argsort(-probs, axis=1)[:, :top]
     labels = rows.model.labels
-    for i in chosen:
+    records = []
+    for row, i in enumerate(answered):
         result = results[i]
-        if result.source != "cloud" or result.cloud_model_version is None:
-            continue
-        p = rows.probs[i]
-        order = np.argsort(-p)[:top]
-        scores = {name: round(float(fn(p[None, :])[0]), 6) for name, fn in SCORES.items()}
-        scores["top"] = [[labels[j], round(float(p[j]), 6)] for j in order]
-        records.append(FeedbackRecord(texts[i], result.edge.label, result.edge.confidence, scores, result.label,
-                                      result.confidence, result.edge_model_version, result.cloud_model_version,
-                                      result.reason))
+        edge_scores: dict[str, object] = {name: round(float(v[row]), 6) for name, v in scores.items()}
+        edge_scores["top"] = [[labels[j], round(float(probs[row, j]), 6)] for j in tops[row]]
+        records.append(FeedbackRecord(texts[i], result.edge.label, result.edge.confidence, edge_scores,
+                                      result.label, result.confidence, result.edge_model_version,
+                                      result.cloud_model_version or "", result.reason))
     return records
