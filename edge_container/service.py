@@ -225,6 +225,8 @@ class EdgeService:
         return escalate & ~hopeless
 
     def _pace(self, rows: EdgeRows, escalate: np.ndarray, answers: _Answers, priority: Priority) -> np.ndarray:
+        if not escalate.any():  # the usual request: nothing to pace (a pacing policy sees no demand either)
+            return escalate
         paced = self.policy.pace(rows.probs, rows.model.manifest.routing, escalate, priority)
         answers.fall_back(np.flatnonzero(escalate & ~paced).tolist(), PACED, self.metrics)
         return paced
