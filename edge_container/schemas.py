@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from edge_container.errors import (
@@ -68,6 +69,10 @@ async def read_json(request: Request, limit: int, *, empty: Any = _REQUIRED) -> 
     if not is_json_media_type(content_type):
         raise UnsupportedMediaType(f"the body must be sent as content-type: application/json, "
                                    f"not {content_type or 'nothing'!r}")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # the standard parser decides what orjson refuses (lone surrogates, NaN, huge integers, bad JSON)
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

@@ -68,14 +68,18 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class EdgeRows:
-    """The batcher's answer for one request: its rows of calibrated probabilities, and who made them."""
+    """The batcher's answer for one request: its rows of calibrated probabilities, and who made them.
+    `top` and `confidence` (each row's best label index and its probability) are computed once per batch,
+    in the worker thread, not per request on the event loop."""
 
     model: EdgeModel
     probs: np.ndarray
+    top: Sequence[int]
+    confidence: Sequence[float]
 
     def answers(self) -> list[Answer]:
         labels = self.model.labels
-        return [Answer(labels[i], float(p[i])) for i, p in zip(self.probs.argmax(axis=1).tolist(), self.probs)]
+        return [Answer(labels[i], c) for i, c in zip(self.top, self.confidence)]
 
 
 class _Answers:
@@ -152,6 +156,7 @@ class EdgeService:
             self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s, queue_size=queue_size,
             concurrency=workers, size=len, observer=self._observe_batch)
         metrics.watch_queue(lambda: self.batcher.depth)
+        metrics.recent_escalation.set_function(lambda: self._recent_escalation)  # read when scraped
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -180,8 +185,9 @@ class EdgeService:
         answers = _Answers(rows, keep)
         if route == "auto":
             escalate = self._edge_oos(rows, escalate, answers)
-            escalate = self._pace(rows, escalate, answers, priority)
-        chosen = self._limit(client, escalate, answers)
+        # The usual request escalates nothing: no pacing (a pacing policy sees no demand either), no limit.
+        chosen = self._limit(client, self._pace(rows, escalate, answers, priority), answers) \
+            if escalate.any() else []
         if route == "auto":
             self._observe_escalation(len(chosen), len(texts))
         if chosen:
@@ -198,8 +204,11 @@ class EdgeService:
                                                     answers.version, outcome.model_version, answer.top_k)
             if self.feedback is not None:
                 await self.feedback.write(feedback_records(texts, rows, answers.results, chosen))
-        for source, count in Counter(r.source for r in answers.results).items():
-            self._texts[source].inc(count)
+        if len(answers.results) == 1:
+            self._texts[answers.results[0].source].inc()
+        else:
+            for source, count in Counter(r.source for r in answers.results).items():
+                self._texts[source].inc(count)
         return Prediction(request_id, tuple(answers.results), (time.perf_counter() - start) * 1000.0, priority)
 
     def _observe_escalation(self, sent: int, n: int) -> None:
@@ -207,7 +216,6 @@ class EdgeService:
         what a fleet dashboard compares between a canary's devices and the rest."""
         keep = (1.0 - 1.0 / 1000) ** n
         self._recent_escalation = keep * self._recent_escalation + (1.0 - keep) * (sent / n)
-        self.metrics.recent_escalation.set(self._recent_escalation)
 
     def _edge_oos(self, rows: EdgeRows, escalate: np.ndarray, answers: _Answers) -> np.ndarray:
         """The manifest's lowest band: the edge answers `oos` itself, and those texts never go up."""
@@ -225,8 +233,7 @@ class EdgeService:
         return escalate & ~hopeless
 
     def _pace(self, rows: EdgeRows, escalate: np.ndarray, answers: _Answers, priority: Priority) -> np.ndarray:
-        if not escalate.any():  # the usual request: nothing to pace (a pacing policy sees no demand either)
-            return escalate
+        """Only for a request that escalates something: a zero count would dilute the demand average."""
         paced = self.policy.pace(rows.probs, rows.model.manifest.routing, escalate, priority)
         answers.fall_back(np.flatnonzero(escalate & ~paced).tolist(), PACED, self.metrics)
         return paced
@@ -324,8 +331,9 @@ class EdgeService:
         self.metrics.stage["infer"].observe(out.infer_s)
         rows, start = [], 0
         for job in jobs:
-            rows.append(EdgeRows(model, out.probs[start:start + len(job)]))
-            start += len(job)
+            end = start + len(job)
+            rows.append(EdgeRows(model, out.probs[start:end], out.top[start:end], out.confidence[start:end]))
+            start = end
         return rows
 
     def _observe_batch(self, info: BatchInfo) -> None:

@@ -138,3 +138,22 @@ def test_importing_the_service_does_no_work_and_pulls_no_heavy_framework(module:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.strip() == "[] 1"  # nothing forbidden, and no thread started at import
+
+
+def test_the_pins_give_uvicorn_its_fast_loop_and_parser() -> None:
+    """uvicorn picks uvloop and httptools by itself when importable ("auto"); the image must carry them."""
+    import uvicorn
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert {"uvloop", "httptools", "orjson"} <= set(requirement_pins())
+    config = uvicorn.Config(lambda scope, receive, send: None)
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+    factory = config.get_loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
