@@ -16,7 +16,8 @@ import sys
 from collections.abc import Sequence
 
 _FLAGS = {"model_dir": "EDGE_MODEL_DIR", "host": "EDGE_HOST", "port": "EDGE_PORT", "policy": "EDGE_POLICY",
-          "workers": "EDGE_WORKERS", "cloud_url": "EDGE_CLOUD_URL", "log_level": "EDGE_LOG_LEVEL"}
+          "workers": "EDGE_WORKERS", "processes": "EDGE_PROCESSES", "cloud_url": "EDGE_CLOUD_URL",
+          "log_level": "EDGE_LOG_LEVEL"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,10 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.processes > 1 and not settings.is_child:
+        from edge_container.processes import Supervisor
+
+        return Supervisor(environ, host=settings.host, port=settings.port, processes=settings.processes).run()
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.access_log, lifespan="on", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
-    server.run()
+    if settings.is_child:  # one of EDGE_PROCESSES: the shared port, and a loopback port of its own
+        from edge_container.processes import child_sockets
+
+        assert settings.process_index is not None and settings.peers_dir is not None
+        server.run(sockets=child_sockets(settings.host, settings.port, settings.process_index, settings.peers_dir))
+    else:
+        server.run()
     # uvicorn exits quietly when the lifespan start-up fails (e.g. a refused artifact): say so in the status.
     return 0 if server.started else 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -33,9 +34,11 @@ from edge_container.errors import (
     NotFound,
     NotReady,
     PriorityForbidden,
+    ProcessesDiverged,
     Unauthorized,
 )
 from edge_container.openapi import openapi_document
+from edge_container.peers import LOCAL_HEADER, PeerReply, merged_metrics
 from edge_container.schemas import json_object, one_or_many, parse_predict, prediction_json, read_json
 from edge_container.settings import Settings
 from edge_container.wiring import EdgeStack
@@ -149,17 +152,24 @@ class Api:
 
     async def v2_ready(self, request: Request) -> tuple[Response, str]:
         with oip.protocol_errors():
-            return self._oip_ready({"ready": True}), "none"
+            return await self._oip_ready(request, {"ready": True}), "none"
 
     def _model_named(self, request: Request) -> None:
         name = request.path_params["name"]
         if name != self.settings.model_name:
             raise ModelNotFound(f"no model named {name!r}; this server serves {self.settings.model_name!r}")
 
-    def _oip_ready(self, ready: dict[str, Any]) -> Response:
-        if not self.stack.ready:
+    async def _oip_ready(self, request: Request, ready: dict[str, Any]) -> Response:
+        if not await self._ready(request):
             raise NotReady("the model is not loaded and warmed up yet")
         return JsonResponse(ready)
+
+    async def _ready(self, request: Request) -> bool:
+        """This process is ready; with EDGE_PROCESSES > 1, every sibling too (unless asked by one)."""
+        if not self.stack.ready:
+            return False
+        peers = self.stack.peers
+        return peers is None or _local(request) or await peers.all_ready()
 
     async def v2_model(self, request: Request) -> tuple[Response, str]:
         with oip.protocol_errors():
@@ -169,7 +179,7 @@ class Api:
     async def v2_model_ready(self, request: Request) -> tuple[Response, str]:
         with oip.protocol_errors():
             self._model_named(request)
-            return self._oip_ready({"name": self.settings.model_name, "ready": True}), "none"
+            return await self._oip_ready(request, {"name": self.settings.model_name, "ready": True}), "none"
 
     async def v2_infer(self, request: Request) -> tuple[Response, str]:
         with oip.protocol_errors():
@@ -185,17 +195,21 @@ class Api:
         return JsonResponse({"status": "ok"}), "none"
 
     async def readyz(self, request: Request) -> tuple[Response, str]:
-        ready = {"status": "ready", "model_version": self.stack.models.current.version} if self.stack.ready else {}
-        return self._readiness(ready, {"status": "not_ready"}), "none"
-
-    def _readiness(self, ready: dict[str, Any], not_ready: dict[str, Any]) -> Response:
-        if self.stack.ready:
-            return JsonResponse(ready)
+        if await self._ready(request):
+            return JsonResponse({"status": "ready", "model_version": self.stack.models.current.version}), "none"
         err = NotReady("the model is not loaded and warmed up yet")
-        return JsonResponse({**not_ready, **err.body()}, status_code=err.status, headers=err.headers())
+        return JsonResponse({"status": "not_ready", **err.body()}, status_code=err.status,
+                            headers=err.headers()), "none"
 
     async def metrics_text(self, request: Request) -> tuple[Response, str]:
-        return Response(self.metrics.exposition(), media_type=self.metrics.content_type), "none"
+        """With EDGE_PROCESSES > 1, every process's metrics, each sample labelled with its `process`."""
+        own, peers = self.metrics.exposition(), self.stack.peers
+        if peers is not None and not _local(request):
+            texts = {self.settings.process_index or 0: own.decode()}
+            texts.update({r.peer.index: r.body for r in await peers.ask("GET", "/metrics")
+                          if r.status == 200 and isinstance(r.body, str)})
+            own = merged_metrics(texts)
+        return Response(own, media_type=self.metrics.content_type), "none"
 
     async def openapi(self, request: Request) -> tuple[Response, str]:
         return JsonResponse(openapi_document(_version(), self.settings)), "none"
@@ -213,7 +227,7 @@ class Api:
 
     async def admin_model(self, request: Request) -> tuple[Response, str]:
         self._authorise(request)
-        return JsonResponse(self._status()), "none"
+        return await self._everywhere(request, "GET", "/admin/model"), "none"
 
     async def admin_reload(self, request: Request) -> tuple[Response, str]:
         self._authorise(request)
@@ -222,12 +236,30 @@ class Api:
         if source not in ("folder", "s3"):
             raise BadRequest("source must be 'folder' or 's3'")
         await self.stack.reloader.reload(source)
-        return JsonResponse(self._status()), "none"
+        return await self._everywhere(request, "POST", "/admin/reload", {"source": source}), "none"
 
     async def admin_rollback(self, request: Request) -> tuple[Response, str]:
         self._authorise(request)
         await self.stack.models.rollback()
-        return JsonResponse(self._status()), "none"
+        return await self._everywhere(request, "POST", "/admin/rollback", {}), "none"
+
+    async def _everywhere(self, request: Request, method: str, path: str, body: Any = None) -> Response:
+        """This process's status, after the same admin call on every sibling (EDGE_PROCESSES > 1):
+        `processes` says which version each serves; a sibling that failed makes it a PROCESSES_DIVERGED."""
+        peers = self.stack.peers
+        if peers is None or _local(request):
+            return JsonResponse(self._status())
+        assert self.settings.admin_token is not None  # _authorise passed
+        replies = await peers.ask(method, path, headers={"x-admin-token": self.settings.admin_token}, json=body)
+        current = self.stack.models.current
+        processes = [{"index": self.settings.process_index, "pid": os.getpid(), "model_version": current.version,
+                      "ok": True, "error": None}, *(_process_entry(r) for r in replies)]
+        processes.sort(key=lambda p: p["index"])
+        failed = [p["index"] for p in processes if not p["ok"]]
+        if failed or len(processes) < self.settings.processes:
+            raise ProcessesDiverged(f"{path} done here, but not on every process (failed: {failed}, "
+                                    f"{len(processes)} of {self.settings.processes} answered)", processes=processes)
+        return JsonResponse({**self._status(), "processes": processes})
 
     def _status(self) -> dict[str, Any]:
         circuit = self.service.cloud.breaker.state if self.service.cloud else "disabled"
@@ -257,6 +289,19 @@ class EdgeApp(Starlette):
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _local(request: Request) -> bool:
+    """A sibling's fanned-out call (edge_container.peers): answer for this process only."""
+    return request.headers.get(LOCAL_HEADER) == "1"
+
+
+def _process_entry(reply: PeerReply) -> dict[str, Any]:
+    body = reply.body if isinstance(reply.body, dict) else {}
+    current = body.get("current") or {}
+    error = reply.error or (body.get("error") or {}).get("message") if reply.status != 200 else None
+    return {"index": reply.peer.index, "pid": reply.peer.pid, "model_version": current.get("model_version"),
+            "ok": reply.status == 200, "error": error or (None if reply.status == 200 else f"HTTP {reply.status}")}
 
 
 def _address(request: Request) -> str:

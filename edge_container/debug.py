@@ -211,7 +211,7 @@ async def debug_listener(stack: EdgeStack) -> Any:
     import asyncio
 
     settings = stack.settings
-    if settings.debug_port is None:
+    if settings.debug_port is None or not settings.is_primary:  # one listener per server, not per process
         yield None
         return
     ring = LogRing(secrets=secrets_of(settings))

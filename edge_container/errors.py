@@ -126,6 +126,14 @@ class NothingToRollBack(EdgeError):
     code = "NO_PREVIOUS_MODEL"
 
 
+class ProcessesDiverged(EdgeError):
+    """With EDGE_PROCESSES > 1: this process did what was asked (reload, rollback), some sibling did not, so
+    they may serve different versions now; `processes` says which serves what."""
+
+    status = 502
+    code = "PROCESSES_DIVERGED"
+
+
 class Overloaded(EdgeError):
     """The batch queue is full: shed load now rather than answer late."""
 

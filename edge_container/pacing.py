@@ -36,11 +36,12 @@ class BudgetPacer:
     `reserve` keeps a share of the budget back for `high` priority traffic and the estimate's error.
     """
 
-    def __init__(self, *, window_s: float = 300.0, reserve: float = 0.05,
+    def __init__(self, *, window_s: float = 300.0, reserve: float = 0.05, share: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
-        if window_s <= 0 or not 0 <= reserve < 1:
-            raise ValueError("window_s must be > 0 and reserve in [0, 1)")
+        if window_s <= 0 or not 0 <= reserve < 1 or not 0 < share <= 1:
+            raise ValueError("window_s must be > 0, reserve in [0, 1) and share in (0, 1]")
         self.window_s, self.reserve, self._clock = window_s, reserve, clock
+        self.share = share  # of the budget this pacer may plan for: 1/N for each of N server processes
         self.remaining: int | None = None
         self.resets_at: float | None = None  # epoch seconds
         self.cost_per_text = 1.0
@@ -75,7 +76,8 @@ class BudgetPacer:
         if self.remaining is None or self.resets_at is None:
             return 1.0
         left_s = max(1.0, self.resets_at - self._clock())
-        affordable_per_s = self.remaining * (1.0 - self.reserve) / left_s / max(self.cost_per_text, 1e-9)
+        affordable_per_s = (self.remaining * self.share * (1.0 - self.reserve) / left_s
+                            / max(self.cost_per_text, 1e-9))
         if self._demand <= 0.0:
             return 1.0 if self.remaining > 0 else 0.0
         return float(min(1.0, affordable_per_s / self._demand))

@@ -215,5 +215,6 @@ def make_policy(name: str, settings: Settings | None = None) -> Policy:
     if name == "random":
         return RandomPolicy(s.target_escalation_rate)
     if name == "paced":
-        return PacedPolicy(BudgetPacer(window_s=s.pace_window_s, reserve=s.pace_reserve))
+        # Each of EDGE_PROCESSES sees about 1/N of the demand, and the whole budget in every cloud reply.
+        return PacedPolicy(BudgetPacer(window_s=s.pace_window_s, reserve=s.pace_reserve, share=1.0 / s.processes))
     return POLICIES[name]()

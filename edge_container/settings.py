@@ -48,6 +48,11 @@ class Settings:
     max_wait_ms: float = 0.0  # 0: take what is queued when an interpreter frees up, never wait for more
     queue_size: int = 256
     workers: int = 2
+    # Server processes on the one port (edge_container.processes); > 1 makes `serve` a supervisor. The
+    # supervisor sets the other two for each child: its index and the folder where siblings find each other.
+    processes: int = 1
+    process_index: int | None = None
+    peers_dir: Path | None = None
     # Cloud
     cloud_url: str | None = None
     cloud_api_key: str | None = None
@@ -97,6 +102,16 @@ class Settings:
     def device(self) -> str:
         """The id this device has in a staged rollout: EDGE_DEVICE_ID, else the host name."""
         return self.device_id or socket.gethostname()
+
+    @property
+    def is_child(self) -> bool:
+        """One of several processes (EDGE_PROCESSES > 1), started by the supervisor."""
+        return self.process_index is not None
+
+    @property
+    def is_primary(self) -> bool:
+        """The process that runs what must run once per server: the debug listener, the feedback shipper."""
+        return self.process_index in (None, 0)
 
     @property
     def cloud_enabled(self) -> bool:
@@ -170,7 +185,20 @@ def _batching(env: _Env, d: Settings) -> dict[str, Any]:
         "max_wait_ms": env.number("EDGE_MAX_WAIT_MS", d.max_wait_ms, low=0.0, high=1000.0),
         "queue_size": env.integer("EDGE_QUEUE_SIZE", d.queue_size, low=1),
         "workers": env.integer("EDGE_WORKERS", d.workers, low=1, high=64),
+        **_processes(env, d),
     }
+
+
+def _processes(env: _Env, d: Settings) -> dict[str, Any]:
+    processes = env.integer("EDGE_PROCESSES", d.processes, low=1, high=64)
+    index = env.int_or_none("EDGE_PROCESS_INDEX")
+    raw_dir = env.opt_text("EDGE_PEERS_DIR")
+    if index is not None and not (0 <= index < processes and raw_dir is not None and Path(raw_dir).is_dir()):
+        raise ConfigurationError("EDGE_PROCESS_INDEX is set by the supervisor (EDGE_PROCESSES > 1) with "
+                                 "EDGE_PEERS_DIR: it must be in [0, EDGE_PROCESSES) and the folder must exist",
+                                 key="EDGE_PROCESS_INDEX")
+    return {"processes": processes, "process_index": index,
+            "peers_dir": Path(raw_dir) if raw_dir is not None and index is not None else None}
 
 
 def _cloud(env: _Env, d: Settings) -> dict[str, Any]:

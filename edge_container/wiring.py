@@ -16,6 +16,7 @@ from edge_container.cloud import CloudClient, SigV4Signer
 from edge_container.errors import ConfigurationError
 from edge_container.feedback import FeedbackShipper, FeedbackStore, FeedbackWriter
 from edge_container.metrics import Metrics
+from edge_container.peers import Peers
 from edge_container.policies import Policy, make_policy
 from edge_container.reload import FolderSource, ModelManager, Reloader, S3Source
 from edge_container.runtime import EdgeModel
@@ -43,6 +44,7 @@ class EdgeStack:
     _owns_http: bool = field(default=False, repr=False)
     debug_port: int | None = None  # the mutual-TLS debug listener's port, once serving (None: off)
     shipper: FeedbackShipper | None = None  # ships feedback to S3 (EDGE_FEEDBACK_S3_URI)
+    peers: Peers | None = None  # the sibling processes (EDGE_PROCESSES > 1)
 
     @classmethod
     def create(cls, settings: Settings, *, http: httpx.AsyncClient | None = None, s3_client: Any = None,
@@ -90,7 +92,11 @@ class EdgeStack:
                                         {"device": settings.device, "cohort": cohort, "target_version": version})))
         reloader = Reloader(models, sources, poll_s=settings.reload_poll_s)
         stack = cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)
-        if settings.feedback_s3_uri and service.feedback is not None:
+        if settings.is_child:
+            assert settings.peers_dir is not None and settings.process_index is not None
+            stack.peers = Peers(settings.peers_dir, index=settings.process_index, expected=settings.processes)
+        # One shipper per server: the store is one file that every process writes (SQLite locks it).
+        if settings.feedback_s3_uri and service.feedback is not None and settings.is_primary:
             bucket, prefix = settings.feedback_s3_location
             stack.shipper = FeedbackShipper(service.feedback, s3_client, bucket=bucket, prefix=prefix,
                                             device=settings.device, interval_s=settings.feedback_ship_s,
@@ -121,6 +127,8 @@ class EdgeStack:
         await self.service.stop()
         if self._owns_http and self.http is not None:
             await self.http.aclose()
+        if self.peers is not None:
+            await self.peers.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.service.feedback is not None:
             self.service.feedback.close()

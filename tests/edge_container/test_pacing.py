@@ -48,6 +48,20 @@ def test_the_affordable_fraction_is_what_is_left_over_the_demand_until_the_reset
     assert pacer.affordable_fraction() == 0.0
 
 
+def test_each_of_n_processes_paces_its_share_of_the_budget() -> None:
+    """EDGE_PROCESSES=2: each process hears of the whole budget but sees half the demand."""
+    clock = Clock()
+    alone, half = (BudgetPacer(window_s=100, reserve=0.0, share=share, clock=clock) for share in (1.0, 0.5))
+    for _ in range(2000):
+        clock.now += 1.0
+        alone.observe_demand(2)
+        half.observe_demand(1)
+    for pacer in (alone, half):
+        pacer.observe_budget(3600, at(clock.now + 3600), cost=10, n_texts=10)
+    assert alone.affordable_fraction() == pytest.approx(0.5, rel=0.02)
+    assert half.affordable_fraction() == pytest.approx(alone.affordable_fraction(), rel=0.02)
+
+
 def test_the_paced_share_is_the_least_confident_and_follows_priority() -> None:
     rng = np.random.default_rng(0)
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.9])

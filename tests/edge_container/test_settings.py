@@ -33,6 +33,7 @@ def test_reads_every_kind_of_value() -> None:
     ("EDGE_PORT", "http"), ("EDGE_PORT", "70000"), ("EDGE_WORKERS", "0"), ("EDGE_MAX_WAIT_MS", "fast"),
     ("EDGE_POLICY", "smart"), ("EDGE_ACCESS_LOG", "maybe"), ("EDGE_CLOUD_URL", "ftp://x"),
     ("EDGE_TARGET_ESCALATION_RATE", "1.5"), ("EDGE_S3_LATEST_URI", "s3://bucket"), ("EDGE_ADMIN_TOKEN", "short"),
+    ("EDGE_PROCESSES", "0"), ("EDGE_PROCESS_INDEX", "0"),  # an index without the supervisor's peers folder
 ])
 def test_a_bad_value_fails_naming_its_variable(key: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -85,3 +86,13 @@ def test_the_cloud_key_and_admin_token_may_come_from_files(tmp_path: Path) -> No
     (tmp_path / "empty").write_text("  \n")
     with pytest.raises(ConfigurationError, match="is empty"):
         Settings.from_env({"EDGE_CLOUD_API_KEY_FILE": str(tmp_path / "empty")})
+
+
+def test_a_child_process_gets_its_index_and_peers_folder(tmp_path: Path) -> None:
+    child = Settings.from_env({"EDGE_PROCESSES": "3", "EDGE_PROCESS_INDEX": "2", "EDGE_PEERS_DIR": str(tmp_path)})
+    assert (child.processes, child.process_index, child.peers_dir) == (3, 2, tmp_path)
+    assert child.is_child and not child.is_primary
+    alone = Settings.from_env({"EDGE_PROCESSES": "3"})
+    assert not alone.is_child and alone.is_primary and alone.peers_dir is None
+    with pytest.raises(ConfigurationError, match="EDGE_PROCESS_INDEX"):
+        Settings.from_env({"EDGE_PROCESSES": "3", "EDGE_PROCESS_INDEX": "3", "EDGE_PEERS_DIR": str(tmp_path)})
