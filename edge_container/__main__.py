@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return Supervisor(environ, host=settings.host, port=settings.port, processes=settings.processes).run()
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=settings.access_log, lifespan="on", timeout_graceful_shutdown=10)
+                            access_log=settings.access_log, lifespan="on", timeout_graceful_shutdown=10,
+                            timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)
     if settings.is_child:  # one of EDGE_PROCESSES: the shared port, and a loopback port of its own
         from edge_container.processes import child_sockets

@@ -35,6 +35,10 @@ class Settings:
     port: int = 8080
     log_level: str = "info"
     access_log: bool = False
+    # How long an idle client connection stays open. Longer than clients keep pooled connections (httpx 5 s,
+    # requests/urllib3 until closed, Go 90 s): a server that closes first races the client's next request on
+    # that connection, which then fails or is retried. uvicorn's own default is 5 s.
+    keep_alive_s: float = 75.0
     # Routing
     policy: str = "threshold"
     target_escalation_rate: float | None = None  # adaptive/random; None = the manifest's expected rate
@@ -162,6 +166,7 @@ def _service(env: _Env, d: Settings) -> dict[str, Any]:
         "log_level": env.choice("EDGE_LOG_LEVEL", ("critical", "error", "warning", "info", "debug"),
                              default=d.log_level),
         "access_log": env.boolean("EDGE_ACCESS_LOG", d.access_log),
+        "keep_alive_s": env.number("EDGE_KEEP_ALIVE_S", d.keep_alive_s, low=1.0, high=3600.0),
     }
 
 

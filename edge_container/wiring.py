@@ -27,6 +27,7 @@ from modelpack.manifest import MANIFEST_NAME
 log = logging.getLogger("edge_container")
 # botocore's defaults wait 60 s to connect and 60 s per read, and a stalled poll holds up every later
 # one; a failed poll is retried by the reloader's own backoff, so botocore retries only a little.
+CLOUD_KEEPALIVE_S = 5.0  # httpx's default, stated: idle pooled connections to the cloud are dropped after it
 S3_CLIENT_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 30,
                                     "retries": {"total_max_attempts": 3, "mode": "standard"}}
 
@@ -55,7 +56,10 @@ class EdgeStack:
         owns_http = http is None and settings.cloud_enabled
         if owns_http:
             limit = settings.cloud_max_connections
-            http = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            # Idle connections are dropped after CLOUD_KEEPALIVE_S, which must be shorter than the cloud side
+            # keeps them (the local API: 75 s), or a call can go out on a connection the server is closing.
+            http = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit,
+                                                         keepalive_expiry=CLOUD_KEEPALIVE_S),
                                      timeout=settings.cloud_timeout_ms / 1000.0)
         cloud = None
         if settings.cloud_enabled:

@@ -139,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage=args.stage,
         on_ready=lambda: print(f"{READY_PREFIX}http://{host}:{port}", flush=True),
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="on"))
+    # Idle connections outlive the edge client's pool (httpx drops its idle ones after 5 s): a server that
+    # closed first (uvicorn's default is 5 s too) would race the client's next call on that connection.
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="on", timeout_keep_alive=75))
     server.run(sockets=[sock])
     return 0
 

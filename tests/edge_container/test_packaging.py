@@ -76,6 +76,13 @@ def test_the_entry_point_serves_without_tensorflow_torch_or_model_build(tiny_art
             r = client.post("/v1/predict", json={"texts": ["what is the weather today", "play music"]})
             assert r.status_code == 200 and len(r.json()["results"]) == 2
             assert "edge_model_info" in client.get("/metrics").text
+        # An idle client connection outlives uvicorn's 5 s default (EDGE_KEEP_ALIVE_S, 75 s): a client that
+        # pools it for longer reuses it, instead of racing the server's close with its next request.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            for pause in (0.0, 6.0):
+                time.sleep(pause)
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert conn.recv(4096).startswith(b"HTTP/1.1 200"), f"closed after {pause} s idle"
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
