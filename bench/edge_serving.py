@@ -15,7 +15,7 @@ library, so more of the 2 cores go to the server). Figures:
   batching_gain        rps_c64_batching / rps_c64_no_batching
   raw_batched_rps      in-process ceiling: texts/s through EdgeModel.run in batches, EDGE_WORKERS threads
   efficiency           rps_c64_batching / raw_batched_rps
-  processes_2_over_1   rps at c64 with EDGE_PROCESSES=2 (EDGE_WORKERS halved) / one process
+  processes_2_over_1   rps at c64 with EDGE_PROCESSES=2, EDGE_WORKERS=0 / one process (EDGE_WORKERS threads)
   batch32_efficiency   texts/s with 32 texts per request (2 x workers connections) / raw_batched_rps
 """
 
@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     modes = {"batching": {"EDGE_MAX_BATCH_SIZE": str(args.max_batch_size)},
              "no_batching": {"EDGE_MAX_BATCH_SIZE": "1"},
-             # the same interpreter threads in all, over two processes
+             # one process per core, each running its batches on its event loop (no thread hand-off)
              "processes_2": {"EDGE_MAX_BATCH_SIZE": str(args.max_batch_size), "EDGE_PROCESSES": "2",
-                             "EDGE_WORKERS": str(max(1, args.workers // 2))}}
+                             "EDGE_WORKERS": "0"}}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
         if model_dir is None:
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"workers": args.workers, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                      "connections": args.connections, "seconds": args.seconds, "repeats": args.repeats,
                      "policy": "edge_only", "server": "python -m edge_container serve (uvicorn, one process; "
-                     "processes_2: EDGE_PROCESSES=2 with EDGE_WORKERS halved, the same interpreter threads)",
+                     "processes_2: EDGE_PROCESSES=2 with EDGE_WORKERS=0, inference inline on each event loop)",
                      "batch_connections": 2 * args.workers},
         "raw_b1_ms_p50": round(raw["raw_b1_ms_p50"], 4),
         "http_b1_ms_p50": round(http_p50, 4),

@@ -127,7 +127,7 @@ class EdgeService:
         models: ModelManager,
         policy: Policy,
         cloud: CloudClient | None,
-        executor: Executor,
+        executor: Executor | None,
         metrics: Metrics,
         max_batch_size: int,
         max_wait_s: float,
@@ -326,7 +326,10 @@ class EdgeService:
     async def _run_batch(self, jobs: Sequence[tuple[str, ...]]) -> list[EdgeRows]:
         model = self.models.current  # this batch runs on this version to the end, even across a swap
         texts = [text for job in jobs for text in job]
-        out = await asyncio.get_running_loop().run_in_executor(self._executor, model.run, texts)
+        if self._executor is None:  # inline: the loop waits for the model, and reads the next batch's requests after
+            out = model.run(texts)
+        else:
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, model.run, texts)
         self.metrics.stage["tokenize"].observe(out.tokenize_s)
         self.metrics.stage["infer"].observe(out.infer_s)
         rows, start = [], 0

@@ -51,6 +51,8 @@ class Settings:
     max_batch_size: int = 32
     max_wait_ms: float = 0.0  # 0: take what is queued when an interpreter frees up, never wait for more
     queue_size: int = 256
+    # Interpreter threads; 0 runs each batch on the event-loop thread itself (one interpreter, no thread
+    # hand-off): the faster choice with EDGE_PROCESSES at one per core (bench/results/edge_profile.md).
     workers: int = 2
     # Server processes on the one port (edge_container.processes); > 1 makes `serve` a supervisor. The
     # supervisor sets the other two for each child: its index and the folder where siblings find each other.
@@ -106,6 +108,11 @@ class Settings:
     def device(self) -> str:
         """The id this device has in a staged rollout: EDGE_DEVICE_ID, else the host name."""
         return self.device_id or socket.gethostname()
+
+    @property
+    def interpreters(self) -> int:
+        """Interpreter slots per process: one per worker thread, one for the inline mode (workers 0)."""
+        return max(1, self.workers)
 
     @property
     def is_child(self) -> bool:
@@ -189,7 +196,7 @@ def _batching(env: _Env, d: Settings) -> dict[str, Any]:
         "max_batch_size": env.integer("EDGE_MAX_BATCH_SIZE", d.max_batch_size, low=1, high=4096),
         "max_wait_ms": env.number("EDGE_MAX_WAIT_MS", d.max_wait_ms, low=0.0, high=1000.0),
         "queue_size": env.integer("EDGE_QUEUE_SIZE", d.queue_size, low=1),
-        "workers": env.integer("EDGE_WORKERS", d.workers, low=1, high=64),
+        "workers": env.integer("EDGE_WORKERS", d.workers, low=0, high=64),
         **_processes(env, d),
     }
 

@@ -41,7 +41,7 @@ class EdgeStack:
     reloader: Reloader
     folder: FolderSource
     http: httpx.AsyncClient | None
-    executor: ThreadPoolExecutor
+    executor: ThreadPoolExecutor | None  # None: inference on the event-loop thread (EDGE_WORKERS=0)
     _owns_http: bool = field(default=False, repr=False)
     debug_port: int | None = None  # the mutual-TLS debug listener's port, once serving (None: off)
     shipper: FeedbackShipper | None = None  # ships feedback to S3 (EDGE_FEEDBACK_S3_URI)
@@ -52,7 +52,7 @@ class EdgeStack:
                aws_credentials: Any = None, policy: Policy | None = None) -> EdgeStack:
         """Build, start nothing. `http`, `s3_client` and `aws_credentials` default to real ones, made here."""
         metrics = Metrics()
-        models = ModelManager(partial(EdgeModel.load, slots=settings.workers), metrics=metrics)
+        models = ModelManager(partial(EdgeModel.load, slots=settings.interpreters), metrics=metrics)
         owns_http = http is None and settings.cloud_enabled
         if owns_http:
             limit = settings.cloud_max_connections
@@ -73,11 +73,11 @@ class EdgeStack:
                 on_error=lambda kind: metrics.cloud_errors.labels(kind).inc(),
                 on_bytes=lambda direction, n: metrics.cloud_bytes.labels(direction).inc(n),
                 max_texts=settings.cloud_max_texts, max_text_chars=settings.cloud_max_text_chars)
-        executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="edge-infer")
+        executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="edge-infer") if settings.workers else None
         service = EdgeService(
             models=models, policy=policy or make_policy(settings.policy, settings), cloud=cloud,
             executor=executor, metrics=metrics, max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.workers,
+            max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.interpreters,
             default_deadline_ms=settings.default_deadline_ms,
             limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst),
             feedback=_feedback(settings, metrics), cloud_batch_wait_s=settings.cloud_batch_wait_ms / 1000.0)
@@ -133,7 +133,8 @@ class EdgeStack:
             await self.http.aclose()
         if self.peers is not None:
             await self.peers.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
         if self.service.feedback is not None:
             self.service.feedback.close()
 

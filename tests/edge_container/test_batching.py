@@ -24,9 +24,12 @@ def concurrently(base_url: str, path: str, bodies: list[dict[str, Any]]) -> list
     return asyncio.run(main())
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_artifact: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 0], ids=["worker-thread", "inline"])
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_artifact: Path, workers: int) -> None:
+    """Also inline (EDGE_WORKERS=0, the batch runs on the event loop): requests that arrive while a batch
+    runs wait in their sockets, and the next batch takes them together."""
     texts = [f"{WORDS[i % 10]} {WORDS[(i * 7) % 10]} " + "please " * (i % 12) for i in range(96)]
-    with serve_edge(edge_settings(tiny_artifact, max_batch_size=16, workers=1)) as (client, _):
+    with serve_edge(edge_settings(tiny_artifact, max_batch_size=16, workers=workers)) as (client, _):
         alone = [client.post("/predict", json={"text": t}).json()["confidence"] for t in texts]
         responses = concurrently(str(client.base_url), "/predict", [{"text": t} for t in texts])
         assert [r.status_code for r in responses] == [200] * len(texts)

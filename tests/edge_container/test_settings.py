@@ -30,7 +30,7 @@ def test_reads_every_kind_of_value() -> None:
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("EDGE_PORT", "http"), ("EDGE_PORT", "70000"), ("EDGE_WORKERS", "0"), ("EDGE_MAX_WAIT_MS", "fast"),
+    ("EDGE_PORT", "http"), ("EDGE_PORT", "70000"), ("EDGE_WORKERS", "-1"), ("EDGE_MAX_WAIT_MS", "fast"),
     ("EDGE_POLICY", "smart"), ("EDGE_ACCESS_LOG", "maybe"), ("EDGE_CLOUD_URL", "ftp://x"),
     ("EDGE_TARGET_ESCALATION_RATE", "1.5"), ("EDGE_S3_LATEST_URI", "s3://bucket"), ("EDGE_ADMIN_TOKEN", "short"),
     ("EDGE_PROCESSES", "0"), ("EDGE_PROCESS_INDEX", "0"),  # an index without the supervisor's peers folder
