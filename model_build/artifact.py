@@ -3,9 +3,11 @@ draft manifest a build starts from, and the provenance it records (version, git 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from modelpack.manifest import (
     RoutingEntry,
     TensorSpec,
     TokenizerEntry,
+    load_manifest,
     sha256_file,
+    write_manifest,
 )
 
 EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE = "edge_int8.tflite", "cloud.tflite", "tokenizer.json"
@@ -52,9 +56,28 @@ def model_entry(folder: Path, file: str, precision: str, n_labels: int) -> Model
     )
 
 
+def with_cloud_model(artifact: Path, tflite: Path, folder: Path) -> Manifest:
+    """A copy of `artifact` in `folder` whose cloud model is the file `tflite` (e.g. the teacher at another
+    precision), its manifest entry read from that file; the calibration (temperature, oos threshold) stays
+    the artifact's. For side-by-side measurements (bench/lambda_handler.py), not for shipping."""
+    from model_build.convert import size_breakdown
+
+    manifest = load_manifest(artifact)
+    shutil.copytree(artifact, folder)
+    shutil.copyfile(tflite, folder / manifest.cloud.file)
+    quantized = size_breakdown((folder / manifest.cloud.file).read_bytes()).quantized_weight_bytes > 0
+    entry = model_entry(folder, manifest.cloud.file, "dynamic_range" if quantized else "fp32", len(manifest.labels))
+    cloud = dataclasses.replace(entry, temperature=manifest.cloud.temperature,
+                                oos_threshold=manifest.cloud.oos_threshold)
+    swapped = dataclasses.replace(manifest, cloud=cloud)
+    write_manifest(swapped, folder)
+    return swapped
+
+
 def draft_manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folder: Path,
-                   version: str) -> Manifest:
-    """The manifest of the files in `folder` before calibration: temperatures 1, escalate nothing."""
+                   version: str, *, cloud_precision: str | None = None) -> Manifest:
+    """The manifest of the files in `folder` before calibration: temperatures 1, escalate nothing.
+    `cloud_precision`: of the cloud file in `folder` (default: the teacher stage's, teacher.precision)."""
     n = dataset.num_labels
     return Manifest(
         model_version=version,
@@ -66,7 +89,7 @@ def draft_manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folde
             max_seq_len=config.max_seq_len, length_buckets=config.length_buckets, pad_id=0,
         ),
         edge=model_entry(folder, EDGE_FILE, "int8", n),
-        cloud=model_entry(folder, CLOUD_FILE, config.teacher.precision, n),
+        cloud=model_entry(folder, CLOUD_FILE, cloud_precision or config.teacher.precision, n),
         routing=RoutingEntry(score="max_prob", threshold=0.0, target_joint_over_teacher=config.routing_target,
                              traffic_oos_fraction=None, expected_escalation_rate=0.0),
         data={

@@ -51,6 +51,9 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--routing-target", type=float, default=None,
                    help="joint accuracy / teacher accuracy the threshold must reach on validation data (0.995: "
                         "a threshold fit for 0.99 on CLINC150's validation split lands at 0.989 on its test split)")
+    b.add_argument("--cloud-precision", choices=["auto", "fp32", "dynamic_range"], default="auto",
+                   help="the cloud model shipped: auto (the int8 teacher when its validation accuracy is within "
+                        "0.3 pt of fp32), or force one; both are measured, nothing is re-trained to switch")
     b.add_argument("--unlabeled", type=Path, default=None,
                    help="unlabelled texts (a .txt, one a line, or a .csv/.jsonl with a 'text' column) the teacher "
                         "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
@@ -119,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     from model_build.config import preset
     from model_build.pipeline import build
 
-    overrides = {"traffic_oos_fraction": args.traffic_oos_fraction, "seed": args.seed}
+    overrides = {"traffic_oos_fraction": args.traffic_oos_fraction, "seed": args.seed,
+                 "cloud_precision": args.cloud_precision}
     if args.routing_target is not None:
         overrides["routing_target"] = args.routing_target
     if args.unlabeled is not None:

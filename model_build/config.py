@@ -34,6 +34,10 @@ class Gates:
     # quantization shrinks, are reported beside it, not counted: they made a smaller vocabulary fail).
     max_int8_size_ratio: float = 0.26
     allowed_float_ops: tuple[str, ...] = ()  # op names allowed to compute in float in the int8 graph
+    # Not a failure but a choice: the dynamic-range int8 teacher (~4x smaller, faster in the Lambda) ships
+    # when its validation accuracy is at most this far below the fp32 teacher's; otherwise fp32 does
+    # (model_build.cloud_precision; metrics.json teacher.precision_choice).
+    max_cloud_int8_accuracy_drop: float = 0.003
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class BuildConfig:
     # target (deferral.choose_deferral); False keeps the one-threshold rule.
     edge_oos_band: bool = True
     cloud_min_in_scope_accuracy: float = 0.95  # floor when choosing the cloud's oos confidence threshold
+    # The cloud model's precision: "auto" (Gates.max_cloud_int8_accuracy_drop decides), "fp32" or
+    # "dynamic_range" (--cloud-precision). Chosen after training: no stage key depends on it.
+    cloud_precision: str = "auto"
     subset_per_class: int | None = None  # quick preset: keep this many training texts per label
     latency_repeats: int = 200
     seed: int = 0
@@ -139,6 +146,9 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     weight = overrides.get("feedback_weight", config.feedback_weight)
     if not 0.0 < weight <= 100.0:
         raise BuildError(f"--feedback-weight must be in (0, 100], got {weight}")
+    cloud = overrides.get("cloud_precision", config.cloud_precision)
+    if cloud not in ("auto", "fp32", "dynamic_range"):
+        raise BuildError(f"--cloud-precision must be auto, fp32 or dynamic_range, got {cloud!r}")
     target = overrides.get("routing_target", config.routing_target)
     if not 0.0 < target <= 1.0:
         raise BuildError(f"--routing-target must be in (0, 1], got {target}")

@@ -21,6 +21,7 @@ from model_build.curves import CurvePoint, SplitCurves, curve_at_rates
 from model_build.thresholds import RoutingChoice
 
 if TYPE_CHECKING:
+    from model_build.cloud_precision import PrecisionChoice
     from model_build.fit import ValidationReport
 
 METRICS_FILE = "metrics.json"
@@ -204,9 +205,12 @@ class BuildMetrics:
     timings_s: Mapping[str, float]
     machine: Mapping[str, Any]
     cached_stages: tuple[str, ...]
+    cloud_precision: PrecisionChoice | None = None  # fp32 vs int8 teacher, and which ships
 
     def to_dict(self) -> dict[str, Any]:
         out = self.test.to_dict()
+        if self.cloud_precision is not None:
+            out["teacher"]["precision_choice"] = self.cloud_precision.to_dict()
         out["routing"]["curve"] = {name: _points(points) for name, points in self.curves.by_score.items()}
         if self.curves.in_scope is not None:
             out["routing"]["curve_in_scope"] = _points(self.curves.in_scope)

@@ -1,6 +1,7 @@
 """The build: data -> teacher -> distilled student -> int8 -> calibrate -> route -> manifest -> report.
 
-This module only orchestrates: the trained stages are in :mod:`model_build.stages` (cached), the fitting
+This module only orchestrates: the trained stages are in :mod:`model_build.stages` (cached), the cloud
+model's precision (fp32 or int8, measured once per teacher) in :mod:`model_build.cloud_precision`, the fitting
 on validation data in :mod:`model_build.fit`, the test-split measurements in :mod:`model_build.evaluate`,
 goals and gates in :mod:`model_build.goals`, the typed results in :mod:`model_build.metrics`, the plots in
 :mod:`model_build.plots` and the report in :mod:`model_build.report_view` / :mod:`model_build.report`.
@@ -29,6 +30,7 @@ from model_build.artifact import (  # noqa: F401
     model_entry,
 )
 from model_build.cache import StageCache
+from model_build.cloud_precision import PrecisionChoice, choose, measure_stage
 from model_build.config import BuildConfig
 from model_build.curves import SplitCurves
 from model_build.data import Dataset, default_data_path
@@ -82,9 +84,11 @@ def build(
         if strict:
             raise GateError(f"{early[0]}; the trained models are cached, nothing else was built (--strict)")
         warn(early)
+    measured = measure_stage(config, stages.dataset, stages.teacher_dir, stages.teacher_key, cache, timer)
+    cloud = choose(config, stages.teacher_dir, measured)
 
     with timer.stage("calibrate"):
-        fitted, manifest = _calibrate(config, stages, data_path, staging, model_version)
+        fitted, manifest = _calibrate(config, stages, cloud, data_path, staging, model_version)
     with timer.stage("evaluate"):
         evaluation = _evaluate(config, stages, manifest, staging)
         manifest = dataclasses.replace(manifest, build={**manifest.build, "gates": evaluation.gates.to_dict()})
@@ -95,6 +99,7 @@ def build(
             goals=evaluation.goals, gates=evaluation.gates, curves=SampledCurves.of(evaluation.curves),
             timings_s={**timer.seconds, "total_s": round(time.perf_counter() - started, 2)},
             machine=machine(), cached_stages=tuple(k for k, v in timer.cached.items() if v),
+            cloud_precision=cloud,
         )
         _write_results(metrics, evaluation, manifest, stages.dataset, config, staging)
     if final_dir.exists():
@@ -119,17 +124,17 @@ def _staging_folder(final_dir: Path) -> Path:
     return staging
 
 
-def _calibrate(config: BuildConfig, stages: Stages, data_path: Path, folder: Path,
+def _calibrate(config: BuildConfig, stages: Stages, cloud: PrecisionChoice, data_path: Path, folder: Path,
                model_version: str | None) -> tuple[Fitted, Manifest]:
-    """Copy the trained models and the tokenizer into `folder`, fit temperatures and thresholds on
-    validation data, and write the manifest that carries them."""
+    """Copy the trained models (the cloud one of the chosen precision) and the tokenizer into `folder`,
+    fit temperatures and thresholds on validation data, and write the manifest that carries them."""
     from model_build.teacher import minilm_dir
 
-    for src in (stages.teacher_dir / CLOUD_FILE, stages.student_dir / EDGE_FILE,
-                stages.student_dir / EDGE_FP32_FILE, minilm_dir() / TOKENIZER_FILE):
+    shutil.copyfile(cloud.source, folder / CLOUD_FILE)
+    for src in (stages.student_dir / EDGE_FILE, stages.student_dir / EDGE_FP32_FILE, minilm_dir() / TOKENIZER_FILE):
         shutil.copyfile(src, folder / src.name)
     version = model_version or default_version(stages.teacher_key, stages.student_key)
-    draft = draft_manifest(config, stages.dataset, data_path, folder, version)
+    draft = draft_manifest(config, stages.dataset, data_path, folder, version, cloud_precision=cloud.chosen)
     fitted = fit_on_validation(config, stages.dataset, ArtifactRunner(folder, draft))
     manifest = fitted.apply(draft)
     write_manifest(manifest, folder)

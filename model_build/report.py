@@ -10,7 +10,7 @@ optional; a present section shows its key numbers, with ``n/a`` where one is mis
       "title": str,
       "data": {"dataset", "variant", "n_classes", "oos_label", "splits": {name: {"n", "oos_fraction"}}},
       "teacher": {"name", "split", "accuracy", "in_scope_accuracy", "oos_recall", "oos_precision",
-                  "oos_threshold", "temperature", "latency_ms"},
+                  "oos_threshold", "temperature", "latency_ms", "precision"},
       "edge": {"fp32": {"size_bytes", "latency_ms_b1", "latency_ms_b32", "accuracy", "ece"}, "int8": {...},
                "split": str},
       "float_ops": {"count": int, "ops": {op_name: count}}  # or a list of op names

@@ -74,6 +74,7 @@ def _teacher(section: Any) -> list[str]:
         ("oos_threshold", "OOS threshold (max prob <)", fmt_num, False),
         ("temperature", "temperature", fmt_num, False),
         ("latency_ms", "latency", fmt_ms, False),
+        ("precision", "precision (int8 vs fp32)", str, False),
     ]
     return table_lines(section, rows) + extra_lines(section, {row[0] for row in rows})
 

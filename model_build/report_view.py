@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from model_build.cloud_precision import PrecisionChoice
 from model_build.config import BuildConfig
 from model_build.curves import TABLE_RATES, CurvePoint
 from model_build.data import Dataset, Split
@@ -62,7 +63,7 @@ def _data(dataset: Dataset, config: BuildConfig) -> dict[str, Any]:
 
 def _teacher(metrics: BuildMetrics, manifest: Manifest, config: BuildConfig) -> dict[str, Any]:
     t = metrics.test.teacher
-    return {
+    out = {
         "name": f"all-MiniLM-L6-v2 fine-tuned from layer {config.teacher.train_from_layer} "
                 f"({manifest.cloud.precision}, {manifest.cloud.size_bytes / 1e6:.1f} MB)",
         "split": "test", "accuracy": t.accuracy, "in_scope_accuracy": t.in_scope_accuracy,
@@ -70,6 +71,19 @@ def _teacher(metrics: BuildMetrics, manifest: Manifest, config: BuildConfig) -> 
         "temperature": manifest.cloud.temperature, "latency_ms": t.latency_ms_b1, "ece_before": t.ece_before,
         "ece_after": t.ece, "with_oos_rule": metrics.test.teacher_with_oos_rule.to_dict(),
     }
+    if metrics.cloud_precision is not None:
+        out["precision"] = _precision(metrics.cloud_precision)
+    return out
+
+
+def _precision(choice: PrecisionChoice) -> str:
+    """One line: which teacher file ships, and the fp32 vs int8 figures it was chosen on."""
+    if choice.fp32 is None or choice.dynamic_range is None:
+        return f"{choice.chosen} ({choice.reason})"
+    f, q = choice.fp32, choice.dynamic_range
+    return (f"{choice.chosen} ships ({choice.reason}); accuracy int8 vs fp32: validation "
+            f"{q.val_accuracy * 100:.2f} % vs {f.val_accuracy * 100:.2f} %, test {q.test_accuracy * 100:.2f} % vs "
+            f"{f.test_accuracy * 100:.2f} %; {q.size_bytes / 1e6:.1f} MB vs {f.size_bytes / 1e6:.1f} MB")
 
 
 def _routing(metrics: BuildMetrics, manifest: Manifest) -> dict[str, Any]:

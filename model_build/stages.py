@@ -39,21 +39,25 @@ TRANSFER_CODE_VERSION = 1
 @dataclass(frozen=True)
 class Stages:
     dataset: Dataset
-    teacher_dir: Path  # cloud.tflite, train_logits.npy
+    teacher_dir: Path  # cloud.tflite (fp32 unless teacher.precision says otherwise), train_logits.npy
     student_dir: Path  # edge_int8.tflite, edge_fp32.tflite, edge_dynamic.tflite, graph.json
     teacher_key: str
     student_key: str
 
 
-def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer: StageTimer) -> Stages:
-    """Data, teacher and student: the expensive, cached part of a build (also used by bench/)."""
+def build_tokenizer(config: BuildConfig) -> TextTokenizer:
+    """The tokenizer every stage encodes with (the teacher's, bundled with MiniLM)."""
     from model_build.teacher import minilm_dir
 
+    return TextTokenizer(minilm_dir() / TOKENIZER_FILE, max_seq_len=config.max_seq_len,
+                         length_buckets=config.length_buckets)
+
+
+def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer: StageTimer) -> Stages:
+    """Data, teacher and student: the expensive, cached part of a build (also used by bench/)."""
     with timer.stage("data"):
         dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
-        tokenizer = TextTokenizer(
-            minilm_dir() / TOKENIZER_FILE, max_seq_len=config.max_seq_len, length_buckets=config.length_buckets
-        )
+        tokenizer = build_tokenizer(config)
         train_ids = tokenizer.encode(dataset.train.texts, pad_to=config.max_seq_len)
     data_digest = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}
 
@@ -146,6 +150,10 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
     exclude = tuple(dataset.val.texts) + tuple(t for t in dataset.test.texts if t not in set(feedback))
     transfer = build_transfer_set(config.transfer, dataset.train.texts, dataset.train.labels, unlabeled,
                                   exclude=exclude, seed=config.seed, feedback=feedback)
+    # The teacher stage's own export labels the transfer set (fp32 unless teacher.precision says otherwise),
+    # whichever precision the cloud ships later (model_build.cloud_precision): the student learns from the
+    # best signal there is (its train logits are the Keras teacher's, fp32, too), and its cache key stays
+    # independent of a choice made after it, so changing the cloud's precision never re-trains the student.
     entry = model_entry(teacher_dir, CLOUD_FILE, config.teacher.precision, dataset.num_labels)
     teacher = LiteRTModel((teacher_dir / CLOUD_FILE).read_bytes(), entry, num_threads=2)
     logits = model_logits(teacher, tokenizer, transfer.texts, batch_size=64, desc="teacher labels transfer set")

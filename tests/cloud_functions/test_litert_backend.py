@@ -76,3 +76,34 @@ def test_a_model_that_is_not_tflite_fails_to_load_as_a_backend_error(
 
     with pytest.raises(BackendError, match="cannot be loaded"):
         LiteRTBackend.load(broken)
+
+
+def test_a_dynamic_range_teacher_is_served_like_the_fp32_one(tiny_artifact: Path, tmp_path: Path) -> None:
+    """Given the artifact's teacher re-stored as dynamic range (int8 weights, float activations: what the
+    build ships when it keeps its accuracy), the Lambda's backend loads it from a verified folder, feeds it
+    token ids (int32, or int64 cast to its int32 input) and gets float logits close to fp32's."""
+    from model_build.artifact import with_cloud_model
+    from model_build.dynamic_range import dynamic_range_from_fp32
+
+    int8_file = tmp_path / "cloud_dynamic.tflite"
+    int8_file.write_bytes(dynamic_range_from_fp32((tiny_artifact / "cloud.tflite").read_bytes()))
+    manifest = load_manifest(tiny_artifact)
+    cloud = with_cloud_model(tiny_artifact, int8_file, tmp_path / "int8").cloud
+    model = ModelStore(str(tmp_path / "int8"), cache_dir=tmp_path / "cache").fetch()  # checks every checksum
+
+    backend = LiteRTBackend.load(model)
+    int8 = backend.infer(TEXTS).results
+    fp32 = LiteRTBackend(_classifier(tiny_artifact)).infer(TEXTS).results
+
+    assert model.manifest.cloud == cloud and cloud.precision == "dynamic_range"
+    assert (cloud.temperature, cloud.oos_threshold) == (manifest.cloud.temperature, manifest.cloud.oos_threshold)
+    # The toy teacher is mostly its id map and conv filters (which stay float): smaller, not 4x smaller.
+    assert cloud.size_bytes < manifest.cloud.size_bytes
+    assert [t.dtype for t in cloud.inputs] == ["int32"] and cloud.output.dtype == "float32"
+    classifier = Classifier(model.manifest, model.folder, "cloud")
+    ids = classifier.tokenizer.encode(TEXTS)
+    logits = classifier.model.logits(ids)
+    assert logits.dtype == np.float32 and logits.shape == (len(TEXTS), len(LABELS))
+    np.testing.assert_array_equal(classifier.model.logits(ids.astype(np.int64)), logits)
+    assert [r.label for r in int8] == [r.label for r in fp32]
+    assert [r.confidence for r in int8] == pytest.approx([r.confidence for r in fp32], abs=0.05)

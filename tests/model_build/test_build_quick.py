@@ -107,7 +107,31 @@ def test_evaluate_recomputes_the_metrics_from_the_files(built):
 def test_second_build_reuses_cached_teacher_and_student(built):
     _, root = built
     again = build(preset("quick"), data_path=CLINC, out_dir=root / "again", cache_dir=root / "cache")
-    assert set(again.metrics.cached_stages) == {"teacher", "student"}
+    assert set(again.metrics.cached_stages) == {"teacher", "student", "cloud_precision"}
+
+
+def test_both_teacher_precisions_are_measured_and_switching_retrains_nothing(built):
+    """The build measures the fp32 teacher and its dynamic-range copy, ships the int8 one within the
+    accuracy gate, and a forced fp32 build reuses every stage: the precision is chosen, not trained."""
+    import dataclasses
+
+    result, root = built
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    choice = metrics["teacher"]["precision_choice"]
+    fp32, int8 = choice["fp32"], choice["dynamic_range"]
+    assert int8["size_bytes"] < 0.3 * fp32["size_bytes"]
+    assert choice["val_accuracy_drop"] == pytest.approx(fp32["val_accuracy"] - int8["val_accuracy"])
+    expected = "dynamic_range" if choice["val_accuracy_drop"] <= 0.003 else "fp32"
+    assert (choice["rule"], choice["chosen"], choice["max_accuracy_drop"]) == ("auto", expected, 0.003)
+    assert result.manifest.cloud.precision == expected
+    assert result.manifest.cloud.size_bytes == (int8 if expected == "dynamic_range" else fp32)["size_bytes"]
+
+    forced = build(dataclasses.replace(preset("quick"), cloud_precision="fp32"), data_path=CLINC,
+                   out_dir=root / "fp32", cache_dir=root / "cache")
+    assert set(forced.metrics.cached_stages) == {"teacher", "student", "cloud_precision"}
+    assert forced.manifest.cloud.precision == "fp32" and forced.manifest.cloud.size_bytes == fp32["size_bytes"]
+    assert forced.metrics.test.teacher.accuracy == pytest.approx(fp32["test_accuracy"])
+    assert forced.metrics.cloud_precision.reason == "forced by --cloud-precision fp32"
 
 
 def test_a_tampered_artifact_is_refused(built, tmp_path):
@@ -147,7 +171,7 @@ def test_a_failed_gate_keeps_the_artifact_and_says_so(built, capsys):
     assert gates.passed is False and "int8 weights are" in gates.failures[0]
     assert load_manifest(result.out_dir).build["gates"] == gates.to_dict()
     assert json.loads((result.out_dir / "metrics.json").read_text())["gates"] == gates.to_dict()
-    assert result.metrics.cached_stages == ("teacher", "student")
+    assert result.metrics.cached_stages == ("teacher", "student", "cloud_precision")
     assert "gate failed" in capsys.readouterr().err
     report = (result.out_dir / "report.md").read_text()
     assert "**Gates failed**" in report and gates.failures[0] in report
