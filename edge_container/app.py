@@ -352,6 +352,14 @@ def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = No
         route("/admin/rollback", "admin_rollback", api.admin_rollback, "POST"),
     ]
 
+    app = EdgeApp(fast, routes=routes, lifespan=lifespan, exception_handlers=_exception_handlers(stack))
+    app.state.stack = stack
+    return app
+
+
+def _exception_handlers(stack: EdgeStack) -> dict[Any, Any]:
+    """Starlette's own errors (404, 405, a bug outside an endpoint) in the API's error shape."""
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         error: EdgeError = {404: NotFound, 405: MethodNotAllowed}.get(exc.status_code, BadRequest)(
@@ -368,7 +376,4 @@ def create_app(settings: Settings | None = None, *, stack: EdgeStack | None = No
         stack.metrics.errors.labels("unmatched", EdgeError.code).inc()
         return _error_response(EdgeError("internal error"))
 
-    app = EdgeApp(fast, routes=routes, lifespan=lifespan,
-                  exception_handlers={HTTPException: http_error, Exception: internal_error})
-    app.state.stack = stack
-    return app
+    return {HTTPException: http_error, Exception: internal_error}

@@ -1,6 +1,6 @@
 """Replay the CLINC150 test split through the local stack's edge and report what the edge-cloud split bought.
 
-    python -m infra.demo [--scenario normal|faults] [--concurrency 16] [--limit N] [--model-dir DIR]
+    python -m infra.demo [--scenario normal|faults|learn|pacing|shift] [--concurrency 16] [--limit N] [--model-dir DIR]
                          [--cloud-concurrency 4]
 
 Starts `LocalStack` (free ports), sends every test text (test + oos_test: 5,500) to the edge's
@@ -17,5 +17,6 @@ sets the tenant's budget to 0, then restores it. The edge must answer every requ
     stats     the figures of a run (accuracies, rates, cost, latency percentiles)
     plots     the two PNGs
     report    the notes and the markdown report
+    replays   learn | pacing | shift: the cascade-economics replays (bench/learn.py, pacing.py, shift.py)
     run       one demo from start to files, and the command line
 """

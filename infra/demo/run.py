@@ -21,6 +21,7 @@ from infra.demo.faults import Progress, inject_faults, phases
 from infra.demo.load import SHUFFLE_SEED, cloud_only_labels, load_samples, replay
 from infra.demo.plots import plot
 from infra.demo.records import Outcome, Run, Sample, Timeline
+from infra.demo.replays import REPLAYS, run_replay
 from infra.demo.report import explain, render_markdown
 from infra.demo.stats import summarise
 from infra.errors import StackError
@@ -107,6 +108,21 @@ def _replay_on_a_stack(args: argparse.Namespace, model_dir: Path, samples: Seque
                    after, stack.pricing, stack.tenant)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        model_dir = ensure_artifact(args.model_dir, preset=args.preset, data=args.data, log=_stderr)
+        result = run_replay(args.scenario, model_dir, data=args.data, log=_stderr)
+    except StackError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=2))
+    print(f"report: bench/results/{args.scenario}.md", file=sys.stderr)
+    return 0 if not result.get("failed") else 1
+
+
 def report_stem(scenario: str) -> str:
     """demo.json / demo.md for the normal run; the fault run writes beside it, not over it."""
     return "demo" if scenario == "normal" else f"demo_{scenario}"
@@ -121,7 +137,9 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Replay the CLINC150 test split through the local "
                                      "stack's edge and report what the edge-cloud split bought.")
-    parser.add_argument("--scenario", choices=["normal", "faults"], default="normal")
+    parser.add_argument("--scenario", choices=["normal", "faults", *REPLAYS], default="normal",
+                        help="normal | faults: the local stack under load; learn | pacing | shift: the cascade's "
+                             "replays (bench/results/<scenario>.json and .md; infra/demo/replays.py)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
     parser.add_argument("--cloud-concurrency", type=concurrency, default=default_concurrency(os.environ),
                         help=f"the local cloud's Lambda execution environments (default: ${CONCURRENCY_ENV} or "
@@ -152,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency < 1 or (args.limit is not None and args.limit < 1):
         print(f"{PROG}: error: --concurrency and --limit must be >= 1", file=sys.stderr)
         return 2
+    if args.scenario in REPLAYS:
+        return _replay(args)
     try:
         report = run(args)
     except StackError as exc:

@@ -1,0 +1,42 @@
+"""`make demo SCENARIO=learn|pacing|shift`: the replay steps, their failure, their report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra.demo.replays import REPLAYS, render, run_replay
+from infra.demo.run import _parser
+from infra.errors import StackError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_accepts_every_replay_scenario() -> None:
+    for scenario in REPLAYS:
+        assert _parser().parse_args(["--scenario", scenario]).scenario == scenario
+
+
+def test_a_failing_step_stops_the_scenario_naming_it(tmp_path: Path) -> None:
+    logged: list[str] = []
+    with pytest.raises(StackError, match="record the first half's escalations"):
+        run_replay("learn", tmp_path / "not-an-artifact", data=tmp_path / "none.json", log=logged.append,
+                   results=tmp_path)
+    assert logged and "bench/learn.py record" in logged[0]
+    assert not (tmp_path / "learn.json").exists()
+
+
+def test_an_unknown_scenario_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="unknown replay scenario"):
+        run_replay("weather", tmp_path, data=tmp_path, log=print, results=tmp_path)
+
+
+def test_the_report_shows_each_part_and_the_result() -> None:
+    result = json.loads((REPO / "bench" / "results" / "learn.json").read_text())
+    text = render("learn", result)
+    assert text.startswith("# `make demo SCENARIO=learn`")
+    assert "## before" in text and "## after" in text and "## result" in text
+    assert f"| `escalation_rate` | {result['after']['escalation_rate']:.4g} |" in text
+    assert f"| `failed` | {result['failed']} |" in text
