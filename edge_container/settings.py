@@ -20,7 +20,8 @@ from edge_container.errors import ConfigurationError
 from modelpack.env import EnvReader
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 
-POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "paced", "random", "edge_only", "cloud_only")
+POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "paced", "shift_aware", "random", "edge_only",
+                "cloud_only")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 MIN_KEY_CHARS = 16
 _S3_PREFIX = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
@@ -47,12 +48,14 @@ class Settings:
     adaptive_window: int = 1000
     pace_window_s: float = 300.0  # paced: time constant of the escalation demand estimate
     pace_reserve: float = 0.05  # paced: share of the budget left unpaced (high priority, estimate error)
+    shift_window: int = 2000  # shift_aware: texts the oos-share estimate is made on
     # Batching and the interpreter pool
     max_batch_size: int = 32
     max_wait_ms: float = 0.0  # 0: take what is queued when an interpreter frees up, never wait for more
     queue_size: int = 256
     # Interpreter threads; 0 runs each batch on the event-loop thread itself (one interpreter, no thread
-    # hand-off): the faster choice with EDGE_PROCESSES at one per core (bench/results/edge_profile.md).
+    # hand-off): the faster choice with EDGE_PROCESSES at one per core (bench/results/edge_profile.md),
+    # and the default when EDGE_PROCESSES > 1.
     workers: int = 2
     # Server processes on the one port (edge_container.processes); > 1 makes `serve` a supervisor. The
     # supervisor sets the other two for each child: its index and the folder where siblings find each other.
@@ -187,6 +190,7 @@ def _routing(env: _Env, d: Settings) -> dict[str, Any]:
         "adaptive_window": env.integer("EDGE_ADAPTIVE_WINDOW", d.adaptive_window, low=10),
         "pace_window_s": env.number("EDGE_PACE_WINDOW_S", d.pace_window_s, low=1.0),
         "pace_reserve": env.number("EDGE_PACE_RESERVE", d.pace_reserve, low=0.0, high=0.9),
+        "shift_window": env.integer("EDGE_SHIFT_WINDOW", d.shift_window, low=100, high=100_000),
     }
 
 
@@ -196,8 +200,9 @@ def _batching(env: _Env, d: Settings) -> dict[str, Any]:
         "max_batch_size": env.integer("EDGE_MAX_BATCH_SIZE", d.max_batch_size, low=1, high=4096),
         "max_wait_ms": env.number("EDGE_MAX_WAIT_MS", d.max_wait_ms, low=0.0, high=1000.0),
         "queue_size": env.integer("EDGE_QUEUE_SIZE", d.queue_size, low=1),
-        "workers": env.integer("EDGE_WORKERS", d.workers, low=0, high=64),
-        **_processes(env, d),
+        **(processes := _processes(env, d)),
+        # Several processes: each runs its batches on its own event loop unless told otherwise
+        "workers": env.integer("EDGE_WORKERS", 0 if processes["processes"] > 1 else d.workers, low=0, high=64),
     }
 
 

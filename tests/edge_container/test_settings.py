@@ -96,3 +96,10 @@ def test_a_child_process_gets_its_index_and_peers_folder(tmp_path: Path) -> None
     assert not alone.is_child and alone.is_primary and alone.peers_dir is None
     with pytest.raises(ConfigurationError, match="EDGE_PROCESS_INDEX"):
         Settings.from_env({"EDGE_PROCESSES": "3", "EDGE_PROCESS_INDEX": "3", "EDGE_PEERS_DIR": str(tmp_path)})
+
+
+def test_several_processes_run_their_batches_inline_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).workers == 2
+    assert Settings.from_env({"EDGE_PROCESSES": "4"}).workers == 0
+    assert Settings.from_env({"EDGE_PROCESSES": "4", "EDGE_WORKERS": "1"}).workers == 1
+    assert Settings.from_env({"EDGE_PROCESSES": "4"}).interpreters == 1
