@@ -42,6 +42,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_response(conn: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (head and its content-length body), b"" if the server closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def launch(*args: str, **env: str) -> subprocess.Popen[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     environ.update(PYTHONPATH=str(REPO), **env)
@@ -82,7 +101,7 @@ def test_the_entry_point_serves_without_tensorflow_torch_or_model_build(tiny_art
             for pause in (0.0, 6.0):
                 time.sleep(pause)
                 conn.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-                assert conn.recv(4096).startswith(b"HTTP/1.1 200"), f"closed after {pause} s idle"
+                assert read_response(conn).startswith(b"HTTP/1.1 200"), f"closed after {pause} s idle"
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)

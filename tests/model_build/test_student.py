@@ -164,6 +164,7 @@ def test_distillation_loss_with_alpha_0_is_cross_entropy_and_ignores_the_teacher
 
 
 def test_distillation_loss_trains_a_student_through_compile_and_fit():
+    keras.utils.set_random_seed(0)  # unseeded, the initial weights made the halving a coin toss (0.73 vs 0.71)
     config = StudentConfig("bag", embed_dim=8, hidden=(8,), dropout=0.0, embed_dropout=0.0)
     model = build_student(config, vocab_map=build_vocab_map(TOKENS), num_labels=3)
     model.compile(keras.optimizers.Adam(0.05), distillation_loss(2.0, 0.5))
