@@ -69,11 +69,19 @@ class Metrics:
             "(manifest, checksum, load, smoke, io, internal: refused; unavailable: retried later)",
             ["reason"], registry=r)
         self.queue_depth = Gauge("edge_queue_depth", "Requests waiting for an interpreter", registry=r)
+        self.estimated_oos_share = Gauge(
+            "edge_estimated_oos_share", "Out-of-scope share of recent traffic, estimated by EM from the edge's "
+            "calibrated outputs (EDGE_POLICY=shift_aware); NaN until estimated or under another policy", registry=r)
+        self.estimated_oos_share.set_function(lambda: float("nan"))
         # Pre-bound children for the per-request hot path (a .labels() lookup costs a lock and a dict).
         self.stage = {s: self.stage_seconds.labels(s) for s in ("queue", "tokenize", "infer", "cloud")}
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+
+    def watch_oos_share(self, share: Callable[[], float | None]) -> None:
+        """Read at scrape time: nothing on the request path."""
+        self.estimated_oos_share.set_function(lambda: _or_nan(share()))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

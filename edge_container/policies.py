@@ -12,14 +12,18 @@ import random
 from abc import ABC, abstractmethod
 from collections import deque
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from edge_container.pacing import BudgetPacer, Priority, ScoreWindow, paced_mask
+from edge_container.priors import PriorEstimate, RowWindow, em_priors
 from edge_container.settings import Settings
 from modelpack.manifest import RoutingEntry
 from modelpack.scores import SCORES, manifest_band_score
+from modelpack.shift import ShiftPoint
+
+ShiftEstimator = Literal["em", "bbse"]
 
 
 class Policy(ABC):
@@ -49,6 +53,10 @@ class Policy(ABC):
 
     def observe_budget(self, remaining: int, resets_at: datetime | None, *, cost: int, n_texts: int) -> None:
         """A cloud reply's budget after the call (only a pacing policy uses it)."""
+
+    def estimated_oos_share(self) -> float | None:
+        """The out-of-scope share of recent traffic, where the policy estimates it (`shift_aware`)."""
+        return None
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name}
@@ -162,6 +170,73 @@ class PacedPolicy(ThresholdPolicy):
                 "demand_per_s": round(self.pacer.demand_per_s, 4), "budget_remaining": self.pacer.remaining}
 
 
+class ShiftAwarePolicy(ThresholdPolicy):
+    """The manifest's rule, its threshold re-derived for the traffic mix the edge sees. Every `every` texts,
+    EM (`edge_container.priors`) estimates the label priors of the last `window` texts from their calibrated
+    rows; the manifest's shift table (`modelpack.shift`) then gives the cheapest threshold meeting the
+    manifest's target at the estimated oos share. The edge's `oos` band stays the manifest's. Without a table
+    (an older manifest), and for a new model version until `min_samples` of its texts are seen: the manifest's
+    threshold. The estimate lags a change of mix by up to about one window.
+
+    `estimator="bbse"` estimates the share instead by soft black-box shift estimation (the window's mean
+    `oos` probability de-mixed with the table's per-group means): no iterations, and unbiased under prior
+    shift whatever the rows' calibration, where EM relies on it (`bench/results/shift.md` compares them)."""
+
+    name = "shift_aware"
+
+    def __init__(self, window: int = 2000, *, every: int | None = None, min_samples: int | None = None,
+                 estimator: ShiftEstimator = "em") -> None:
+        self.estimator = estimator
+        self._rows = RowWindow(window)
+        self.every = every or max(1, window // 10)
+        self.min_samples = min(min_samples or max(1, window // 4), window)
+        self._routing: RoutingEntry | None = None  # the version the window and the estimate belong to
+        self._since = 0
+        self._estimate: PriorEstimate | None = None
+        self._point: ShiftPoint | None = None
+
+    def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
+        self.observe(probs, routing)
+        return SCORES[routing.score](probs) < self.threshold_for(routing)
+
+    def observe(self, probs: np.ndarray, routing: RoutingEntry) -> None:
+        """Add a batch's rows to the window; refresh the estimate and the threshold when it is time."""
+        table = routing.shift
+        if table is None:
+            return
+        if routing is not self._routing:  # another version: its own calibration and table, a fresh window
+            self._routing, self._estimate, self._point, self._since = routing, None, None, 0
+            self._rows.clear()
+        self._rows.add(probs)
+        self._since += len(probs)
+        if self._since < self.every or len(self._rows) < self.min_samples:
+            return
+        self._since = 0
+        rows = self._rows.rows()
+        share = table.bbse_share(float(rows[:, table.oos_index].mean())) if self.estimator == "bbse" else None
+        if share is None:
+            start = table.source_priors if self._estimate is None else self._estimate.priors
+            self._estimate = em_priors(rows, np.asarray(table.em_source()), start=np.asarray(start))
+            share = float(self._estimate.priors[table.oos_index])
+        self._point = table.operating_point(share, routing.target_joint_over_teacher)
+
+    def threshold_for(self, routing: RoutingEntry) -> float:
+        point = self._point
+        return point.threshold if point is not None and routing is self._routing else routing.threshold
+
+    def estimated_oos_share(self) -> float | None:
+        return None if self._point is None else self._point.oos_share
+
+    def describe(self) -> dict[str, object]:
+        point, estimate = self._point, self._estimate
+        return {"name": self.name, "estimator": self.estimator, "window": self._rows.size, "seen": len(self._rows),
+                "estimated_oos_share": None if point is None else round(point.oos_share, 4),
+                "threshold": None if point is None else point.threshold,
+                "expected_escalation_rate": None if point is None else round(point.escalation_rate, 4),
+                "reachable": None if point is None else point.reachable,
+                "em_iterations": None if estimate is None else estimate.iterations}
+
+
 class RandomPolicy(Policy):
     """Escalates a random share of traffic, whatever the score: an A/B baseline and a way to sample
     cloud labels for monitoring the edge model."""
@@ -199,8 +274,8 @@ class CloudOnlyPolicy(Policy):
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (ThresholdPolicy, MarginPolicy, EntropyPolicy, AdaptivePolicy, PacedPolicy, RandomPolicy,
-                EdgeOnlyPolicy, CloudOnlyPolicy)
+    for cls in (ThresholdPolicy, MarginPolicy, EntropyPolicy, AdaptivePolicy, PacedPolicy, ShiftAwarePolicy,
+                RandomPolicy, EdgeOnlyPolicy, CloudOnlyPolicy)
 }
 
 
@@ -217,4 +292,6 @@ def make_policy(name: str, settings: Settings | None = None) -> Policy:
     if name == "paced":
         # Each of EDGE_PROCESSES sees about 1/N of the demand, and the whole budget in every cloud reply.
         return PacedPolicy(BudgetPacer(window_s=s.pace_window_s, reserve=s.pace_reserve, share=1.0 / s.processes))
+    if name == "shift_aware":
+        return ShiftAwarePolicy(s.shift_window, estimator=s.shift_estimator)  # type: ignore[arg-type]
     return POLICIES[name]()

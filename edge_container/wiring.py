@@ -82,6 +82,7 @@ class EdgeStack:
             limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst),
             feedback=_feedback(settings, metrics), cloud_batch_wait_s=settings.cloud_batch_wait_ms / 1000.0)
         metrics.device.info({"device": settings.device, "cohort": "stable", "target_version": ""})
+        metrics.watch_oos_share(service.policy.estimated_oos_share)
         folder = FolderSource(settings.model_dir)
         sources: list[FolderSource | S3Source] = [folder]
         if (settings.s3_latest_uri or settings.feedback_s3_uri) and s3_client is None:

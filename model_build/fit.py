@@ -16,6 +16,7 @@ from model_build.config import BuildConfig
 from model_build.data import Dataset
 from model_build.deferral import DeferralChoice, choose_deferral
 from model_build.evaluate import ArtifactRunner
+from model_build.shift_table import shift_table
 from model_build.thresholds import OosChoice, RoutingChoice, choose_oos_threshold, compare_scores
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
 from modelpack.scores import SCORES, band_score, predict_with_oos, softmax
@@ -117,6 +118,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
                 _routing_entry(config, fraction, chosen.score_name, chosen.threshold, chosen.escalation_rate),
                 oos_threshold=float(chosen.oos_threshold), expected_edge_oos_rate=chosen.edge_oos_rate,
                 oos_score=band_name)
+    if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
+        entry = dataclasses.replace(entry, shift=shift_table(edge_probs, cloud_pred, y, oos, entry))
     validation = ValidationReport(
         traffic_oos_fraction=fraction, edge_temperature=t_edge, cloud_temperature=t_cloud, cloud_oos=cloud_oos,
         routing_choices=comparison.choices, routing_best=comparison.best,

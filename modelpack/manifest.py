@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from modelpack._fields import Reader, require_finite
 from modelpack.errors import ChecksumMismatch, ManifestError
+from modelpack.shift import ShiftTable, read_shift_table
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -92,6 +93,9 @@ class RoutingEntry:
     oos_threshold: float | None = None
     expected_edge_oos_rate: float = 0.0
     oos_score: str | None = None  # the score the band is cut on (modelpack.scores.BAND_SCORES); None: `score`
+    # Per-group rates of this rule on the build's validation split, for a grid of thresholds: what a runtime
+    # needs to re-derive `threshold` at another oos share (modelpack.shift). None: an older manifest.
+    shift: ShiftTable | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ class Manifest:
             del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
         if self.routing.oos_score is None:
             del out["routing"]["oos_score"]
+        if self.routing.shift is None:  # manifests without a shift table read exactly as before it existed
+            del out["routing"]["shift"]
         return out
 
     @classmethod
@@ -152,12 +158,16 @@ class Manifest:
             tokenizer=_tokenizer(r.sub("tokenizer")),
             edge=_model(models.sub("edge"), len(labels)),
             cloud=_model(models.sub("cloud"), len(labels)),
-            routing=_routing(r.sub("routing")),
+            routing=_routing(r.sub("routing"), len(labels)),
             data=r.opt_mapping("data"),
             build=r.opt_mapping("build"),
         )
         if manifest.routing.oos_threshold is not None and oos_label is None:
             raise ManifestError("manifest.routing.oos_threshold is set, but there is no oos_label to answer with")
+        shift = manifest.routing.shift
+        if shift is not None and shift.oos_index != manifest.oos_index:
+            raise ManifestError(f"manifest.routing.shift.oos_index is {shift.oos_index}, but oos_label "
+                                f"{oos_label!r} is label {manifest.oos_index}")
         require_finite(manifest.data, "manifest.data")
         require_finite(manifest.build, "manifest.build")
         return manifest
@@ -287,7 +297,7 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
     )
 
 
-def _routing(r: Reader) -> RoutingEntry:
+def _routing(r: Reader, n_labels: int) -> RoutingEntry:
     score = r.choice("score", _SCORES)
     low, high = SCORE_RANGES[score]
     threshold = r.float("threshold")
@@ -314,4 +324,6 @@ def _routing(r: Reader) -> RoutingEntry:
         expected_edge_oos_rate=r.float("expected_edge_oos_rate", low=0.0, high=1.0)
         if r.raw.get("expected_edge_oos_rate") is not None else 0.0,
         oos_score=oos_score,
+        shift=None if r.raw.get("shift") is None else read_shift_table(
+            r.sub("shift"), n_labels, low, high, (ESCALATE_NONE, ESCALATE_ALL)),
     )

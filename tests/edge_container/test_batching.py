@@ -61,6 +61,7 @@ EXPECTED_REASONS = {
     "entropy": {("edge", "confident"), ("cloud", "low_confidence")},
     "adaptive": {("edge", "confident"), ("cloud", "low_confidence")},
     "paced": {("edge", "confident"), ("cloud", "low_confidence")},  # a budget that lasts: no text held back
+    "shift_aware": {("edge", "confident"), ("cloud", "low_confidence")},  # no table: the manifest's threshold
     "random": {("edge", "not_sampled"), ("cloud", "sampled")},
     "edge_only": {("edge", "forced_edge")},
     "cloud_only": {("cloud", "forced_cloud")},
@@ -77,7 +78,7 @@ def test_every_policy_serves_and_explains_its_routing(tiny_artifact: Path, cloud
         assert body["policy"] == policy
         seen = {(r["source"], r["reason"]) for r in body["results"]}
         assert seen == EXPECTED_REASONS[policy], seen
-        if policy in ("threshold", "margin", "entropy", "paced"):  # the unsure text and only it goes to the cloud
+        if policy in ("threshold", "margin", "entropy", "paced", "shift_aware"):  # the unsure text and only it goes to the cloud
             assert [r["source"] for r in body["results"]] == ["edge", "cloud"] * 30
         escalated = sum(r["source"] == "cloud" for r in body["results"])
         # A request's escalations go up in as few calls as the cloud's per-call limit allows.

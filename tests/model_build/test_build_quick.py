@@ -61,6 +61,12 @@ def test_manifest_round_trip_pins_the_contract(built):
     assert loaded.edge.precision == "int8" and loaded.edge.output.dtype == "int8"
     assert loaded.edge.output.scale and loaded.edge.inputs[0].dtype == "int32"
     assert loaded.routing.traffic_oos_fraction == pytest.approx(1000 / 5500, abs=0.03)
+    # The shift table (validation split): at the mix the build assumed it gives back the shipped threshold.
+    table = loaded.routing.shift
+    assert table is not None and table.split == "val" and table.oos_index == loaded.oos_index
+    point = table.operating_point(loaded.routing.traffic_oos_fraction, loaded.routing.target_joint_over_teacher)
+    assert point.threshold == loaded.routing.threshold
+    assert point.escalation_rate == pytest.approx(loaded.routing.expected_escalation_rate, abs=1e-4)
     assert loaded.build["git_commit"] is None or len(loaded.build["git_commit"]) >= 40
     assert loaded.data["sha256"] == "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0"
 
