@@ -49,7 +49,7 @@ _SECRET_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov)?:secretsmanager:[a-z]{2}(?:-[
 _S3_ARTIFACT = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/(?:[^\s]+/)?" + re.escape(LAUNCHER_FILE) + "$")
 _S3_LATEST = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+\.json$")  # settings.py's _S3_URI
 _COMPONENT_NAME = re.compile(r"^[a-zA-Z0-9-_.]{1,128}$")  # the recipe schema's pattern and length
-_POLICIES = ("threshold", "margin", "entropy", "adaptive", "random", "edge_only", "cloud_only")
+_POLICIES = ("threshold", "margin", "entropy", "adaptive", "paced", "shift_aware", "random", "edge_only", "cloud_only")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 

@@ -255,3 +255,10 @@ def test_the_launcher_stops_with_one_line_on_bad_configuration(
 def test_an_unusable_secret_is_refused(secret: str) -> None:
     with pytest.raises(launch_edge.LaunchError):
         launch_edge.api_key(secret)
+
+
+def test_the_generator_offers_every_edge_policy() -> None:
+    from edge_container.settings import POLICY_NAMES
+    from infra.greengrass.recipe import _POLICIES
+
+    assert set(_POLICIES) == set(POLICY_NAMES)
