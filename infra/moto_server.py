@@ -56,6 +56,8 @@ def serve(
     )
     from werkzeug.serving import make_server
 
+    from infra import moto_rollback
+
     # `make_server` is what `werkzeug.serving.run_simple(..., threaded=False)` runs, minus the reloader;
     # it also tells us the port when 0 was asked for.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request is noise here
@@ -65,7 +67,8 @@ def serve(
     if on_ready is not None:
         on_ready(f"http://{bound_host}:{bound_port}")
     try:
-        server.serve_forever()
+        with moto_rollback.installed():  # one request at a time: item-level transaction backups are safe
+            server.serve_forever()
     finally:
         server.server_close()
 
