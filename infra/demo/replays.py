@@ -9,7 +9,9 @@ missing) and writes `bench/results/<scenario>.json` plus a short `<scenario>.md`
             bench/learn.py compare (both models on the second half)
     pacing  bench/pacing.py: greedy against paced spending of half the budget over a compressed day
     shift   bench/shift.py: the fixed threshold against the shift-aware policy on validation-like then
-            test-like traffic
+            test-like traffic, on the artifact's models with the routing fitted for the validation split's
+            mix (`--traffic-oos-fraction val`, refitted from the stage cache when the artifact assumed
+            another mix); bench/shift.py writes its own report
 
 Every step runs as a child process with its own progress on the terminal; a failing step stops the
 scenario with its status and names the step.
@@ -45,7 +47,8 @@ def run_replay(scenario: str, model_dir: Path, *, data: Path, log: Callable[[str
             _step(log, "record the first half's escalations",
                   [py, "bench/learn.py", "record", "--model-dir", str(model_dir), "--feedback", str(feedback)])
             _step(log, "rebuild the student from the feedback (teacher from the stage cache)",
-                  _rebuild(model_dir, data, feedback, rebuilt, cache_dir))
+                  _rebuild(model_dir, data, rebuilt, cache_dir, "--feedback", str(feedback),
+                           "--feedback-weight", FEEDBACK_WEIGHT))
             _step(log, "compare both models on the second half",
                   [py, "bench/learn.py", "compare", "--model-dir", str(model_dir), "--new", str(rebuilt),
                    "--out", str(out)])
@@ -53,10 +56,15 @@ def run_replay(scenario: str, model_dir: Path, *, data: Path, log: Callable[[str
         _step(log, "greedy against paced spending", [py, "bench/pacing.py", "--model-dir", str(model_dir),
                                                      "--out", str(out)])
     elif scenario == "shift":
-        if not (REPO_ROOT / "bench" / "shift.py").is_file():
-            raise StackError("the shift replay (bench/shift.py) is not in this checkout yet")
-        _step(log, "fixed against shift-aware thresholds", [py, "bench/shift.py", "--model-dir", str(model_dir),
-                                                            "--out", str(out)])
+        with tempfile.TemporaryDirectory(prefix="edge-shift-") as tmp:
+            fitted = model_dir
+            if _traffic_mix(model_dir) != "val":  # the replay starts on validation-like traffic
+                fitted = Path(tmp) / "val-mix"
+                _step(log, "refit the routing for the validation split's mix (models from the stage cache)",
+                      _rebuild(model_dir, data, fitted, cache_dir, "--traffic-oos-fraction", "val"))
+            _step(log, "fixed against shift-aware thresholds",
+                  [py, "bench/shift.py", "--model-dir", str(fitted), "--out", str(out)])
+        return json.loads(out.read_text())  # bench/shift.py wrote its own, fuller report beside it
     else:
         raise StackError(f"unknown replay scenario {scenario!r}; choose one of {list(REPLAYS)}")
     result = json.loads(out.read_text())
@@ -64,13 +72,20 @@ def run_replay(scenario: str, model_dir: Path, *, data: Path, log: Callable[[str
     return result
 
 
-def _rebuild(model_dir: Path, data: Path, feedback: Path, out: Path, cache_dir: Path | None) -> list[str]:
+def _traffic_mix(model_dir: Path) -> Any:
+    from modelpack.manifest import load_manifest
+
+    return load_manifest(model_dir, verify=False).build.get("config", {}).get("traffic_oos_fraction")
+
+
+def _rebuild(model_dir: Path, data: Path, out: Path, cache_dir: Path | None, *options: str) -> list[str]:
+    """The build command of `model_dir`'s preset with `options`: the stage cache supplies what they leave
+    unchanged (the teacher always)."""
     from modelpack.manifest import load_manifest
 
     preset = load_manifest(model_dir, verify=False).build.get("preset", "fast")
     command = [sys.executable, "-m", "model_build", "build", "--preset", str(preset), "--data", str(data),
-               "--feedback", str(feedback), "--feedback-weight", FEEDBACK_WEIGHT, "--out", str(out),
-               "--cache-dir", str(cache_dir or REPO_ROOT / ".cache" / "model_build")]
+               *options, "--out", str(out), "--cache-dir", str(cache_dir or REPO_ROOT / ".cache" / "model_build")]
     unlabeled = os.environ.get("UNLABELED")  # the Makefile's: the stage cache's transfer set used it too
     if unlabeled and Path(unlabeled).is_file():
         command += ["--unlabeled", unlabeled]

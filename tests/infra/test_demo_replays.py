@@ -40,3 +40,25 @@ def test_the_report_shows_each_part_and_the_result() -> None:
     assert "## before" in text and "## after" in text and "## result" in text
     assert f"| `escalation_rate` | {result['after']['escalation_rate']:.4g} |" in text
     assert f"| `failed` | {result['failed']} |" in text
+
+
+def test_shift_refits_an_artifact_fitted_for_another_mix_first(tmp_path: Path, tiny_artifact: Path) -> None:
+    logged: list[str] = []
+    with pytest.raises(StackError, match="refit the routing for the validation split's mix"):
+        run_replay("shift", tiny_artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
+    assert "--traffic-oos-fraction val" in logged[0]
+    assert not (tmp_path / "shift.json").exists()
+
+
+def test_shift_runs_a_validation_mix_artifact_as_it_is(tmp_path: Path, tiny_artifact: Path) -> None:
+    import shutil
+
+    artifact = tmp_path / "val-mix"
+    shutil.copytree(tiny_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest.setdefault("build", {}).setdefault("config", {})["traffic_oos_fraction"] = "val"
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    logged: list[str] = []
+    with pytest.raises(StackError, match="fixed against shift-aware thresholds"):
+        run_replay("shift", artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
+    assert len(logged) == 1 and f"bench/shift.py --model-dir {artifact}" in logged[0]
