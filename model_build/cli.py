@@ -64,6 +64,8 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--feedback-weight", type=float, default=None, metavar="W",
                    help="loss weight of each feedback text (default 1; the edge's hardest texts are few among "
                         "the transfer set's tens of thousands)")
+    b.add_argument("--feedback-copies", type=int, default=None, metavar="N",
+                   help="also N word-dropout copies of each feedback text, labelled by the teacher (default 0)")
     b.add_argument("--augment", type=int, default=None, metavar="N",
                    help="teacher-labelled augmented copies of each training text for the student (preset default)")
     b.add_argument("--prune", type=float, default=None, metavar="FRACTION",
@@ -134,6 +136,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["feedback"] = _local_feedback(args.feedback, args.cache_dir)
     if args.feedback_weight is not None:
         overrides["feedback_weight"] = args.feedback_weight
+    if args.feedback_copies is not None:
+        overrides["feedback_copies"] = args.feedback_copies
     if args.prune is not None:
         overrides["prune"] = args.prune
     config = preset(args.preset, **overrides)

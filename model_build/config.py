@@ -51,6 +51,7 @@ class BuildConfig:
     unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
     feedback: str | None = None  # the edge's feedback (store, export or folder) added to the transfer set
     feedback_weight: float = 1.0  # loss weight of a feedback text against 1 for a labelled one (--feedback-weight)
+    feedback_copies: int = 0  # word-dropout copies of each feedback text, teacher-labelled too (--feedback-copies)
     prune: float = 0.0  # structured L1 pruning: this share of conv filters and hidden units dropped (--prune)
     prune_epochs: int = 3  # distillation fine-tuning epochs after pruning
     max_seq_len: int = 32  # CLINC150: p99 21 tokens, longest 33
@@ -146,6 +147,9 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     weight = overrides.get("feedback_weight", config.feedback_weight)
     if not 0.0 < weight <= 100.0:
         raise BuildError(f"--feedback-weight must be in (0, 100], got {weight}")
+    copies = overrides.get("feedback_copies", config.feedback_copies)
+    if not 0 <= copies <= 50:
+        raise BuildError(f"--feedback-copies must be in [0, 50], got {copies}")
     cloud = overrides.get("cloud_precision", config.cloud_precision)
     if cloud not in ("auto", "fp32", "dynamic_range"):
         raise BuildError(f"--cloud-precision must be auto, fp32 or dynamic_range, got {cloud!r}")

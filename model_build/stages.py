@@ -101,6 +101,8 @@ def _transfer_stage(
 
         # Feedback enters the key by its texts only when given: keys of builds without it stay as they were.
         feedback = {} if not config.feedback else {"feedback": texts_digest(load_feedback(config.feedback)[0])}
+        if config.feedback and config.feedback_copies:
+            feedback["feedback_copies"] = config.feedback_copies
         transfer_key = stage_key(
             "transfer", teacher=teacher_key, transfer=config.transfer, unlabeled=file_digest(config.unlabeled),
             seq=config.max_seq_len, seed=config.seed, code=TRANSFER_CODE_VERSION, **feedback,
@@ -149,7 +151,8 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
     # test texts (a device's real traffic): they are kept, and counted.
     exclude = tuple(dataset.val.texts) + tuple(t for t in dataset.test.texts if t not in set(feedback))
     transfer = build_transfer_set(config.transfer, dataset.train.texts, dataset.train.labels, unlabeled,
-                                  exclude=exclude, seed=config.seed, feedback=feedback)
+                                  exclude=exclude, seed=config.seed, feedback=feedback,
+                                  feedback_copies=config.feedback_copies)
     # The teacher stage's own export labels the transfer set (fp32 unless teacher.precision says otherwise),
     # whichever precision the cloud ships later (model_build.cloud_precision): the student learns from the
     # best signal there is (its train logits are the Keras teacher's, fp32, too), and its cache key stays

@@ -99,6 +99,7 @@ def build_transfer_set(
     exclude: Sequence[str],
     seed: int,
     feedback: Sequence[str] = (),
+    feedback_copies: int = 0,
 ) -> TransferSet:
     rng = np.random.default_rng(seed)
     labels = np.asarray(train_labels)
@@ -113,10 +114,7 @@ def build_transfer_set(
                 texts.append(" ".join(w[: len(w) // 2] + words[j][len(words[j]) // 2:]))
                 kinds.append("splice")
             else:
-                keep = rng.random(len(w)) >= config.word_dropout
-                if not keep.any():
-                    keep[rng.integers(len(w))] = True
-                texts.append(" ".join(x for x, k in zip(w, keep) if k))
+                texts.append(_dropout(w, config.word_dropout, rng))
                 kinds.append("dropout")
     pool = list(unlabeled)
     if config.max_unlabeled is not None and len(pool) > config.max_unlabeled:
@@ -125,9 +123,22 @@ def build_transfer_set(
     kinds += ["unlabeled"] * len(pool)
     texts += list(feedback)  # escalations the cloud answered on a device: the edge's hardest real traffic
     kinds += ["feedback"] * len(feedback)
+    # Word-dropout copies of them (drawn after everything above: the rest of the set stays as without them)
+    for _ in range(feedback_copies):
+        for text in feedback:
+            texts.append(_dropout(text.split(), config.word_dropout, rng))
+            kinds.append("feedback")
     banned = set(exclude) | set(train_texts)
     keep_rows = [i for i, t in enumerate(texts) if t and t not in banned]
     return TransferSet(tuple(texts[i] for i in keep_rows), tuple(kinds[i] for i in keep_rows))
+
+
+def _dropout(words: list[str], rate: float, rng: np.random.Generator) -> str:
+    """`words` with each dropped at `rate` (one always kept)."""
+    keep = rng.random(len(words)) >= rate
+    if not keep.any() and words:
+        keep[rng.integers(len(words))] = True
+    return " ".join(x for x, k in zip(words, keep) if k)
 
 
 def load_feedback(path: Path | str) -> tuple[tuple[str, ...], int]:

@@ -108,3 +108,27 @@ def test_feedback_texts_join_the_transfer_set_deduplicated_and_hash_only_records
     assert transfer.counts()["feedback"] == 1
     with pytest.raises(DataError, match="--feedback"):
         load_feedback(tmp_path / "nothing-here")
+
+
+def test_feedback_copies_are_dropouts_of_feedback_texts_and_leave_the_rest_as_it_was() -> None:
+    config = TransferConfig(augment_copies=2, word_dropout=0.4, splice_share=0.5)
+    feedback = ("is it going to snow in oslo tomorrow morning", "how do i say thank you in italian please")
+    plain = build_transfer_set(config, TRAIN, LABELS, ("a wiki sentence",), exclude=(), seed=3, feedback=feedback)
+    copied = build_transfer_set(config, TRAIN, LABELS, ("a wiki sentence",), exclude=(), seed=3, feedback=feedback,
+                                feedback_copies=3)
+    assert copied.texts[: len(plain.texts)] == plain.texts  # everything before them unchanged
+    extra = copied.texts[len(plain.texts):]
+    assert 0 < len(extra) <= 3 * len(feedback) and set(copied.kinds[len(plain.texts):]) == {"feedback"}
+    sources = [set(t.split()) for t in feedback]
+    for text in extra:
+        assert any(set(text.split()) <= words for words in sources) and text not in feedback
+    assert copied.counts()["feedback"] == len(feedback) + len(extra)
+
+
+@pytest.mark.parametrize("copies", [-1, 51])
+def test_feedback_copies_out_of_range_are_refused_by_name(copies: int) -> None:
+    from model_build.config import preset
+    from model_build.errors import BuildError
+
+    with pytest.raises(BuildError, match=r"--feedback-copies must be in \[0, 50\]"):
+        preset("quick", feedback_copies=copies)
