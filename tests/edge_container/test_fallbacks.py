@@ -46,7 +46,10 @@ def client(server: tuple[httpx.Client, EdgeStack], cloud: FakeCloud) -> httpx.Cl
 
 def test_a_healthy_cloud_answers_every_escalation(client: httpx.Client, cloud: FakeCloud) -> None:
     assert outcomes(burst(str(client.base_url), 32)) == {("cloud", "forced_cloud")}
-    assert len(cloud.attempts) == 32  # one call per request: both its texts went together
+    # One call per request, both its texts together. A retry (150 ms timeout, one retry: a loaded machine can
+    # need it) repeats the call under the same idempotency key, so the keys count the calls.
+    keys = [a.idempotency_key for a in cloud.attempts]
+    assert len(set(keys)) == 32 and all(keys.count(k) <= 2 for k in keys)
     assert all(len(a.body["texts"]) == 2 for a in cloud.attempts)
 
 
