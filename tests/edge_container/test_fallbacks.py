@@ -33,7 +33,7 @@ def outcomes(responses: list[httpx.Response]) -> set[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def server(tiny_artifact: Path, fake_cloud: FakeCloud) -> Iterator[tuple[httpx.Client, EdgeStack]]:
     settings = edge_settings(tiny_artifact, policy="cloud_only", cloud_url=fake_cloud.url, cloud_api_key="key-1",
-                             cloud_timeout_ms=150, cloud_retries=1, breaker_failures=10_000, queue_size=1000)
+                             cloud_timeout_ms=500, cloud_retries=1, breaker_failures=10_000, queue_size=1000)
     with serve_edge(settings) as pair:
         yield pair
 
@@ -46,7 +46,7 @@ def client(server: tuple[httpx.Client, EdgeStack], cloud: FakeCloud) -> httpx.Cl
 
 def test_a_healthy_cloud_answers_every_escalation(client: httpx.Client, cloud: FakeCloud) -> None:
     assert outcomes(burst(str(client.base_url), 32)) == {("cloud", "forced_cloud")}
-    # One call per request, both its texts together. A retry (150 ms timeout, one retry: a loaded machine can
+    # One call per request, both its texts together. A retry (500 ms timeout, one retry: a loaded machine can
     # need it) repeats the call under the same idempotency key, so the keys count the calls.
     keys = [a.idempotency_key for a in cloud.attempts]
     assert len(set(keys)) == 32 and all(keys.count(k) <= 2 for k in keys)
@@ -54,7 +54,7 @@ def test_a_healthy_cloud_answers_every_escalation(client: httpx.Client, cloud: F
 
 
 @pytest.mark.parametrize(("mode", "settings", "reason"), [
-    ("slow", {"delay_s": 2.0}, "cloud_timeout"),  # far past the 150 ms timeout, even on a starved loop
+    ("slow", {"delay_s": 2.0}, "cloud_timeout"),  # far past the 500 ms timeout, even on a starved loop
     ("error", {"status": 503}, "cloud_error"),
     ("error", {"status": 500}, "cloud_error"),
 ])
