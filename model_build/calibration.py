@@ -100,8 +100,10 @@ def fit_temperature(
     weights: npt.ArrayLike | None = None,
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     tol: float = 1e-6,
+    offset: npt.ArrayLike | None = None,
 ) -> float:
-    """The temperature T in ``bounds`` minimising the (weighted) NLL of ``softmax(logits / T)``.
+    """The temperature T in ``bounds`` minimising the (weighted) NLL of ``softmax(logits / T + offset)``
+    (``offset``: a per-class vector added after the temperature, e.g. an oos logit bias; default none).
 
     Golden-section search on log T. The NLL is convex in 1/T (log-sum-exp of a linear function
     minus a linear term), hence unimodal in log T, so the search finds the global minimum in the
@@ -114,14 +116,17 @@ def fit_temperature(
     z = _as_matrix(logits, "logits")
     y = _as_labels(labels, z.shape[0], n_classes=z.shape[1])
     w = _as_weights(weights, z.shape[0])
-    z_true = z[np.arange(z.shape[0]), y]
+    shift = np.zeros(z.shape[1]) if offset is None else np.asarray(offset, dtype=np.float64).reshape(-1)
+    if shift.shape != (z.shape[1],) or not np.isfinite(shift).all():
+        raise ValueError(f"offset must be {z.shape[1]} finite numbers, one per class")
+    z_true, shift_true = z[np.arange(z.shape[0]), y], shift[y]
 
     def objective(log_t: float) -> float:
         t = math.exp(log_t)
-        scaled = z / t
+        scaled = z / t + shift
         top = scaled.max(axis=1)
         lse = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
-        return float(np.sum(w * (lse - z_true / t)) / np.sum(w))
+        return float(np.sum(w * (lse - z_true / t - shift_true)) / np.sum(w))
 
     a, b = math.log(lo), math.log(hi)
     c = b - _GOLDEN * (b - a)

@@ -66,6 +66,9 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
                         "the transfer set's tens of thousands)")
     b.add_argument("--feedback-copies", type=int, default=None, metavar="N",
                    help="also N word-dropout copies of each feedback text, labelled by the teacher (default 0)")
+    b.add_argument("--no-oos-bias", action="store_true",
+                   help="fit the edge's temperature alone (by default a bias on its oos logit is fitted with it on "
+                        "validation, when it lets the routing escalate less)")
     b.add_argument("--augment", type=int, default=None, metavar="N",
                    help="teacher-labelled augmented copies of each training text for the student (preset default)")
     b.add_argument("--prune", type=float, default=None, metavar="FRACTION",
@@ -140,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["feedback_copies"] = args.feedback_copies
     if args.prune is not None:
         overrides["prune"] = args.prune
+    if args.no_oos_bias:
+        overrides["edge_oos_bias"] = False
     config = preset(args.preset, **overrides)
     result = build(
         config,

@@ -65,6 +65,9 @@ class BuildConfig:
     # The edge answers `oos` itself below a second, lower threshold when that escalates less for the same
     # target (deferral.choose_deferral); False keeps the one-threshold rule.
     edge_oos_band: bool = True
+    # Fit a bias on the edge's oos logit with its temperature (model_build.fit.OOS_BIAS_GRID): the one
+    # whose routing escalates least on validation ships (manifest models.edge.oos_logit_bias).
+    edge_oos_bias: bool = True
     cloud_min_in_scope_accuracy: float = 0.95  # floor when choosing the cloud's oos confidence threshold
     # The cloud model's precision: "auto" (Gates.max_cloud_int8_accuracy_drop decides), "fp32" or
     # "dynamic_range" (--cloud-precision). Chosen after training: no stage key depends on it.

@@ -173,11 +173,11 @@ class DeployedAnswers:
     @classmethod
     def of(cls, logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> DeployedAnswers:
         oos = m.oos_index
-        cloud_probs = softmax(logits["cloud"], m.cloud.temperature)
+        cloud_probs = calibrated(logits["cloud"], m.cloud, m)
         cloud_pred = cloud_probs.argmax(axis=1)
         if oos is not None and m.cloud.oos_threshold is not None:
             cloud_pred = predict_with_oos(cloud_probs, m.cloud.oos_threshold, oos)
-        edge_probs = softmax(logits["edge"], m.edge.temperature)
+        edge_probs = calibrated(logits["edge"], m.edge, m)
         return cls(labels, edge_probs, edge_probs.argmax(axis=1), cloud_probs, cloud_pred,
                    SCORES[m.routing.score](edge_probs), manifest_band_score(edge_probs, m.routing, oos))
 
@@ -213,7 +213,7 @@ def test_metrics(
     edge_fp32 = None
     if runner.edge_fp32 is not None:
         edge_fp32 = dataclasses.replace(
-            classification_metrics(softmax(logits["edge_fp32"], m.edge.temperature), y, oos),
+            classification_metrics(calibrated(logits["edge_fp32"], m.edge, m), y, oos),
             size_bytes=(runner.folder / EDGE_FP32_FILE).stat().st_size, **latency["edge_fp32"])
         edge = dataclasses.replace(
             edge, size_ratio_vs_fp32=m.edge.size_bytes / edge_fp32.size_bytes,
@@ -276,12 +276,17 @@ def with_calibration(metrics: TestMetrics, logits: Mapping[str, np.ndarray], lab
                      m: Manifest) -> TestMetrics:
     """The build's additions to the test metrics: each model's ECE before temperature scaling, and its
     temperature."""
-    def calibrated(model: ModelMetrics, raw: np.ndarray, entry: ModelEntry) -> ModelMetrics:
+    def with_before(model: ModelMetrics, raw: np.ndarray, entry: ModelEntry) -> ModelMetrics:
         return dataclasses.replace(model, ece_before=calibration.ece(softmax(raw, 1.0), labels, n_bins=15),
                                    temperature=entry.temperature)
 
-    return dataclasses.replace(metrics, edge_int8=calibrated(metrics.edge_int8, logits["edge"], m.edge),
-                               teacher=calibrated(metrics.teacher, logits["cloud"], m.cloud))
+    return dataclasses.replace(metrics, edge_int8=with_before(metrics.edge_int8, logits["edge"], m.edge),
+                               teacher=with_before(metrics.teacher, logits["cloud"], m.cloud))
+
+
+def calibrated(logits: np.ndarray, entry: ModelEntry, m: Manifest) -> np.ndarray:
+    """`entry`'s calibrated probabilities of `logits`, as the runtimes compute them (modelpack.classifier)."""
+    return softmax(logits, entry.temperature, oos_bias=entry.oos_logit_bias, oos_index=m.oos_index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,7 +301,7 @@ def edge_reliability(logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Ma
     """The reliability plot's data."""
     raw = logits["edge"]
     return EdgeReliability(calibration.reliability_bins(softmax(raw, 1.0), labels, n_bins=15),
-                           calibration.reliability_bins(softmax(raw, m.edge.temperature), labels, n_bins=15))
+                           calibration.reliability_bins(calibrated(raw, m.edge, m), labels, n_bins=15))
 
 
 def routing_curves(logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> SplitCurves:

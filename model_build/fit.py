@@ -17,11 +17,15 @@ from model_build.data import Dataset
 from model_build.deferral import DeferralChoice, choose_deferral
 from model_build.evaluate import ArtifactRunner
 from model_build.shift_table import shift_table
-from model_build.thresholds import OosChoice, RoutingChoice, choose_oos_threshold, compare_scores
+from model_build.thresholds import OosChoice, RoutingChoice, ScoreComparison, choose_oos_threshold, compare_scores
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
 from modelpack.scores import SCORES, band_score, predict_with_oos, softmax
 
 BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
+# Biases on the edge's oos logit (after its temperature) the fit tries besides none. The student under-states
+# oos on traffic richer in it than its training data (a temperature scales every class alike); the bias
+# that lets the routing meet its target with the fewest escalations on validation ships.
+OOS_BIAS_GRID = tuple(round(0.25 * i, 2) for i in range(1, 21))  # 0.25 .. 5.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class ValidationReport:
     routing_best: str
     deferral_choices: Mapping[str, DeferralChoice] | None = None  # "score/band score"; None: not searched
     deferral_shipped: bool | None = None
+    edge_oos_bias: float = 0.0
+    oos_bias_search: Mapping[float, float] | None = None  # bias -> validation escalation; None: not searched
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"traffic_oos_fraction": self.traffic_oos_fraction,
@@ -49,6 +55,9 @@ class ValidationReport:
         if self.deferral_choices is not None:
             out["deferral_choices"] = {key: dataclasses.asdict(c) for key, c in self.deferral_choices.items()}
             out["deferral_shipped"] = self.deferral_shipped
+        if self.oos_bias_search is not None:
+            out["edge_oos_bias"] = self.edge_oos_bias
+            out["oos_bias_search"] = {str(b): rate for b, rate in self.oos_bias_search.items()}
         return out
 
 
@@ -61,12 +70,14 @@ class Fitted:
     cloud_oos_threshold: float | None
     routing: RoutingEntry
     validation: ValidationReport
+    edge_oos_bias: float = 0.0
 
     def apply(self, manifest: Manifest) -> Manifest:
         """``manifest`` with these temperatures and thresholds."""
         return dataclasses.replace(
             manifest,
-            edge=dataclasses.replace(manifest.edge, temperature=self.edge_temperature),
+            edge=dataclasses.replace(manifest.edge, temperature=self.edge_temperature,
+                                     oos_logit_bias=self.edge_oos_bias),
             cloud=dataclasses.replace(manifest.cloud, temperature=self.cloud_temperature,
                                       oos_threshold=self.cloud_oos_threshold),
             routing=self.routing,
@@ -93,9 +104,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     has_oos = oos is not None and bool(is_oos.any())
     w = calibration.traffic_weights(is_oos, fraction if is_oos.any() else None)
     edge_logits, cloud_logits = runner.logits("edge", val), runner.logits("cloud", val)
-    t_edge = calibration.fit_temperature(edge_logits, y, weights=w)
     t_cloud = calibration.fit_temperature(cloud_logits, y, weights=w)
-    edge_probs, cloud_probs = softmax(edge_logits, t_edge), softmax(cloud_logits, t_cloud)
+    cloud_probs = softmax(cloud_logits, t_cloud)
 
     cloud_oos, oos_threshold = None, None
     if has_oos:
@@ -104,30 +114,98 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
             oos_threshold = float(cloud_oos.threshold)
     cloud_pred = predict_with_oos(cloud_probs, oos_threshold, oos)
-    comparison = compare_scores(edge_probs, edge_probs.argmax(axis=1), cloud_pred, y,
-                                target_ratio=config.routing_target, weights=w)
+    split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction)
+    edge = _fit_edge(config, edge_logits, split, 0.0)
+    search = None
+    if config.edge_oos_bias and has_oos:
+        # The rule chosen without a bias (its score and band score), at each bias: one search per bias, not
+        # the six of a full fit; the full fit then runs again at the cheapest bias (never dearer: its search
+        # includes that rule).
+        search = {0.0: edge.entry.expected_escalation_rate}
+        search |= {bias: _rule_rate(config, edge_logits, split, bias, edge.entry) for bias in OOS_BIAS_GRID}
+        bias = min(search, key=lambda b: (round(search[b], 9), b))
+        if bias:
+            edge = _fit_edge(config, edge_logits, split, bias)
+    entry = edge.entry
+    if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
+        entry = dataclasses.replace(entry, shift=shift_table(edge.probs, cloud_pred, y, oos, entry))
+    deferrals = edge.deferrals
+    validation = ValidationReport(
+        traffic_oos_fraction=fraction, edge_temperature=edge.temperature, cloud_temperature=t_cloud,
+        cloud_oos=cloud_oos, routing_choices=edge.comparison.choices, routing_best=edge.comparison.best,
+        deferral_choices=None if deferrals is None else {
+            f"{name}/{band_name or name}": c for (name, band_name), c in deferrals.items()},
+        deferral_shipped=None if deferrals is None else entry.oos_threshold is not None,
+        edge_oos_bias=edge.oos_bias, oos_bias_search=search,
+    )
+    return Fitted(edge.temperature, t_cloud, oos_threshold, entry, validation, edge_oos_bias=edge.oos_bias)
+
+
+@dataclass(frozen=True, eq=False)
+class _Split:
+    """The re-weighted validation split as the routing fit sees it."""
+
+    y: np.ndarray
+    w: np.ndarray
+    oos: int | None  # None: no oos texts (no band, no bias)
+    cloud_pred: np.ndarray
+    fraction: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class _EdgeFit:
+    """The edge's calibration at one oos logit bias and the cheapest routing it allows."""
+
+    oos_bias: float
+    temperature: float
+    probs: np.ndarray
+    entry: RoutingEntry
+    comparison: ScoreComparison
+    deferrals: dict[tuple[str, str | None], DeferralChoice] | None
+
+
+def _calibrate_edge(logits: np.ndarray, split: _Split, bias: float) -> tuple[float, np.ndarray]:
+    """The temperature fitted at `bias` on the oos logit, and the calibrated probabilities."""
+    offset = None
+    if bias:
+        offset = np.zeros(logits.shape[1])
+        offset[split.oos] = bias
+    t = calibration.fit_temperature(logits, split.y, weights=split.w, offset=offset)
+    return t, softmax(logits, t, oos_bias=bias, oos_index=split.oos)
+
+
+def _rule_rate(config: BuildConfig, logits: np.ndarray, split: _Split, bias: float, rule: RoutingEntry) -> float:
+    """The validation escalation of `rule`'s score (and band score) at `bias`: 1.0 when unreachable."""
+    _, probs = _calibrate_edge(logits, split, bias)
+    pred = probs.argmax(axis=1)
+    if rule.oos_threshold is None or split.oos is None:
+        return compare_scores(probs, pred, split.cloud_pred, split.y, target_ratio=config.routing_target,
+                              weights=split.w).choices[rule.score].escalation_rate
+    choice = choose_deferral(
+        SCORES[rule.score](probs), pred, split.cloud_pred, split.y, split.oos, target_ratio=config.routing_target,
+        weights=split.w, name=rule.score,
+        oos_score=None if rule.oos_score is None else band_score(rule.oos_score, probs, split.oos))
+    return choice.escalation_rate if choice.reachable else 1.0
+
+
+def _fit_edge(config: BuildConfig, logits: np.ndarray, split: _Split, bias: float) -> _EdgeFit:
+    """The temperature at `bias` on the oos logit, then the routing rule for the calibrated probabilities."""
+    t, probs = _calibrate_edge(logits, split, bias)
+    comparison = compare_scores(probs, probs.argmax(axis=1), split.cloud_pred, split.y,
+                                target_ratio=config.routing_target, weights=split.w)
     best = comparison.best_choice
-    entry = _routing_entry(config, fraction, comparison.best, best.threshold, best.escalation_rate)
+    entry = _routing_entry(config, split.fraction, comparison.best, best.threshold, best.escalation_rate)
     deferrals = None
-    if config.edge_oos_band and has_oos:
-        deferrals = _deferrals(config, edge_probs, cloud_pred, y, oos, w)
+    if config.edge_oos_band and split.oos is not None:
+        deferrals = _deferrals(config, probs, split.cloud_pred, split.y, split.oos, split.w)
         three_way = _cheaper_deferral(deferrals, best.escalation_rate)
         if three_way is not None:
             chosen, band_name = three_way
             entry = dataclasses.replace(
-                _routing_entry(config, fraction, chosen.score_name, chosen.threshold, chosen.escalation_rate),
+                _routing_entry(config, split.fraction, chosen.score_name, chosen.threshold, chosen.escalation_rate),
                 oos_threshold=float(chosen.oos_threshold), expected_edge_oos_rate=chosen.edge_oos_rate,
                 oos_score=band_name)
-    if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
-        entry = dataclasses.replace(entry, shift=shift_table(edge_probs, cloud_pred, y, oos, entry))
-    validation = ValidationReport(
-        traffic_oos_fraction=fraction, edge_temperature=t_edge, cloud_temperature=t_cloud, cloud_oos=cloud_oos,
-        routing_choices=comparison.choices, routing_best=comparison.best,
-        deferral_choices=None if deferrals is None else {
-            f"{name}/{band_name or name}": c for (name, band_name), c in deferrals.items()},
-        deferral_shipped=None if deferrals is None else entry.oos_threshold is not None,
-    )
-    return Fitted(t_edge, t_cloud, oos_threshold, entry, validation)
+    return _EdgeFit(bias, t, probs, entry, comparison, deferrals)
 
 
 def _routing_entry(config: BuildConfig, fraction: float | None, score: str, threshold: float,

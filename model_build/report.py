@@ -14,7 +14,7 @@ optional; a present section shows its key numbers, with ``n/a`` where one is mis
       "edge": {"fp32": {"size_bytes", "latency_ms_b1", "latency_ms_b32", "accuracy", "ece"}, "int8": {...},
                "split": str},
       "float_ops": {"count": int, "ops": {op_name: count}}  # or a list of op names
-      "calibration": {"model", "temperature", "fit_split", "eval_split", "oos_fraction",
+      "calibration": {"model", "temperature", "oos_logit_bias", "fit_split", "eval_split", "oos_fraction",
                       "ece_before", "ece_after", "nll_before", "nll_after", "n_bins"},
       "routing": {"score", "threshold", "target_ratio", "oos_fraction", "chosen_on", "reachable",
                   "splits": {split: {"escalation_rate", "joint_accuracy", "teacher_accuracy",

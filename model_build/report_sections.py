@@ -130,6 +130,7 @@ def _calibration(section: Any) -> list[str]:
     facts = [
         ("model", "Model", str),
         ("temperature", "Temperature", fmt_num),
+        ("oos_logit_bias", "Bias on the oos logit (after the temperature)", fmt_num),
         ("fit_split", "Fitted on", str),
         ("eval_split", "Evaluated on", str),
         ("oos_fraction", "Traffic mix (oos share)", fmt_mix),

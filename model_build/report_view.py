@@ -27,7 +27,8 @@ def report_view(metrics: BuildMetrics, manifest: Manifest, dataset: Dataset, con
                  "int8": e.to_dict()},
         "float_ops": {"count": len(graph.float_ops), "ops": list(graph.float_ops), "all_ops": list(graph.ops)},
         "calibration": {
-            "model": "edge int8", "temperature": manifest.edge.temperature, "fit_split": "val",
+            "model": "edge int8", "temperature": manifest.edge.temperature,
+            "oos_logit_bias": manifest.edge.oos_logit_bias, "fit_split": "val",
             "eval_split": "test", "oos_fraction": metrics.validation.traffic_oos_fraction,
             "ece_before": e.ece_before, "ece_after": e.ece, "n_bins": 15,
         },

@@ -39,6 +39,7 @@ class Classifier:
         self.manifest = manifest
         self.tier = tier
         self.entry: ModelEntry = manifest.model(tier)
+        self.oos_index = manifest.oos_index
         self.tokenizer = _tokenizer(folder, manifest.tokenizer)
         if model_content is None:
             model_content = (folder / self.entry.file).read_bytes()
@@ -69,8 +70,10 @@ class Classifier:
         return self.model.logits(self.tokenizer.encode(texts))
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of the model's `logits`: softmax at the manifest's temperature."""
-        return softmax(logits, self.entry.temperature)
+        """Calibrated probabilities of the model's `logits`: softmax at the manifest's temperature, with its
+        oos logit bias."""
+        return softmax(logits, self.entry.temperature, oos_bias=self.entry.oos_logit_bias,
+                       oos_index=self.oos_index)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return self.calibrate(self.logits(texts))

@@ -70,6 +70,9 @@ class ModelEntry:
     temperature: float
     # Cloud only: below this calibrated confidence the cloud answers the out-of-scope label.
     oos_threshold: float | None = None
+    # Added to the out-of-scope label's logit after the temperature (modelpack.scores.softmax); fitted on
+    # validation with it. Absent (0) in manifests that have none.
+    oos_logit_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["models"] = {"edge": out.pop("edge"), "cloud": out.pop("cloud")}
+        for entry in out["models"].values():  # manifests without a bias read exactly as before it existed
+            if not entry["oos_logit_bias"]:
+                del entry["oos_logit_bias"]
         if self.routing.oos_threshold is None:  # a two-way manifest reads exactly as before the edge's oos band
             del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
         if self.routing.oos_score is None:
@@ -164,6 +170,9 @@ class Manifest:
         )
         if manifest.routing.oos_threshold is not None and oos_label is None:
             raise ManifestError("manifest.routing.oos_threshold is set, but there is no oos_label to answer with")
+        for tier in ("edge", "cloud"):
+            if manifest.model(tier).oos_logit_bias and oos_label is None:
+                raise ManifestError(f"manifest.models.{tier}.oos_logit_bias is set, but there is no oos_label")
         shift = manifest.routing.shift
         if shift is not None and shift.oos_index != manifest.oos_index:
             raise ManifestError(f"manifest.routing.shift.oos_index is {shift.oos_index}, but oos_label "
@@ -294,6 +303,7 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
         output=output,
         temperature=r.float("temperature", low=1e-3, high=100.0),
         oos_threshold=r.opt_float("oos_threshold", low=0.0, high=1.0),
+        oos_logit_bias=r.opt_float("oos_logit_bias", low=-50.0, high=50.0) or 0.0,
     )
 
 

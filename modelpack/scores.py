@@ -12,8 +12,14 @@ from typing import Any
 import numpy as np
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0, *, oos_bias: float = 0.0,
+            oos_index: int | None = None) -> np.ndarray:
+    """Calibrated probabilities: softmax(logits / temperature), with `oos_bias` added to the `oos_index`
+    column after the temperature (a manifest model's `oos_logit_bias`: the log-odds a temperature cannot
+    move for one class alone; 0 or no oos label: none)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
+    if oos_bias and oos_index is not None:
+        z[..., oos_index] += oos_bias  # z is a fresh array: the caller's logits stay as they were
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)

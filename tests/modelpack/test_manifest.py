@@ -227,3 +227,35 @@ def test_a_digest_computed_elsewhere_is_checked_in_the_same_words():
     with pytest.raises(ChecksumMismatch) as caught:
         check_sha256("s3://b/v1/cloud.tflite", "0" * 64, expected)
     assert str(caught.value) == f"s3://b/v1/cloud.tflite: SHA-256 {'0' * 64} does not match the manifest's {expected}"
+
+
+def test_an_oos_logit_bias_round_trips_and_is_absent_when_there_is_none(artifact):
+    _, raw = artifact
+    assert Manifest.from_dict(raw).edge.oos_logit_bias == 0.0
+    biased = copy.deepcopy(raw)
+    biased["models"]["edge"]["oos_logit_bias"] = 1.75
+    manifest = Manifest.from_dict(biased)
+    assert manifest.edge.oos_logit_bias == 1.75 and manifest.cloud.oos_logit_bias == 0.0
+    out = manifest.to_dict()
+    assert out["models"]["edge"]["oos_logit_bias"] == 1.75 and "oos_logit_bias" not in out["models"]["cloud"]
+    assert Manifest.from_dict(out) == manifest
+
+
+@pytest.mark.parametrize(("bias", "message"), [
+    (60.0, r"edge\.oos_logit_bias must be .*50"), ("high", r"edge\.oos_logit_bias must be a number"),
+])
+def test_a_bad_oos_logit_bias_is_named(artifact, bias, message):
+    _, raw = artifact
+    bad = copy.deepcopy(raw)
+    bad["models"]["edge"]["oos_logit_bias"] = bias
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(bad)
+
+
+def test_an_oos_logit_bias_needs_an_oos_label(artifact):
+    _, raw = artifact
+    bad = copy.deepcopy(raw)
+    bad["models"]["edge"]["oos_logit_bias"] = 1.0
+    bad.pop("oos_label")
+    with pytest.raises(ManifestError, match="oos_logit_bias is set, but there is no oos_label"):
+        Manifest.from_dict(bad)

@@ -63,6 +63,21 @@ def test_classifier_probabilities_use_the_manifest_temperature(tiny_artifact):
     assert [p.label for p in edge.predict(texts)] == ["weather", "greeting"]
 
 
+def test_classifier_probabilities_add_the_manifest_oos_logit_bias(tiny_artifact):
+    manifest = load_manifest(tiny_artifact)
+    biased = dataclasses.replace(manifest, edge=dataclasses.replace(manifest.edge, oos_logit_bias=2.0))
+    texts = ["set a timer", "what is the weather", "tell me about quantum chromodynamics"]
+    plain = Classifier(manifest, tiny_artifact, "edge").probabilities(texts)
+    shifted = Classifier(biased, tiny_artifact, "edge").probabilities(texts)
+    oos = manifest.oos_index
+    # log-odds of oos against every other label up by exactly the bias, the others' odds unchanged
+    lift = np.log(shifted[:, oos:oos + 1] / shifted) - np.log(plain[:, oos:oos + 1] / plain)
+    others = np.arange(plain.shape[1]) != oos
+    np.testing.assert_allclose(lift[:, others], 2.0, atol=1e-9)
+    np.testing.assert_allclose(np.log(shifted[:, 0] / shifted[:, 1]), np.log(plain[:, 0] / plain[:, 1]), atol=1e-9)
+    assert (shifted[:, oos] > plain[:, oos]).all()
+
+
 def test_load_gives_independent_copies_that_answer_like_the_folder(tiny_artifact):
     texts = ["what's the weather today", "hello there", "set a timer for five minutes"]
     expected = Classifier.from_folder(tiny_artifact, "cloud").probabilities(texts)
