@@ -23,7 +23,7 @@ from model_build.curves import SplitCurves, escalation_curve
 from model_build.data import Dataset, Split, default_data_path, load_dataset, subset
 from model_build.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
 from model_build.routing import RoutedMetrics, apply_deferral
-from modelpack.classifier import Classifier
+from modelpack.classifier import Classifier, calibrated
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
 from modelpack.scores import SCORES, manifest_band_score, predict_with_oos, softmax
@@ -173,11 +173,11 @@ class DeployedAnswers:
     @classmethod
     def of(cls, logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> DeployedAnswers:
         oos = m.oos_index
-        cloud_probs = calibrated(logits["cloud"], m.cloud, m)
+        cloud_probs = calibrated(logits["cloud"], m.cloud, m.oos_index)
         cloud_pred = cloud_probs.argmax(axis=1)
         if oos is not None and m.cloud.oos_threshold is not None:
             cloud_pred = predict_with_oos(cloud_probs, m.cloud.oos_threshold, oos)
-        edge_probs = calibrated(logits["edge"], m.edge, m)
+        edge_probs = calibrated(logits["edge"], m.edge, m.oos_index)
         return cls(labels, edge_probs, edge_probs.argmax(axis=1), cloud_probs, cloud_pred,
                    SCORES[m.routing.score](edge_probs), manifest_band_score(edge_probs, m.routing, oos))
 
@@ -213,7 +213,7 @@ def test_metrics(
     edge_fp32 = None
     if runner.edge_fp32 is not None:
         edge_fp32 = dataclasses.replace(
-            classification_metrics(calibrated(logits["edge_fp32"], m.edge, m), y, oos),
+            classification_metrics(calibrated(logits["edge_fp32"], m.edge, m.oos_index), y, oos),
             size_bytes=(runner.folder / EDGE_FP32_FILE).stat().st_size, **latency["edge_fp32"])
         edge = dataclasses.replace(
             edge, size_ratio_vs_fp32=m.edge.size_bytes / edge_fp32.size_bytes,
@@ -284,11 +284,6 @@ def with_calibration(metrics: TestMetrics, logits: Mapping[str, np.ndarray], lab
                                teacher=with_before(metrics.teacher, logits["cloud"], m.cloud))
 
 
-def calibrated(logits: np.ndarray, entry: ModelEntry, m: Manifest) -> np.ndarray:
-    """`entry`'s calibrated probabilities of `logits`, as the runtimes compute them (modelpack.classifier)."""
-    return softmax(logits, entry.temperature, oos_bias=entry.oos_logit_bias, oos_index=m.oos_index)
-
-
 @dataclass(frozen=True, eq=False)
 class EdgeReliability:
     """The edge model's reliability bins on the test split, before and after its temperature."""
@@ -301,7 +296,7 @@ def edge_reliability(logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Ma
     """The reliability plot's data."""
     raw = logits["edge"]
     return EdgeReliability(calibration.reliability_bins(softmax(raw, 1.0), labels, n_bins=15),
-                           calibration.reliability_bins(calibrated(raw, m.edge, m), labels, n_bins=15))
+                           calibration.reliability_bins(calibrated(raw, m.edge, m.oos_index), labels, n_bins=15))
 
 
 def routing_curves(logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> SplitCurves:

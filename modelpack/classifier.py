@@ -26,6 +26,12 @@ class Prediction:
     confidence: float  # calibrated max probability
 
 
+def calibrated(logits: np.ndarray, entry: ModelEntry, oos_index: int | None) -> np.ndarray:
+    """A manifest model's calibrated probabilities of its `logits`: softmax at its temperature, with its oos
+    logit bias. What every runtime and the build's evaluation compute."""
+    return softmax(logits, entry.temperature, oos_bias=entry.oos_logit_bias, oos_index=oos_index)
+
+
 class Classifier:
     """Not thread-safe (one LiteRT interpreter): give each thread its own, e.g. from `Classifier.load`.
 
@@ -70,10 +76,8 @@ class Classifier:
         return self.model.logits(self.tokenizer.encode(texts))
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of the model's `logits`: softmax at the manifest's temperature, with its
-        oos logit bias."""
-        return softmax(logits, self.entry.temperature, oos_bias=self.entry.oos_logit_bias,
-                       oos_index=self.oos_index)
+        """Calibrated probabilities of the model's `logits` (`calibrated`)."""
+        return calibrated(logits, self.entry, self.oos_index)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return self.calibrate(self.logits(texts))

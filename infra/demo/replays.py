@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +72,21 @@ def run_replay(scenario: str, model_dir: Path, *, data: Path, log: Callable[[str
     return result
 
 
-def _traffic_mix(model_dir: Path) -> Any:
+def _built_with(model_dir: Path) -> Mapping[str, Any]:
+    """The `build` record of the artifact's manifest (preset, config)."""
     from modelpack.manifest import load_manifest
 
-    return load_manifest(model_dir, verify=False).build.get("config", {}).get("traffic_oos_fraction")
+    return load_manifest(model_dir, verify=False).build
+
+
+def _traffic_mix(model_dir: Path) -> Any:
+    return _built_with(model_dir).get("config", {}).get("traffic_oos_fraction")
 
 
 def _rebuild(model_dir: Path, data: Path, out: Path, cache_dir: Path | None, *options: str) -> list[str]:
     """The build command of `model_dir`'s preset with `options`: the stage cache supplies what they leave
     unchanged (the teacher always)."""
-    from modelpack.manifest import load_manifest
-
-    preset = load_manifest(model_dir, verify=False).build.get("preset", "fast")
+    preset = _built_with(model_dir).get("preset", "fast")
     command = [sys.executable, "-m", "model_build", "build", "--preset", str(preset), "--data", str(data),
                *options, "--out", str(out), "--cache-dir", str(cache_dir or REPO_ROOT / ".cache" / "model_build")]
     unlabeled = os.environ.get("UNLABELED")  # the Makefile's: the stage cache's transfer set used it too
