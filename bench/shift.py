@@ -180,16 +180,30 @@ def oracle_mix(halves: list[Half], routing: Any) -> dict[str, Any]:
     return out
 
 
-def run(model_dir: Path, *, window: int, batch: int, seed: int, estimator: str) -> dict[str, Any]:
+CONFIDENCES = (0.5, 0.8, 0.9, 0.95)  # EDGE_SHIFT_CONFIDENCE values the report compares
+
+
+def run(model_dir: Path, *, window: int, batch: int, seed: int, estimator: str,
+        confidence: float = 0.5) -> dict[str, Any]:
     from edge_container.policies import ShiftAwarePolicy, ThresholdPolicy
 
     manifest, halves = load_halves(model_dir, seed)
     routing, source = with_table(manifest, halves[0])
     fixed = replay(halves, routing, ThresholdPolicy(), batch, 100, window)
     fixed.pop("trace")
-    shift = replay(halves, routing, ShiftAwarePolicy(window, estimator=estimator), batch, 100, window)
+
+    def shift_aware(name: str, level: float) -> dict[str, Any]:
+        return replay(halves, routing, ShiftAwarePolicy(window, estimator=name, confidence=level),  # type: ignore[arg-type]
+                      batch, 100, window)
+
+    shift = shift_aware(estimator, confidence)
     other = "em" if estimator == "bbse" else "bbse"
-    alternative = replay(halves, routing, ShiftAwarePolicy(window, estimator=other), batch, 100, window)
+    alternative = shift_aware(other, confidence)
+    bounds = {}
+    for level in CONFIDENCES:  # what an upper bound of the share buys (accuracy) and costs (escalations)
+        measured = shift if level == confidence else shift_aware(estimator, level)
+        bounds[str(level)] = {h.name: {k: measured[h.name][k] for k in ("joint_over_cloud", "escalation_rate")}
+                              for h in halves} | {"joint_over_cloud_min": measured["joint_over_cloud_min"]}
     table = routing.shift
     # The threshold fitted for the validation split's own mix, the band as shipped (what the issue's "fit on
     # validation, 3 % oos" means): the table's choice at that share, then held fixed.
@@ -206,16 +220,18 @@ def run(model_dir: Path, *, window: int, batch: int, seed: int, estimator: str) 
                                                                        "routing_target", "edge_oos_band")},
         "table_source": source, "table_points": len(table.thresholds),
         "table_json_bytes": len(json.dumps(dataclasses.asdict(table))),
-        "window": window, "batch": batch, "seed": seed, "estimator": estimator,
+        "window": window, "batch": batch, "seed": seed, "estimator": estimator, "confidence": confidence,
         "halves": [{"name": h.name, "texts": len(h.gold), "oos_share": round(h.oos_share, 5)} for h in halves],
         "fixed": fixed, "shift_aware": {"estimator": estimator, **shift},
         f"shift_aware_{other}": {"estimator": other, **alternative},
+        "shift_aware_by_confidence": {"estimator": estimator, **bounds},
         "fixed_val_mix": {"threshold": round(val_mix, 5), **fixed_val},
         "oracle_mix": oracle_mix(halves, routing), "em_on_whole_halves": static_estimates(halves, routing),
         "failed": 0,  # a replay has no network: every text gets an answer by construction
         "note": (f"Validation split (3.2 % oos) then test split (18.2 %) through the artifact's real models; fixed: "
                  f"the manifest's threshold (fitted for {routing.traffic_oos_fraction or 'the validation mix'}); "
-                 f"shift_aware: EDGE_POLICY=shift_aware, EDGE_SHIFT_ESTIMATOR={estimator}, window {window}. The "
+                 f"shift_aware: EDGE_POLICY=shift_aware, EDGE_SHIFT_ESTIMATOR={estimator}, EDGE_SHIFT_CONFIDENCE="
+                 f"{confidence}, window {window}. The "
                  "first half is the split the table and the fixed threshold were fitted on."),
         "goal_met": bool(shift["joint_over_cloud_min"] >= GOAL),
         "fixed_misses_one_half": bool(fixed["joint_over_cloud_min"] < GOAL),
@@ -273,6 +289,15 @@ def report_md(r: dict[str, Any]) -> str:
             f"text (run on the same thread, batches of {r['batch']}): fixed {r['fixed']['policy_us_per_text']} us, "
             f"shift-aware {r['shift_aware']['policy_us_per_text']} us ({r['estimator']}), "
             f"{r[f'shift_aware_{other}']['policy_us_per_text']} us ({other}), the estimate's refreshes included.")
+    by_level = {k: v for k, v in r.get("shift_aware_by_confidence", {}).items() if k != "estimator"}
+    intro = (f"The threshold at an upper confidence bound of the share instead of the estimate "
+             f"(EDGE_SHIFT_CONFIDENCE; {r['estimator']}): joint / cloud-only and escalation per half.")
+    lines = [intro, "", "| confidence | val joint/cloud | val escalated | test joint/cloud | test escalated |",
+             "|---|---|---|---|---|"]
+    for level, f in by_level.items():
+        lines.append(f"| {level} | {f['val']['joint_over_cloud']:.4f} | {f['val']['escalation_rate']:.1%} | "
+                     f"{f['test']['joint_over_cloud']:.4f} | {f['test']['escalation_rate']:.1%} |")
+    levels = "\n".join(lines)
     caveat = ("The first half is the validation split the table and the fixed threshold were fitted on "
               "(in-sample for both); the second half is unseen. Each half's figures include the estimate's lag "
               "after the switch.")
@@ -282,7 +307,7 @@ def report_md(r: dict[str, Any]) -> str:
                         (f"On the test half's texts after its first {r['window']} (the estimate settled), joint / "
                          f"cloud-only: {settled}."),
                         f"Estimated oos share, {r['estimator']} (texts seen: estimate): {course('shift_aware')}.",
-                        f"The same, {other}: {course(f'shift_aware_{other}')}.", cost, caveat]) + "\n"
+                        f"The same, {other}: {course(f'shift_aware_{other}')}.", levels, cost, caveat]) + "\n"
 
 
 def _round(value: float | None) -> float | None:
@@ -305,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="texts per policy call (an edge batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--estimator", choices=["em", "bbse"], default="em", help="EDGE_SHIFT_ESTIMATOR")
+    parser.add_argument("--confidence", type=float, default=0.5, help="EDGE_SHIFT_CONFIDENCE (0.5: the estimate)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "shift.json")
     args = parser.parse_args(argv)
     if not (args.model_dir / "manifest.json").is_file():
         parser.error(f"{args.model_dir}: no manifest.json (build a model first: make build)")
-    result = run(args.model_dir, window=args.window, batch=args.batch, seed=args.seed, estimator=args.estimator)
+    if not 0.5 <= args.confidence < 1.0:
+        parser.error(f"--confidence must be in [0.5, 1), got {args.confidence}")
+    result = run(args.model_dir, window=args.window, batch=args.batch, seed=args.seed, estimator=args.estimator,
+                 confidence=args.confidence)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(report_md(result))

@@ -12,6 +12,7 @@ import random
 from abc import ABC, abstractmethod
 from collections import deque
 from datetime import datetime
+from statistics import NormalDist
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -180,19 +181,28 @@ class ShiftAwarePolicy(ThresholdPolicy):
 
     `estimator="bbse"` estimates the share instead by soft black-box shift estimation (the window's mean
     `oos` probability de-mixed with the table's per-group means): no iterations, and unbiased under prior
-    shift whatever the rows' calibration, where EM relies on it (`bench/results/shift.md` compares them)."""
+    shift whatever the rows' calibration, where EM relies on it (`bench/results/shift.md` compares them).
+
+    `confidence` above 0.5 takes the table's threshold at a one-sided upper confidence bound of the share
+    instead of at the estimate: under-reading the share costs accuracy below the target, over-reading it only
+    escalations, and the estimate is uncertain, mostly through the table's small oos group (`ShiftTable.
+    share_standard_error`). The metric stays the estimate."""
 
     name = "shift_aware"
 
     def __init__(self, window: int = 2000, *, every: int | None = None, min_samples: int | None = None,
-                 estimator: ShiftEstimator = "em") -> None:
-        self.estimator = estimator
+                 estimator: ShiftEstimator = "em", confidence: float = 0.5) -> None:
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        self.estimator, self.confidence = estimator, confidence
+        self._z = NormalDist().inv_cdf(confidence)
         self._rows = RowWindow(window)
         self.every = every or max(1, window // 10)
         self.min_samples = min(min_samples or max(1, window // 4), window)
         self._routing: RoutingEntry | None = None  # the version the window and the estimate belong to
         self._since = 0
         self._estimate: PriorEstimate | None = None
+        self._share: float | None = None  # the estimate; the point is the table's at its upper bound
         self._point: ShiftPoint | None = None
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
@@ -205,7 +215,7 @@ class ShiftAwarePolicy(ThresholdPolicy):
         if table is None:
             return
         if routing is not self._routing:  # another version: its own calibration and table, a fresh window
-            self._routing, self._estimate, self._point, self._since = routing, None, None, 0
+            self._routing, self._estimate, self._point, self._share, self._since = routing, None, None, None, 0
             self._rows.clear()
         self._rows.add(probs)
         self._since += len(probs)
@@ -213,24 +223,29 @@ class ShiftAwarePolicy(ThresholdPolicy):
             return
         self._since = 0
         rows = self._rows.rows()
-        share = table.bbse_share(float(rows[:, table.oos_index].mean())) if self.estimator == "bbse" else None
+        p_oos = rows[:, table.oos_index]
+        share = table.bbse_share(float(p_oos.mean())) if self.estimator == "bbse" else None
         if share is None:
             start = table.source_priors if self._estimate is None else self._estimate.priors
             self._estimate = em_priors(rows, np.asarray(table.em_source()), start=np.asarray(start))
             share = float(self._estimate.priors[table.oos_index])
-        self._point = table.operating_point(share, routing.target_joint_over_teacher)
+        error = table.share_standard_error(share, float(p_oos.var(dtype=np.float64)), len(p_oos)) if self._z else 0.0
+        self._share = share
+        self._point = table.operating_point(min(1.0, share + self._z * error), routing.target_joint_over_teacher)
 
     def threshold_for(self, routing: RoutingEntry) -> float:
         point = self._point
         return point.threshold if point is not None and routing is self._routing else routing.threshold
 
     def estimated_oos_share(self) -> float | None:
-        return None if self._point is None else self._point.oos_share
+        return self._share
 
     def describe(self) -> dict[str, object]:
-        point, estimate = self._point, self._estimate
+        point, estimate, share = self._point, self._estimate, self._share
         return {"name": self.name, "estimator": self.estimator, "window": self._rows.size, "seen": len(self._rows),
-                "estimated_oos_share": None if point is None else round(point.oos_share, 4),
+                "confidence": self.confidence,
+                "estimated_oos_share": None if share is None else round(share, 4),
+                "oos_share_bound": None if point is None else round(point.oos_share, 4),
                 "threshold": None if point is None else point.threshold,
                 "expected_escalation_rate": None if point is None else round(point.escalation_rate, 4),
                 "reachable": None if point is None else point.reachable,
@@ -293,5 +308,6 @@ def make_policy(name: str, settings: Settings | None = None) -> Policy:
         # Each of EDGE_PROCESSES sees about 1/N of the demand, and the whole budget in every cloud reply.
         return PacedPolicy(BudgetPacer(window_s=s.pace_window_s, reserve=s.pace_reserve, share=1.0 / s.processes))
     if name == "shift_aware":
-        return ShiftAwarePolicy(s.shift_window, estimator=s.shift_estimator)  # type: ignore[arg-type]
+        return ShiftAwarePolicy(s.shift_window, estimator=s.shift_estimator,  # type: ignore[arg-type]
+                                confidence=s.shift_confidence)
     return POLICIES[name]()

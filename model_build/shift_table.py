@@ -42,7 +42,8 @@ def _group(mask: BoolArray, escalated: BoolArray, right: BoolArray, cloud_ok: Bo
 
     return ShiftGroup(n=int(mask.sum()), cloud_accuracy=float(mean(cloud_ok)), edge_oos_rate=float(mean(band)),
                       escalation_rate=tuple(mean(escalated).tolist()), joint_accuracy=tuple(mean(right).tolist()),
-                      mean_oos_probability=round(float(p_oos[mask].mean()), 8))
+                      mean_oos_probability=round(float(p_oos[mask].mean()), 8),
+                      sd_oos_probability=round(float(p_oos[mask].std()), 8))
 
 
 def shift_table(edge_probs: FloatArray, cloud_pred: IntArray, labels: IntArray, oos_index: int,

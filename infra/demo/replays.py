@@ -20,7 +20,6 @@ scenario with its status and names the step.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -84,14 +83,20 @@ def _traffic_mix(model_dir: Path) -> Any:
 
 
 def _rebuild(model_dir: Path, data: Path, out: Path, cache_dir: Path | None, *options: str) -> list[str]:
-    """The build command of `model_dir`'s preset with `options`: the stage cache supplies what they leave
-    unchanged (the teacher always)."""
-    preset = _built_with(model_dir).get("preset", "fast")
+    """The build command of `model_dir`'s preset and unlabeled pool with `options`: the stage cache supplies
+    what they leave unchanged (the teacher always). The pool is the one the artifact's build record names,
+    never the environment's: without it the transfer set, and so the student, would silently be another."""
+    built = _built_with(model_dir)
+    preset = built.get("preset", "fast")
     command = [sys.executable, "-m", "model_build", "build", "--preset", str(preset), "--data", str(data),
                *options, "--out", str(out), "--cache-dir", str(cache_dir or REPO_ROOT / ".cache" / "model_build")]
-    unlabeled = os.environ.get("UNLABELED")  # the Makefile's: the stage cache's transfer set used it too
-    if unlabeled and Path(unlabeled).is_file():
-        command += ["--unlabeled", unlabeled]
+    recorded = built.get("config", {}).get("unlabeled")
+    if recorded:
+        unlabeled = Path(recorded) if Path(recorded).is_absolute() else REPO_ROOT / recorded
+        if not unlabeled.is_file():
+            raise StackError(f"{model_dir} was built with --unlabeled {recorded}, which is not there: a rebuild "
+                             "without it would train another student (put the file back, or rebuild the artifact)")
+        command += ["--unlabeled", str(unlabeled)]
     return command
 
 

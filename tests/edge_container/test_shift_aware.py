@@ -192,3 +192,37 @@ def test_an_artifact_without_a_table_serves_as_threshold(tiny_artifact: Path) ->
         for _ in range(10):
             assert client.post("/v1/predict", json={"texts": ["hello there"] * 16}).status_code == 200
         assert math.isnan(_gauge(client.get("/metrics").text))
+
+
+def _with_spreads(table: ShiftTable) -> ShiftTable:
+    rows, y = labelled_rows(SOURCE, 20_000, seed=11)
+    sds = {g: float(rows[(y == 3) == g, 3].std()) for g in (False, True)}
+    return dataclasses.replace(table, in_scope=dataclasses.replace(table.in_scope, sd_oos_probability=sds[False]),
+                               oos=dataclasses.replace(table.oos, sd_oos_probability=sds[True]))
+
+
+def test_a_confidence_bound_takes_the_threshold_for_a_higher_share() -> None:
+    routing = dataclasses.replace(ROUTING, shift=_with_spreads(with_group_means(TABLE)))
+    rows = calibrated_rows(np.array([0.25, 0.25, 0.25, 0.25]), 2000, seed=12)
+    at_estimate = ShiftAwarePolicy(2000, every=200, min_samples=500, estimator="bbse")
+    bounded = ShiftAwarePolicy(2000, every=200, min_samples=500, estimator="bbse", confidence=0.99)
+    feed(at_estimate, routing, rows)
+    feed(bounded, routing, rows)
+    share, info = bounded.estimated_oos_share(), bounded.describe()
+    assert share is not None and share == at_estimate.estimated_oos_share()  # the metric is the estimate
+    # The table's 40 oos texts make the bound clearly higher; its threshold is the table's at the bound.
+    assert info["confidence"] == 0.99 and info["oos_share_bound"] > round(share, 4) + 0.05
+    assert at_estimate.describe()["oos_share_bound"] == round(share, 4)
+    expected = routing.shift.operating_point(info["oos_share_bound"], routing.target_joint_over_teacher)
+    assert bounded.threshold_for(routing) == expected.threshold
+    assert bounded.threshold_for(routing) >= at_estimate.threshold_for(routing)
+    with pytest.raises(ValueError, match="confidence must be in"):
+        ShiftAwarePolicy(confidence=0.3)
+
+
+def test_the_confidence_setting() -> None:
+    settings = Settings.from_env({"EDGE_POLICY": "shift_aware", "EDGE_SHIFT_CONFIDENCE": "0.9"})
+    assert make_policy(settings.policy, settings).describe()["confidence"] == 0.9
+    assert Settings().shift_confidence == 0.5
+    with pytest.raises(ConfigurationError, match="EDGE_SHIFT_CONFIDENCE"):
+        Settings.from_env({"EDGE_SHIFT_CONFIDENCE": "0.3"})

@@ -62,3 +62,33 @@ def test_shift_runs_a_validation_mix_artifact_as_it_is(tmp_path: Path, tiny_arti
     with pytest.raises(StackError, match="fixed against shift-aware thresholds"):
         run_replay("shift", artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
     assert len(logged) == 1 and f"bench/shift.py --model-dir {artifact}" in logged[0]
+
+
+def _with_unlabeled(tiny_artifact: Path, folder: Path, unlabeled: str) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_artifact, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.setdefault("build", {}).setdefault("config", {})["unlabeled"] = unlabeled
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_a_rebuild_uses_the_unlabeled_pool_the_artifact_was_built_with(
+        tmp_path: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = tmp_path / "pool.txt"
+    pool.write_text("a sentence from elsewhere\n")
+    artifact = _with_unlabeled(tiny_artifact, tmp_path / "a", str(pool))
+    monkeypatch.delenv("UNLABELED", raising=False)  # the environment has no say: the build record does
+    logged: list[str] = []
+    with pytest.raises(StackError, match="refit the routing"):
+        run_replay("shift", artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
+    assert f"--unlabeled {pool}" in logged[0]
+
+
+def test_a_rebuild_refuses_when_the_recorded_pool_is_missing(tmp_path: Path, tiny_artifact: Path) -> None:
+    artifact = _with_unlabeled(tiny_artifact, tmp_path / "a", str(tmp_path / "gone.txt"))
+    logged: list[str] = []
+    with pytest.raises(StackError, match="which is not there: a rebuild without it would train another student"):
+        run_replay("shift", artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
+    assert logged == []  # refused before any step ran

@@ -80,3 +80,13 @@ def test_the_oos_bias_undoes_an_understated_oos_probability() -> None:
     table = shift_table(shy, cloud, labels, OOS, ROUTING)
     assert table.oos_log_bias == pytest.approx(bias, abs=1e-5)
     assert table.em_source()[OOS] == pytest.approx(table.source_priors[OOS] * np.exp(-bias))
+
+
+def test_each_group_records_the_mean_and_spread_of_its_oos_probability() -> None:
+    probs, cloud, labels = _split()
+    table = shift_table(probs, cloud, labels, OOS, ROUTING)
+    for group, mask in ((table.oos, labels == OOS), (table.in_scope, labels != OOS)):
+        assert group.n == int(mask.sum())
+        assert group.mean_oos_probability == pytest.approx(probs[mask, OOS].mean(), abs=1e-8)
+        assert group.sd_oos_probability == pytest.approx(probs[mask, OOS].std(), abs=1e-8)
+        assert group.sd_oos_probability > 0.0

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from modelpack.errors import ManifestError
@@ -126,3 +127,40 @@ def test_bbse_de_mixes_the_mean_oos_probability() -> None:
     assert TABLE.bbse_share(0.9) == 1.0 and TABLE.bbse_share(0.0) == 0.0  # clipped to a share
     flat = dataclasses.replace(TABLE, oos=dataclasses.replace(TABLE.oos, mean_oos_probability=0.01))
     assert flat.bbse_share(0.2) is None  # the groups look alike: no estimate
+
+
+def test_the_share_standard_error_matches_the_spread_of_repeated_estimates() -> None:
+    # Groups whose `oos` probabilities are Beta-distributed; the table's means measured on n texts of each,
+    # a window of 2,000 texts at a 20 % share: the formula's error against that of 3,000 repeated estimates.
+    rng = np.random.default_rng(0)
+    n_in, n_oos, window, share = 3000, 100, 2000, 0.2
+    draw_in, draw_oos = (lambda k: rng.beta(0.3, 20.0, size=k)), (lambda k: rng.beta(1.2, 2.0, size=k))
+    estimates, predicted = [], []
+    for _ in range(3000):
+        p_in, p_oos = draw_in(n_in), draw_oos(n_oos)
+        table = dataclasses.replace(
+            TABLE, in_scope=dataclasses.replace(TABLE.in_scope, n=n_in, mean_oos_probability=float(p_in.mean()),
+                                                sd_oos_probability=float(p_in.std())),
+            oos=dataclasses.replace(TABLE.oos, n=n_oos, mean_oos_probability=float(p_oos.mean()),
+                                    sd_oos_probability=float(p_oos.std())))
+        k = rng.binomial(window, share)
+        rows = np.concatenate([draw_in(window - k), draw_oos(k)])
+        estimate = table.bbse_share(float(rows.mean()))
+        assert estimate is not None
+        estimates.append(estimate)
+        predicted.append(table.share_standard_error(estimate, float(rows.var()), window))
+    spread = float(np.std(estimates))
+    assert np.mean(predicted) == pytest.approx(spread, rel=0.1)
+    # The table's 100 oos texts add about as much error as the window's 2,000 texts.
+    window_only = dataclasses.replace(table, oos=dataclasses.replace(table.oos, sd_oos_probability=0.0),
+                                      in_scope=dataclasses.replace(table.in_scope, sd_oos_probability=0.0))
+    assert window_only.share_standard_error(0.2, float(rows.var()), window) < 0.8 * spread
+    assert TABLE.share_standard_error(0.2, 0.01, 2000) > 0.0  # an older table (no spreads): the window's alone
+
+
+def test_a_table_without_the_groups_spread_reads_as_zero() -> None:
+    raw = json.loads(json.dumps(manifest().to_dict()))
+    del raw["routing"]["shift"]["oos"]["sd_oos_probability"]
+    assert Manifest.from_dict(raw).routing.shift.oos.sd_oos_probability == 0.0
+    with pytest.raises(ManifestError, match=r"oos\.sd_oos_probability must be a finite number"):
+        Manifest.from_dict(_mutated(("oos", "sd_oos_probability"), -0.1))
