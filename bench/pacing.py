@@ -109,9 +109,10 @@ def replay(traffic: Traffic, policy: Any, budget: int | None, clock: Clock) -> d
     }
 
 
-def score_ordered_bound(traffic: Traffic, budget: int) -> float:
+def score_ordered_bound(traffic: Traffic, budget: int, order_by: str | None = None) -> float:
     """Joint accuracy if the budget went to exactly the least confident would-be escalations of the whole
-    day, known in advance: the ceiling of any pacing that orders by the routing score."""
+    day, known in advance: the ceiling of any pacing that orders by the routing score (or by `order_by`,
+    another of `modelpack.scores.SCORES`, among the same would-be escalations)."""
     from modelpack.scores import SCORES, manifest_band_score
 
     r = traffic.routing
@@ -119,7 +120,8 @@ def score_ordered_bound(traffic: Traffic, budget: int) -> float:
     band = manifest_band_score(traffic.probs, r, traffic.oos_index)
     hopeless = np.zeros(len(scores), dtype=bool) if band is None else band < r.oos_threshold
     wanted = np.flatnonzero((scores < r.threshold) & ~hopeless)
-    chosen = wanted[np.argsort(scores[wanted], kind="stable")][: budget // (PER_CALL + PER_TEXT)]
+    order = scores if order_by is None else SCORES[order_by](traffic.probs)
+    chosen = wanted[np.argsort(order[wanted], kind="stable")][: budget // (PER_CALL + PER_TEXT)]
     answers = traffic.edge_pred.copy()
     if traffic.oos_index is not None:
         answers[hopeless] = traffic.oos_index
@@ -131,6 +133,7 @@ def run(model_dir: Path, *, budget_share: float, seed: int, window_s: float) -> 
     sys.path.insert(0, str(REPO_ROOT))
     from edge_container.pacing import BudgetPacer
     from edge_container.policies import PacedPolicy, ThresholdPolicy
+    from modelpack.scores import SCORES
 
     traffic = load_traffic(model_dir, seed)
     unlimited = replay(traffic, ThresholdPolicy(), None, Clock())
@@ -148,6 +151,8 @@ def run(model_dir: Path, *, budget_share: float, seed: int, window_s: float) -> 
         "unlimited_threshold": unlimited, "greedy": greedy, "paced": paced,
         "cloud_only_accuracy": round(cloud_only, 5), "edge_only_accuracy": round(edge_only, 5),
         "score_ordered_bound_joint_accuracy": score_ordered_bound(traffic, budget),
+        # The same ceiling were the pacer to rank the would-be escalations by another score instead.
+        "score_ordered_bound_by_score": {name: score_ordered_bound(traffic, budget, name) for name in SCORES},
         "paced_minus_greedy_points": round((paced["joint_accuracy"] - greedy["joint_accuracy"]) * 100, 3),
         "failed": 0,  # a replay has no network: every text gets an answer by construction
         "machine": {"cpu": _cpu(), "python": platform.python_version()},
