@@ -92,7 +92,7 @@ def _rebuild(model_dir: Path, data: Path, out: Path, cache_dir: Path | None, *op
                *options, "--out", str(out), "--cache-dir", str(cache_dir or REPO_ROOT / ".cache" / "model_build")]
     recorded = built.get("config", {}).get("unlabeled")
     if recorded:
-        unlabeled = Path(recorded) if Path(recorded).is_absolute() else REPO_ROOT / recorded
+        unlabeled = REPO_ROOT / recorded  # relative to the repository, as the Makefile passes it
         if not unlabeled.is_file():
             raise StackError(f"{model_dir} was built with --unlabeled {recorded}, which is not there: a rebuild "
                              "without it would train another student (put the file back, or rebuild the artifact)")
