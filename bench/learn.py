@@ -41,21 +41,19 @@ def halves(manifest: Any) -> tuple[list[str], np.ndarray, list[str], np.ndarray]
 
 
 def route(manifest: Any, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(escalate mask, edge-oos mask) of the manifest's routing."""
-    from modelpack.scores import SCORES, manifest_band_score
+    """(escalate mask, edge-oos mask) of the manifest's routing (`modelpack.routing.decide`)."""
+    from modelpack.routing import decide
 
-    r = manifest.routing
-    band = manifest_band_score(probs, r, manifest.oos_index)
-    hopeless = np.zeros(len(probs), dtype=bool) if band is None else band < r.oos_threshold
-    return (SCORES[r.score](probs) < r.threshold) & ~hopeless, hopeless
+    chosen = decide(probs, manifest.routing, manifest.oos_index)
+    return chosen.escalate, chosen.edge_oos
 
 
 def cloud_answers(manifest: Any, folder: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     from modelpack.classifier import Classifier
-    from modelpack.scores import predict_with_oos
+    from modelpack.routing import cloud_answer
 
     probs = Classifier(manifest, folder, "cloud").probabilities(texts)
-    return predict_with_oos(probs, manifest.cloud.oos_threshold, manifest.oos_index), probs.max(axis=1)
+    return cloud_answer(probs, manifest.cloud.oos_threshold, manifest.oos_index), probs.max(axis=1)
 
 
 def record(model_dir: Path, store_path: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Routing policies: which edge answers go to the cloud. A small strategy, one class per rule, chosen by name.
 
-Scores come from `modelpack.scores`, the same functions the build used to choose the manifest's threshold:
-a score computed any other way would make that threshold meaningless. Every policy sees calibrated
+The rule itself is `modelpack.routing` (the edge's `oos` band, the escalation test), the same functions the build
+used to choose the manifest's thresholds: a rule applied any other way would make those thresholds meaningless. Every policy sees calibrated
 probabilities (the manifest's temperature is already applied) and the routing entry of the model version
 that produced them, so a hot reload brings its own threshold.
 """
@@ -21,7 +21,8 @@ from edge_container.pacing import BudgetPacer, Priority, ScoreWindow, paced_mask
 from edge_container.priors import PriorEstimate, RowWindow, em_priors
 from edge_container.settings import Settings
 from modelpack.manifest import RoutingEntry
-from modelpack.scores import SCORES, manifest_band_score
+from modelpack import routing as rule
+from modelpack.scores import SCORES
 from modelpack.shift import ShiftPoint
 
 ShiftEstimator = Literal["em", "bbse"]
@@ -42,8 +43,7 @@ class Policy(ABC):
     def edge_oos(self, probs: np.ndarray, routing: RoutingEntry, oos_index: int | None) -> np.ndarray | None:
         """Boolean mask [n] of texts the edge answers `oos` without the cloud, or None (no band). It wins
         over `escalate`: paying the cloud to say `oos` about a text the edge finds hopeless buys nothing."""
-        band = manifest_band_score(probs, routing, oos_index) if self.uses_oos_band else None
-        return None if band is None else band < routing.oos_threshold
+        return rule.edge_oos(probs, routing, oos_index) if self.uses_oos_band else None
 
     def pace(self, probs: np.ndarray, routing: RoutingEntry, escalate: np.ndarray,
              priority: Priority = "normal") -> np.ndarray:
@@ -69,7 +69,7 @@ class ThresholdPolicy(Policy):
     name = "threshold"
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
-        return SCORES[routing.score](probs) < routing.threshold
+        return rule.below(probs, routing.score, routing.threshold)
 
 
 class _FixedScorePolicy(Policy):
@@ -86,7 +86,7 @@ class _FixedScorePolicy(Policy):
         return routing.threshold if routing.score == self.score else self.default_threshold
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
-        return SCORES[self.score](probs) < self.threshold_for(routing)
+        return rule.below(probs, self.score, self.threshold_for(routing))
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "score": self.score, "threshold": self.threshold}
@@ -207,7 +207,7 @@ class ShiftAwarePolicy(ThresholdPolicy):
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
         self.observe(probs, routing)
-        return SCORES[routing.score](probs) < self.threshold_for(routing)
+        return rule.below(probs, routing.score, self.threshold_for(routing))
 
     def observe(self, probs: np.ndarray, routing: RoutingEntry) -> None:
         """Add a batch's rows to the window; refresh the estimate and the threshold when it is time."""

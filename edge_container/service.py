@@ -38,7 +38,7 @@ from modelpack.cloud_api import Answer
 from modelpack.scores import SCORES
 
 Route = Literal["auto", "edge", "cloud"]
-EDGE_OOS = "edge_oos"  # the reason of an `oos` answered by the edge itself (the manifest's lowest band)
+EDGE_OOS = "out_of_scope"  # the reason of an `oos` the edge answers itself (the manifest's lowest band)
 PACED = "paced"  # the fallback reason of an escalation a pacing policy held back to make the budget last
 # Chunks of one request's escalations in flight at once: its latency is the slowest chunk's, not their sum;
 # the cloud client's connection pool (EDGE_CLOUD_MAX_CONNECTIONS) bounds all requests together.

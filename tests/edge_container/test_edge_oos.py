@@ -33,7 +33,7 @@ def test_below_the_oos_band_the_edge_answers_oos_itself(tiny_artifact: Path, tmp
         body = client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE]}).json()
         got = outcomes(body)
         assert got[0][1:] == ("edge", "confident")
-        assert got[1] == ("oos", "edge", "edge_oos")
+        assert got[1] == ("oos", "edge", "out_of_scope")
         assert body["results"][1]["edge"]["confidence"] < 0.55  # its own best guess is still reported
         assert body["results"][1]["confidence"] == pytest.approx(1 - body["results"][1]["edge"]["confidence"])
         assert cloud.attempts == []  # nothing paid for
@@ -81,5 +81,5 @@ def test_the_band_may_be_cut_on_the_best_in_scope_probability(tiny_artifact: Pat
     assert load_manifest(folder).routing.oos_score == "in_scope_max_prob"
     with serve_edge(edge_settings(folder, cloud_url=cloud.url, cloud_api_key="k")) as (client, _):
         got = outcomes(client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE]}).json())
-        assert got[0][1:] == ("edge", "confident") and got[1] == ("oos", "edge", "edge_oos")
+        assert got[0][1:] == ("edge", "confident") and got[1] == ("oos", "edge", "out_of_scope")
         assert cloud.attempts == []

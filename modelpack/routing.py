@@ -1,0 +1,79 @@
+"""The routing rule, in one place: what the edge answers, what goes to the cloud, what the cloud answers.
+
+Given a manifest's calibrated probabilities (`modelpack.classifier.calibrated`):
+
+1. **the edge answers `oos` itself** where the band score (`routing.oos_score`, else `routing.score`) is
+   below `routing.oos_threshold` (no band: never). Such a text is never escalated: paying the cloud to
+   say `oos` about a text the edge finds hopeless buys nothing;
+2. otherwise **the cloud answers** where `routing.score` is below `routing.threshold`;
+3. otherwise the edge answers its argmax.
+
+The cloud answers its argmax, or `oos` where its max probability is below `models.cloud.oos_threshold`
+(`cloud_answer`). The build fits the thresholds with these functions, its evaluation and the shift table
+measure them, and the edge's policies, the Lambda and the benches apply them: a threshold means the same
+thing everywhere because only this module reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelpack.scores import SCORES, manifest_band_score, predict_with_oos
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to one bool
+class Route:
+    """Per text: `edge_oos` (the edge answers `oos`) and `escalate` (the cloud answers); never both."""
+
+    edge_oos: np.ndarray
+    escalate: np.ndarray
+
+    @property
+    def edge_answers(self) -> np.ndarray:
+        """The texts the edge answers with an intent of its own."""
+        return ~self.edge_oos & ~self.escalate
+
+
+def edge_oos(probs: np.ndarray, routing: Any, oos_index: int | None) -> np.ndarray | None:
+    """Mask of the texts in the edge's own `oos` band, or None when the manifest has no band."""
+    band = manifest_band_score(probs, routing, oos_index)
+    return None if band is None else band < routing.oos_threshold
+
+
+def below(probs: np.ndarray, score: str, threshold: float) -> np.ndarray:
+    """Mask of the texts whose `score` is below `threshold`: the escalation test of every policy."""
+    return SCORES[score](probs) < threshold
+
+
+def decide(probs: np.ndarray, routing: Any, oos_index: int | None, *, threshold: float | None = None,
+           band: bool = True, escalate: np.ndarray | None = None) -> Route:
+    """The manifest's rule on calibrated edge probabilities [n, labels]. `threshold` replaces the manifest's
+    escalation threshold (a policy's own: shift-aware, budget); `escalate` replaces the escalation test
+    altogether (a policy's own mask); `band=False` leaves the `oos` band out (the baseline policies)."""
+    if escalate is None:
+        escalate = below(probs, routing.score, routing.threshold if threshold is None else threshold)
+    hopeless = edge_oos(probs, routing, oos_index) if band else None
+    if hopeless is None:
+        return Route(np.zeros(len(escalate), dtype=np.bool_), np.asarray(escalate, dtype=np.bool_))
+    return Route(hopeless, np.asarray(escalate, dtype=np.bool_) & ~hopeless)
+
+
+def cloud_answer(probs: np.ndarray, oos_threshold: float | None, oos_index: int | None) -> np.ndarray:
+    """The cloud's answers: its argmax, `oos_index` where its max probability is below `oos_threshold`."""
+    return predict_with_oos(probs, oos_threshold, oos_index)
+
+
+def cascade(edge_probs: np.ndarray, cloud_probs: np.ndarray, manifest: Any) -> tuple[np.ndarray, Route]:
+    """What the whole cascade answers for each text (label indices), and the route each took: the edge's
+    rule on `edge_probs`, the cloud's on `cloud_probs` (computed for every text; used where escalated)."""
+    oos = manifest.oos_index
+    route = decide(edge_probs, manifest.routing, oos)
+    answers = edge_probs.argmax(axis=-1).astype(np.int64)
+    if oos is not None:
+        answers[route.edge_oos] = oos
+    cloud = cloud_answer(cloud_probs, manifest.cloud.oos_threshold, oos)
+    answers[route.escalate] = cloud[route.escalate]
+    return answers, route
