@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("dir", type=Path)
     e.add_argument("--data", type=Path)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--ood", type=Path, metavar="FILE",
+                   help="texts known to lie outside every intent (.txt, one a line, or .csv/.jsonl with 'text'): "
+                        "report what each tier does with them beside the in-scope test texts, instead")
 
     _publish_parser(sub.add_parser(
         "publish", help="upload an artifact to S3 under a versioned prefix, then latest.json "
@@ -57,6 +60,13 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--unlabeled", type=Path, default=None,
                    help="unlabelled texts (a .txt, one a line, or a .csv/.jsonl with a 'text' column) the teacher "
                         "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
+    b.add_argument("--negatives", type=Path, default=None,
+                   help="for data without an 'oos' label: texts known to lie outside every intent (a .txt, one a "
+                        "line, or a .csv/.jsonl with a 'text' column; generic sentences such as CLINC150's "
+                        "all_wiki_sents.txt, or off-topic requests of your own): a background class 'oos' is "
+                        "learnt from them, so both tiers answer 'oos' for requests none of your intents fits")
+    b.add_argument("--max-false-reject", type=float, default=None, metavar="RATE",
+                   help="the share of in-domain validation texts either tier may answer 'oos' (default 0.02)")
     b.add_argument("--feedback", default=None, metavar="PATH|s3://BUCKET/PREFIX",
                    help="the edge's feedback (EDGE_FEEDBACK_PATH stores, `edge_container feedback export` files, a "
                         "folder of them, or an S3 prefix holding them): the cloud-answered texts join the student's "
@@ -119,8 +129,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "publish":
         return _publish(args)
     if args.command == "evaluate":
-        from model_build.evaluate import evaluate_artifact
+        from model_build.evaluate import evaluate_artifact, evaluate_ood
 
+        if args.ood is not None:
+            report = evaluate_ood(args.dir, args.ood, data_path=args.data)
+            print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+            return 0
         metrics = evaluate_artifact(args.dir, data_path=args.data)
         print(json.dumps(metrics, indent=2) if args.json else _summary(metrics))
         return 0
@@ -133,6 +147,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides["routing_target"] = args.routing_target
     if args.unlabeled is not None:
         overrides["unlabeled"] = str(args.unlabeled)
+    if args.negatives is not None:
+        overrides["negatives"] = str(args.negatives)
+    if args.max_false_reject is not None:
+        overrides["max_false_reject"] = args.max_false_reject
     if args.augment is not None:
         overrides["augment"] = args.augment
     if args.feedback is not None:

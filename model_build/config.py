@@ -49,6 +49,12 @@ class BuildConfig:
     gates: Gates = field(default_factory=Gates)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
+    # Texts known to lie outside every intent (--negatives): for data without an oos label, a background
+    # class `oos` learnt from them (model_build.data.with_background). None: no background class.
+    negatives: str | None = None
+    # The share of in-domain validation texts either tier may refuse as `oos` (--max-false-reject): the
+    # cloud's oos threshold and the edge's band are capped at it (model_build.fit.cap_false_reject).
+    max_false_reject: float = 0.02
     feedback: str | None = None  # the edge's feedback (store, export or folder) added to the transfer set
     feedback_weight: float = 1.0  # loss weight of a feedback text against 1 for a labelled one (--feedback-weight)
     feedback_copies: int = 0  # word-dropout copies of each feedback text, teacher-labelled too (--feedback-copies)
@@ -148,6 +154,12 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     unlabeled = overrides.get("unlabeled")
     if unlabeled is not None and not Path(unlabeled).is_file():
         raise BuildError(f"--unlabeled {unlabeled}: no such file")
+    negatives = overrides.get("negatives")
+    if negatives is not None and not Path(negatives).is_file():
+        raise BuildError(f"--negatives {negatives}: no such file")
+    reject = overrides.get("max_false_reject", config.max_false_reject)
+    if not 0.0 <= reject < 0.5:
+        raise BuildError(f"--max-false-reject must be in [0, 0.5), got {reject}")
     feedback = overrides.get("feedback")
     if feedback is not None and not Path(feedback).exists():
         raise BuildError(f"--feedback {feedback}: no such file or folder")

@@ -101,8 +101,10 @@ def choose_deferral(
     weights: npt.ArrayLike | None = None,
     name: str = "",
     oos_score: npt.ArrayLike | None = None,
+    max_false_reject: float | None = None,
 ) -> DeferralChoice:
-    """Fit both thresholds of the three-way rule. The band may be cut on a score of its own (`oos_score`,
+    """Fit both thresholds of the three-way rule. With `max_false_reject`, the band holds at most that
+    (weighted) share of the in-scope texts: the edge refuses no more of them than the user allows. The band may be cut on a score of its own (`oos_score`,
     e.g. the best in-scope probability: a text the edge calls `oos` with some confidence has a high max
     probability but no plausible intent); by default on `score` itself. O(c * n) for c realisable cuts of
     the band score: for each band (the i least band-confident answered ``oos``), the cheapest upper cut
@@ -123,6 +125,10 @@ def choose_deferral(
 
     band_order = np.argsort(b, kind="stable")
     band_cuts = realisable_cuts(b[band_order])
+    if max_false_reject is not None:
+        in_scope = ~is_oos[band_order]
+        refused = np.concatenate([[0.0], np.cumsum(w[band_order] * in_scope)])[band_cuts]
+        band_cuts = band_cuts[refused <= max_false_reject * float(np.sum(w * ~is_oos)) + EPS]
     up = _UpperCuts.of(s, w, teacher_ok, edge_ok)
     best, two_way = _cheapest_pair(band_order, band_cuts, up, w, is_oos, need)
     if best is None:

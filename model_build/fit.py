@@ -90,7 +90,10 @@ def traffic_fraction(config: BuildConfig, dataset: Dataset) -> float | None:
     if mix == "val" or dataset.oos_index is None:
         return None
     if mix == "test":
-        return float((np.asarray(dataset.test.labels) == dataset.oos_index).mean())
+        share = float((np.asarray(dataset.test.labels) == dataset.oos_index).mean())
+        # A background class (--negatives) leaves the test split without oos texts: say nothing about the
+        # mix rather than assume none; validation holds its negatives at model_build.data.BACKGROUND_VAL_SHARE.
+        return share if share > 0.0 else None
     return float(mix)
 
 
@@ -112,7 +115,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
                                          min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
         if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
-            oos_threshold = float(cloud_oos.threshold)
+            oos_threshold = cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold),
+                                             config.max_false_reject)
     cloud_pred = predict_with_oos(cloud_probs, oos_threshold, oos)
     split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction)
     edge = _fit_edge(config, edge_logits, split, 0.0)
@@ -183,7 +187,7 @@ def _rule_rate(config: BuildConfig, logits: np.ndarray, split: _Split, bias: flo
                               weights=split.w).choices[rule.score].escalation_rate
     choice = choose_deferral(
         SCORES[rule.score](probs), pred, split.cloud_pred, split.y, split.oos, target_ratio=config.routing_target,
-        weights=split.w, name=rule.score,
+        weights=split.w, name=rule.score, max_false_reject=config.max_false_reject,
         oos_score=None if rule.oos_score is None else band_score(rule.oos_score, probs, split.oos))
     return choice.escalation_rate if choice.reachable else 1.0
 
@@ -228,7 +232,8 @@ def _deferrals(config: BuildConfig, edge_probs: np.ndarray, cloud_pred: np.ndarr
     return {
         (name, band_name): choose_deferral(
             fn(edge_probs), edge_pred, cloud_pred, y, oos, target_ratio=config.routing_target, weights=w,
-            name=name, oos_score=None if band_name is None else band_score(band_name, edge_probs, oos))
+            name=name, max_false_reject=config.max_false_reject,
+            oos_score=None if band_name is None else band_score(band_name, edge_probs, oos))
         for name, fn in SCORES.items() for band_name in BAND_SCORES
     }
 
@@ -247,3 +252,21 @@ def _cheaper_deferral(deferrals: Mapping[tuple[str, str | None], DeferralChoice]
     if chosen.escalation_rate < two_way_rate - 1e-12 and np.isfinite(chosen.oos_threshold):
         return chosen, pick[1]
     return None
+
+
+def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,
+                     max_false_reject: float) -> float:
+    """`threshold` (the cloud's: max probability below it → `oos`), lowered so that the cloud refuses at
+    most `max_false_reject` of the in-scope texts (`labels` != `oos_index`): an argmax on `oos` counts as a
+    refusal that no threshold undoes. Placed midway between neighbouring scores, as every threshold is."""
+    p = np.asarray(probs, dtype=np.float64)
+    in_scope = np.asarray(labels) != oos_index
+    top = p[in_scope].max(axis=1)
+    argmax_oos = p[in_scope].argmax(axis=1) == oos_index
+    allowed = int(np.floor(max_false_reject * int(in_scope.sum()) + 1e-9)) - int(argmax_oos.sum())
+    scores = np.sort(top[~argmax_oos])
+    if allowed >= scores.size or (scores < threshold).sum() <= allowed:
+        return threshold
+    if allowed <= 0:
+        return float(scores[0]) if scores.size else threshold
+    return float(min(threshold, (scores[allowed - 1] + scores[allowed]) / 2.0))

@@ -25,7 +25,7 @@ from model_build.artifact import (
 )
 from model_build.cache import StageCache, stage_key
 from model_build.config import BuildConfig
-from model_build.data import Dataset, load_dataset, subset
+from model_build.data import Dataset, load_dataset, subset, with_background
 from model_build.errors import DataError
 from model_build.progress import StageTimer
 from modelpack.tokenizer import TextTokenizer
@@ -57,9 +57,17 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
     """Data, teacher and student: the expensive, cached part of a build (also used by bench/)."""
     with timer.stage("data"):
         dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
+        negatives_digest = None
+        if config.negatives:
+            from model_build.transfer import file_digest, load_unlabeled
+
+            dataset = with_background(dataset, load_unlabeled(config.negatives), seed=config.seed)
+            negatives_digest = file_digest(config.negatives)
         tokenizer = build_tokenizer(config)
         train_ids = tokenizer.encode(dataset.train.texts, pad_to=config.max_seq_len)
-    data_digest = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}
+    data_digest: dict[str, Any] = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}
+    if negatives_digest is not None:  # only when given: the keys of builds without it stay as they were
+        data_digest["negatives"] = negatives_digest
 
     teacher_key = stage_key(
         "teacher", data=data_digest, teacher=config.teacher, seq=config.max_seq_len,

@@ -1,0 +1,73 @@
+"""Out-of-scope rejection for data without an oos label: the background class (model_build.data.
+with_background) and the false-reject caps on both tiers (model_build.fit.cap_false_reject, the band's
+cap in model_build.deferral.choose_deferral)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_build.data import OOS_LABEL, Dataset, Split, with_background
+from model_build.deferral import choose_deferral
+from model_build.errors import DataError
+from model_build.fit import cap_false_reject
+
+
+def _dataset(oos: bool = False) -> Dataset:
+    labels = ("alarm", "music") + ((OOS_LABEL,) if oos else ())
+    train = Split(tuple(f"text {i}" for i in range(40)), np.arange(40) % 2)
+    val = Split(tuple(f"val {i}" for i in range(18)), np.arange(18) % 2)
+    test = Split(("play jazz", "wake me up"), np.array([1, 0]))
+    return Dataset(name="d", labels=labels, oos_label=OOS_LABEL if oos else None, train=train, val=val, test=test,
+                   source_sha256="x", source_path="d.csv")
+
+
+def test_the_background_class_is_learnt_and_validated_on_but_the_test_split_stays_the_users() -> None:
+    negatives = tuple(f"the river flows {i}" for i in range(100)) + ("text 3",)  # one equals a labelled text
+    grown = with_background(_dataset(), negatives, seed=0)
+
+    assert grown.labels == ("alarm", "music", OOS_LABEL) and grown.oos_index == 2
+    assert (grown.train.labels == 2).sum() == 4  # a tenth of 40 training texts
+    assert (grown.val.labels == 2).sum() == 2  # a tenth of the validation split: 2 of 20
+    assert grown.test.texts == ("play jazz", "wake me up")
+    added = [t for t, y in zip(grown.train.texts + grown.val.texts, np.r_[grown.train.labels, grown.val.labels])
+             if y == 2]
+    assert all(t.startswith("the river flows") for t in added) and len(set(added)) == len(added)
+    assert with_background(_dataset(), negatives, seed=0).train.texts == grown.train.texts  # seeded
+
+
+def test_the_background_class_is_refused_for_data_with_an_oos_label_or_too_few_negatives() -> None:
+    with pytest.raises(DataError, match="has an 'oos' label already"):
+        with_background(_dataset(oos=True), ("a", "b", "c", "d", "e", "f"), seed=0)
+    with pytest.raises(DataError, match="needs at least 6"):
+        with_background(_dataset(), ("a", "b", "text 1"), seed=0)
+
+
+def test_the_clouds_oos_threshold_is_capped_at_the_false_reject_rate() -> None:
+    # 100 in-scope rows (max probabilities 0.5 .. 1.0; one of them argmax on oos) and 10 oos rows.
+    top = np.linspace(0.01, 1.0, 100)
+    probs = np.zeros((110, 3))
+    probs[:100, 0], probs[:100, 1] = top, 1 - top
+    probs[100:, 2] = 0.9
+    probs[50] = [0.1, 0.1, 0.8]  # an in-scope text the cloud calls oos outright
+    labels = np.r_[np.zeros(100, dtype=int), np.full(10, 2)]
+
+    capped = cap_false_reject(probs, labels, 2, 0.99, max_false_reject=0.05)
+    refused = (probs[:100].max(axis=1) < capped) | (probs[:100].argmax(axis=1) == 2)
+    assert refused.sum() == 5  # 4 below the threshold + the outright one
+    assert cap_false_reject(probs, labels, 2, 0.3, max_false_reject=0.5) == 0.3  # within the cap: unchanged
+
+
+def test_the_edges_band_holds_at_most_the_false_reject_rate_of_in_scope_texts() -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.integers(0, 5, 400), np.full(100, 9)]
+    score = np.r_[rng.uniform(0.2, 1.0, 400), rng.uniform(0.0, 0.5, 100)]
+    edge = np.where(score > 0.3, y, (y + 1) % 5)
+    teacher = y.copy()
+    free = choose_deferral(score, edge, teacher, y, 9, target_ratio=0.99)
+    capped = choose_deferral(score, edge, teacher, y, 9, target_ratio=0.99, max_false_reject=0.01)
+
+    in_band = lambda choice: score[:400] < choice.oos_threshold  # noqa: E731
+    assert in_band(free).mean() > 0.01  # the uncapped search refuses more in-scope texts than allowed
+    assert in_band(capped).mean() <= 0.01
+    assert capped.reachable and capped.escalation_rate >= free.escalation_rate
