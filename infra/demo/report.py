@@ -65,6 +65,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         *_latency_section(r, plots["latency"]),
         "",
         *_fallbacks_section(r, plots["timeline"]),
+        *_refused_section(r),
         "",
     ]
     if r["timeline"]:
@@ -141,6 +142,20 @@ def _fallbacks_section(r: dict[str, Any], plot: str) -> list[str]:
         "",
         f"![answers by source over time]({plot})",
     ]
+
+
+def _refused_section(r: dict[str, Any]) -> list[str]:
+    """The requests answered `oos` (none of the intents): by whom, why, and a few of them."""
+    refused = r.get("refused") or {}
+    if not refused:
+        return ["", "## Refused (out of scope)", "", "No request was answered `oos`."]
+    lines = ["", "## Refused (out of scope)", "", "| answered by / reason | texts | of them in scope (false refusals) |",
+             "|---|---|---|"]
+    lines += [f"| {key} | {v['texts']} | {v['in_scope']} |" for key, v in sorted(refused.items())]
+    for key, v in sorted(refused.items()):
+        lines += ["", f"Examples, {key}:", ""]
+        lines += [f"- \"{e['text']}\" (gold: {e['gold']})" for e in v["examples"]]
+    return lines
 
 
 def _timeline_section(r: dict[str, Any]) -> list[str]:

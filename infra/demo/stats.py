@@ -45,6 +45,7 @@ def summarise(samples: Sequence[Sample], outcomes: Sequence[Outcome], cloud_labe
         "fallback_rate": _ratio(by_source["edge_fallback"], n),
         "answers_by_source": {s: by_source[s] for s in SOURCES},
         "fallbacks_by_reason": dict(Counter(o.reason for o in ok if o.source == "edge_fallback")),
+        "refused": _refused(samples, ok, oos_label),
         **labels.by_scope(),
         **_costs(len(samples), pricing, spent, budget),
         **_latencies(ok, by_source),
@@ -55,6 +56,25 @@ def summarise(samples: Sequence[Sample], outcomes: Sequence[Outcome], cloud_labe
             "cloud": sorted({o.cloud_version for o in ok if o.cloud_version}),
         },
     }
+
+
+def _refused(samples: Sequence[Sample], ok: Sequence[Outcome], oos_label: str | None,
+             examples: int = 5) -> dict[str, Any]:
+    """The requests answered `oos_label` (none of the intents), by who refused them and why, with a few
+    examples (text, gold label) of each."""
+    if oos_label is None:
+        return {}
+    out: dict[str, Any] = {}
+    for o in ok:
+        if o.label != oos_label:
+            continue
+        key = f"{o.source}/{o.reason}"
+        entry = out.setdefault(key, {"texts": 0, "in_scope": 0, "examples": []})
+        entry["texts"] += 1
+        entry["in_scope"] += samples[o.index].gold != oos_label
+        if len(entry["examples"]) < examples:
+            entry["examples"].append({"text": samples[o.index].text, "gold": samples[o.index].gold})
+    return out
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,16 @@ def test_the_page_has_the_figures_the_plots_and_how_to_reproduce_it() -> None:
     assert "![latency by source](demo_latency_by_source.png)" in page
     assert "## Timeline" not in page and "## Notes" not in page
     assert page.endswith("Reproduce: `python -m infra.demo`\n")
+    assert "No request was answered `oos`." in page
+
+
+def test_refused_requests_are_shown_with_who_refused_them_and_examples() -> None:
+    refused = {"edge/out_of_scope": {"texts": 3, "in_scope": 1,
+                                     "examples": [{"text": "tell me a joke", "gold": "oos"}]}}
+    page = render_markdown(report(refused=refused), PLOTS)
+
+    assert "| edge/out_of_scope | 3 | 1 |" in page
+    assert '- "tell me a joke" (gold: oos)' in page
 
 
 def test_a_fault_run_shows_its_timeline_phases_and_fallbacks() -> None:

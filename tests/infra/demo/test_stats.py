@@ -52,6 +52,22 @@ def test_without_an_oos_label_there_is_no_oos_recall() -> None:
     assert r["throughput_rps"] is None
 
 
+def test_refused_requests_are_counted_by_who_refused_them_and_why_with_examples() -> None:
+    outcomes = [answered(2, "oos", "edge", "a", 1.0, reason="out_of_scope"),
+                answered(0, "oos", "edge", "b", 1.0, reason="out_of_scope"),
+                answered(1, "oos", "cloud", "a", 90.0, reason="low_confidence"),
+                answered(3, "a", "edge", "a", 1.0)]
+
+    r = summarise(SAMPLES, outcomes, ["oos", "oos", "oos", "a", "b"], oos_label="oos", pricing=(1, 1), spent=1,
+                  wall_s=1.0, budget={})
+
+    assert r["refused"] == {
+        "edge/out_of_scope": {"texts": 2, "in_scope": 1,
+                              "examples": [{"text": "o1", "gold": "oos"}, {"text": "a1", "gold": "a"}]},
+        "cloud/low_confidence": {"texts": 1, "in_scope": 1, "examples": [{"text": "b1", "gold": "b"}]},
+    }
+
+
 @pytest.mark.parametrize(("q", "expected"), [(0, 1.0), (50, 2.0), (99, 4.0), (100, 4.0)])
 def test_percentiles_are_nearest_rank(q: float, expected: float) -> None:
     assert percentile([4.0, 1.0, 3.0, 2.0], q) == expected
