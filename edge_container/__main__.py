@@ -53,9 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edge_container.processes import Supervisor
 
         return Supervisor(environ, host=settings.host, port=settings.port, processes=settings.processes).run()
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=settings.access_log, lifespan="on", timeout_graceful_shutdown=10,
-                            timeout_keep_alive=settings.keep_alive_s)
+    from edge_container.http_limits import ConnectionGate, check_open_files
+    from edge_container.wiring import EdgeStack
+
+    stack = EdgeStack.create(settings)
+    gate = ConnectionGate.for_listener(settings, stack.metrics, "api")  # slow, oversized, numerous clients
+    check_open_files(settings.max_connections)
+    config = uvicorn.Config(create_app(settings, stack=stack), host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=settings.access_log, lifespan="on",
+                            timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
+                            **gate.uvicorn_options())
     server = uvicorn.Server(config)
     if settings.is_child:  # one of EDGE_PROCESSES: the shared port, and a loopback port of its own
         from edge_container.processes import child_sockets

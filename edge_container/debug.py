@@ -43,6 +43,7 @@ from starlette.routing import Route
 from edge_container.errors import BadRequest, EdgeError
 
 if TYPE_CHECKING:
+    from edge_container.metrics import Metrics
     from edge_container.settings import Settings
     from edge_container.wiring import EdgeStack
 
@@ -183,16 +184,19 @@ class _Server:
     """A uvicorn server for the debug app inside the main server's event loop (the main server owns the
     signals; this one stops when told)."""
 
-    def __init__(self, app: Starlette, settings: Settings) -> None:
+    def __init__(self, app: Starlette, settings: Settings, metrics: Metrics) -> None:
         import uvicorn
+
+        from edge_container.http_limits import ConnectionGate
 
         class Quiet(uvicorn.Server):
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 yield
 
+        gate = ConnectionGate.for_listener(settings, metrics, "debug")  # slow and numerous clients, as on the API
         config = uvicorn.Config(app, host=settings.debug_host or settings.host, port=settings.debug_port or 0,
-                                lifespan="off", log_level="warning", access_log=False)
+                                lifespan="off", log_level="warning", access_log=False, **gate.uvicorn_options())
         context = server_ssl_context(settings)  # built here: a bad certificate fails start-up, by name
         config.load()
         config.ssl = context
@@ -216,7 +220,7 @@ async def debug_listener(stack: EdgeStack) -> Any:
         return
     ring = LogRing(secrets=secrets_of(settings))
     logging.getLogger().addHandler(ring)
-    server = _Server(create_debug_app(stack, ring), settings)
+    server = _Server(create_debug_app(stack, ring), settings, stack.metrics)
     task = asyncio.create_task(server.serve())
     try:
         while not server.server.started and not task.done():

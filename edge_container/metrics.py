@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -73,6 +75,8 @@ class Metrics:
             "edge_estimated_oos_share", "Out-of-scope share of recent traffic, estimated by EM from the edge's "
             "calibrated outputs (EDGE_POLICY=shift_aware); NaN until estimated or under another policy", registry=r)
         self.estimated_oos_share.set_function(lambda: float("nan"))
+        self.listeners = _Listeners()  # edge_http_connections, edge_http_rejected_total: read at scrape time
+        r.register(self.listeners)
         # Pre-bound children for the per-request hot path (a .labels() lookup costs a lock and a dict).
         self.stage = {s: self.stage_seconds.labels(s) for s in ("queue", "tokenize", "infer", "cloud")}
 
@@ -83,8 +87,33 @@ class Metrics:
         """Read at scrape time: nothing on the request path."""
         self.estimated_oos_share.set_function(lambda: _or_nan(share()))
 
+    def watch_listener(self, name: str, connections: Callable[[], int],
+                       refusals: Callable[[], Mapping[str, int]]) -> None:
+        """An HTTP listener's open connections and refusals by reason (edge_container.http_limits keeps them
+        as plain integers: the protocol never calls into prometheus_client)."""
+        self.listeners.sources[name] = (connections, refusals)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Listeners(Collector):
+    def __init__(self) -> None:
+        self.sources: dict[str, tuple[Callable[[], int], Callable[[], Mapping[str, int]]]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily("edge_http_connections", "Open client connections, by listener (api, debug)",
+                                        labels=["listener"])
+        rejected = CounterMetricFamily(
+            "edge_http_rejected", "Connections refused or closed by the HTTP limits, by listener and reason "
+            "(header_too_large, too_many_headers: 431; head_timeout, body_timeout: 408; no_request: closed "
+            "unanswered; connection_limit, client_connection_limit: 503 at accept)", labels=["listener", "reason"])
+        for name, (open_now, refusals) in self.sources.items():
+            connections.add_metric([name], open_now())
+            for reason, count in refusals().items():
+                rejected.add_metric([name, reason], count)
+        yield connections
+        yield rejected
 
 
 def cpu_temperature_c(root: Path = Path("/sys/class/thermal")) -> float | None:

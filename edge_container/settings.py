@@ -40,6 +40,16 @@ class Settings:
     # requests/urllib3 until closed, Go 90 s): a server that closes first races the client's next request on
     # that connection, which then fails or is retried. uvicorn's own default is 5 s.
     keep_alive_s: float = 75.0
+    # Connection hygiene on the HTTP listeners, per process (edge_container.http_limits): the request head's
+    # size and header count (431 above), the time a whole head / body may take to arrive (408), and how many
+    # connections may be open, in all and per client address (503 at accept). 1,024 is well above the 64 the
+    # load benchmarks open; keep it below the open-files limit (`ulimit -n`), which the entry point checks.
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1024
+    max_connections_per_client: int = 256  # one address behind a NAT or a proxy is many clients
     # Routing
     policy: str = "threshold"
     target_escalation_rate: float | None = None  # adaptive/random; None = the manifest's expected rate
@@ -181,6 +191,24 @@ def _service(env: _Env, d: Settings) -> dict[str, Any]:
                              default=d.log_level),
         "access_log": env.boolean("EDGE_ACCESS_LOG", d.access_log),
         "keep_alive_s": env.number("EDGE_KEEP_ALIVE_S", d.keep_alive_s, low=1.0, high=3600.0),
+        **_connections(env, d),
+    }
+
+
+def _connections(env: _Env, d: Settings) -> dict[str, Any]:
+    """What a client connection may hold (edge_container.http_limits)."""
+    total = env.integer("EDGE_MAX_CONNECTIONS", d.max_connections, low=1, high=1_000_000)
+    per_client = env.integer("EDGE_MAX_CONNECTIONS_PER_CLIENT", min(d.max_connections_per_client, total), low=1)
+    if per_client > total:
+        raise env.bad("EDGE_MAX_CONNECTIONS_PER_CLIENT", env.raw("EDGE_MAX_CONNECTIONS_PER_CLIENT"),
+                      f"must be at most EDGE_MAX_CONNECTIONS ({total})")
+    return {
+        "max_header_bytes": env.integer("EDGE_MAX_HEADER_BYTES", d.max_header_bytes, low=1024, high=1 << 20),
+        "max_headers": env.integer("EDGE_MAX_HEADERS", d.max_headers, low=8, high=10_000),
+        "head_timeout_s": env.number("EDGE_HEAD_TIMEOUT_S", d.head_timeout_s, low=0.1, high=600.0),
+        "body_timeout_s": env.number("EDGE_BODY_TIMEOUT_S", d.body_timeout_s, low=0.1, high=3600.0),
+        "max_connections": total,
+        "max_connections_per_client": per_client,
     }
 
 
