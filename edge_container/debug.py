@@ -8,9 +8,9 @@ certificate, one of another CA, or an expired one never gets a byte of HTTP. Wha
 with every secret the settings hold redacted:
 
     GET  /debug/logs?lines=N     the last N log lines (N <= 1000) of this process
-    GET  /debug/model            model state, previous version, last error, reload history
-    POST /debug/reload           {"source": "folder"|"s3"}: reload now (verified like every reload)
-    POST /debug/rollback         back to the previous version in memory
+    GET  /debug/model            model state, previous version, rollback pin, last error, reload history
+    POST /debug/reload           {"source": "folder"|"s3"}: reload now (verified like every reload; lifts a pin)
+    POST /debug/rollback         back to the previous version in memory, pinned there (as /admin/rollback)
     GET  /debug/config           the effective configuration (secrets shown as "[redacted]")
     GET  /debug/metrics          a Prometheus text snapshot
     GET  /debug/bundle           all of the above as one .tar.gz, for a support ticket
@@ -102,7 +102,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
 def create_debug_app(stack: EdgeStack, ring: LogRing) -> Starlette:
     settings = stack.settings
 
-    def model_state() -> dict[str, Any]:
+    def model_state() -> dict[str, Any]:  # `pinned`: a rollback in force (reload.Pin)
         return {**stack.models.status(), "history": list(stack.models.history),
                 "policy": stack.service.policy.describe()}
 

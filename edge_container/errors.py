@@ -122,6 +122,9 @@ class ReloadRefused(EdgeError):
 
 
 class NothingToRollBack(EdgeError):
+    """No *different* version in memory to go back to: none loaded before this one, or only the version
+    serving (a reload of it does not rotate the history)."""
+
     status = 409
     code = "NO_PREVIOUS_MODEL"
 

@@ -62,6 +62,9 @@ class Metrics:
                                         "failed shipping rounds (error)", ["outcome"], registry=r)
         self.feedback_records = Counter("edge_feedback_records_total", "Feedback records written, by outcome",
                                         ["outcome"], registry=r)
+        self.model_pinned = Gauge("edge_model_pinned", "1 while a rollback pins the version serving: the model "
+                                  "watchers install nothing until POST /admin/reload or a newly published version",
+                                  registry=r)
         self.model_loaded = Gauge("edge_model_loaded_timestamp_seconds", "When the served model was loaded",
                                   registry=r)
         self.reloads = Counter("edge_model_reloads_total", "Model load attempts by outcome", ["outcome"],

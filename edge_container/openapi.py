@@ -50,6 +50,16 @@ def _model(summary: str, errors: tuple[int, ...], **kwargs: Any) -> dict[str, An
 WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
 
+_MODEL_STATUS = ("`current` and `previous` versions; `pinned`: a rollback in force (version, rolled_back_from, "
+                 "since) or null; `last_error`.")
+_RELOAD = ("Verifies and loads what the source holds now; the version already serving (same manifest SHA-256) "
+           "is verified but not swapped, so `previous` stays. Lifts a rollback's pin. 409 RELOAD_REFUSED: the "
+           "artifact failed verification and the current version keeps serving.")
+_ROLLBACK = ("Swaps back to the previous version in memory and pins it: the folder and S3 watchers install "
+             "nothing until POST /admin/reload or a newly published version other than the one rolled back from. "
+             "409 NO_PREVIOUS_MODEL: no different version in memory to go back to.")
+
+
 def _text(settings: Settings) -> dict[str, Any]:
     """A text the parsers accept: not blank (one character that is not whitespace), within the limit."""
     return {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars, "pattern": f"[^{WHITESPACE}]"}
@@ -201,13 +211,15 @@ def _document(version: str, settings: Settings) -> dict[str, Any]:
             "/readyz": {"get": _op("Readiness: model loaded and warmed up", errors=(503,), tag="ops")},
             "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["ops"], "responses": {"200": {
                 "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/admin/model": {"get": _op("Model status (x-admin-token)", errors=(401, 403), tag="admin")},
+            "/admin/model": {"get": _op("Model status (x-admin-token)", errors=(401, 403), tag="admin",
+                                        description=_MODEL_STATUS)},
             "/admin/reload": {"post": _op("Reload from the folder or S3 (x-admin-token)",
                                           body={"type": "object", "additionalProperties": False, "properties": {
                                               "source": {"type": "string", "enum": ["folder", "s3"]}}},
-                                          body_required=False, errors=(400, 401, 403, 409, 413), tag="admin")},
-            "/admin/rollback": {"post": _op("Swap back to the previous version (x-admin-token)",
-                                            errors=(401, 403, 409), tag="admin")},
+                                          body_required=False, errors=(400, 401, 403, 409, 413), tag="admin",
+                                          description=_RELOAD)},
+            "/admin/rollback": {"post": _op("Swap back to the previous version, pinned (x-admin-token)",
+                                            errors=(401, 403, 409), tag="admin", description=_ROLLBACK)},
         },
         "components": {
             "parameters": {"ModelName": {

@@ -6,6 +6,11 @@ running hold the old `EdgeModel` and finish on it; the old one stays in memory f
 artifact is refused (`ReloadRefused`) and changes nothing; whatever failed, the reason is in `last_error`
 and `edge_reload_failures_total{reason}`. A source that cannot be read (S3 down, a version's objects not
 there yet) is not the artifact's fault: `ModelSourceUnavailable`, retried on later polls with backoff.
+
+The version serving, loaded again (same manifest SHA-256), changes nothing: `current` and `previous` stay,
+so a rollback still reaches the last *different* version. A rollback pins the version it goes back to
+(`Pin`): the watchers install nothing until the operator reloads (`POST /admin/reload`) or a source
+publishes, after its last look before the rollback, a version other than the one rolled back from.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,23 @@ from modelpack.pointer import Pointer
 
 log = logging.getLogger("edge_container.reload")
 Loader = Callable[[Path], EdgeModel]
+_OPERATOR_RELOAD = "reload requested by the operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A rollback in force: `version` serves until POST /admin/reload or a newly published version other than
+    `rolled_back_from` (whose manifest is `from_sha256`: republishing it does not lift the pin)."""
+
+    version: str
+    rolled_back_from: str
+    from_sha256: str
+    since: str
+
+    def describe(self) -> dict[str, str]:
+        return {"version": self.version, "reason": "rollback", "rolled_back_from": self.rolled_back_from,
+                "since": self.since, "until": f"POST /admin/reload, or a newly published version other than "
+                                              f"{self.rolled_back_from}"}
 
 
 class ModelManager:
@@ -41,6 +64,7 @@ class ModelManager:
         self._previous: EdgeModel | None = None
         self._lock = asyncio.Lock()
         self.source = ""
+        self.pin: Pin | None = None
         self.last_error: dict[str, str] | None = None
         self.history: deque[dict[str, str]] = deque(maxlen=50)  # newest last: loads, refusals, rollbacks
 
@@ -55,24 +79,64 @@ class ModelManager:
             raise NotReady("no model is loaded yet")
         return model
 
-    async def load(self, folder: Path, *, source: str) -> EdgeModel:
+    async def load(self, folder: Path, *, source: str, forced: bool = False) -> EdgeModel:
+        """Verify and load `folder`; swap it in unless it is the version serving. `forced`: the operator asked
+        (POST /admin/reload), which also lifts a rollback's pin."""
         async with self._lock:  # one load at a time; serving goes on meanwhile
             try:
                 model = await asyncio.to_thread(self._loader, folder)
             except Exception as exc:  # every failure of a candidate is a refusal; the current model serves on
                 raise self.refused(str(folder), source, exc) from exc
+            current = self._current
+            if current is not None and model.manifest_sha256 == current.manifest_sha256:
+                # Verified again, but not swapped: rotating the same version into `previous` would leave a
+                # rollback nothing different to go back to. The warm instance serving stays.
+                self._event("unchanged", version=model.version, source=source)
+                self._count("unchanged")
+                log.info("model %s from %s (%s) is the version serving: nothing swapped", model.version, folder,
+                         source)
+                if forced:
+                    self.unpin(_OPERATOR_RELOAD)
+                return current
             self._swap(model, source)
             self._count("loaded")
             log.info("serving model %s from %s (%s)", model.version, folder, source)
+            self.unpin(_OPERATOR_RELOAD if forced else f"{source} published {model.version}")
             return model
 
     async def rollback(self) -> EdgeModel:
+        """Back to the previous version, pinned there (see `Pin`)."""
         async with self._lock:
-            if self._previous is None:
-                raise NothingToRollBack("there is no previous model version in memory")
-            self._swap(self._previous, "rollback")
+            previous, current = self._previous, self._current
+            if previous is None or current is None or previous.manifest_sha256 == current.manifest_sha256:
+                raise NothingToRollBack("there is no different previous model version in memory to roll back "
+                                        "to (a reload of the version serving does not make one)")
+            self._swap(previous, "rollback")
             self._count("rollback")
-            return self.current
+            self.pin = Pin(previous.version, current.version, current.manifest_sha256, _now())
+            self._event("pinned", version=previous.version, rolled_back_from=current.version)
+            if self._metrics is not None:
+                self._metrics.model_pinned.set(1)
+            log.info("rolled back from %s to %s, pinned: the model watchers install nothing until POST "
+                     "/admin/reload or a newly published version other than %s", current.version,
+                     previous.version, current.version)
+            return previous
+
+    def holds(self, published_sha256: str, *, changed: bool) -> bool:
+        """Whether a rollback's pin keeps a source from acting on what it publishes: it does unless the
+        publication `changed` since the source last looked and names another version than the one rolled
+        back from."""
+        pin = self.pin
+        return pin is not None and (not changed or published_sha256 == pin.from_sha256)
+
+    def unpin(self, reason: str) -> None:
+        pin, self.pin = self.pin, None
+        if pin is None:
+            return
+        self._event("unpinned", version=pin.version, reason=reason)
+        if self._metrics is not None:
+            self._metrics.model_pinned.set(0)
+        log.info("rollback pin on %s lifted: %s", pin.version, reason)
 
     def refused(self, where: str, source: str, exc: Exception) -> ReloadRefused:
         """Record a verified-bad candidate (in `last_error`, the log and the metrics); the error to raise."""
@@ -92,9 +156,9 @@ class ModelManager:
     def _failed(self, where: str, source: str, reason: str, exc: Exception, **extra: str) -> None:
         self.last_error = {"folder": where, "source": source, "reason": reason,
                            "error": f"{type(exc).__name__}: {exc}",
-                           "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
-        self.history.append({"at": self.last_error["at"], "event": "refused" if reason != "unavailable"
-                             else "unavailable", "where": where, "source": source, "reason": reason})
+                           "at": _now(), **extra}
+        self._event("refused" if reason != "unavailable" else "unavailable", where=where, source=source,
+                    reason=reason)
         if self._metrics is not None:
             self._metrics.reload_failures.labels(reason).inc()
             self._metrics.last_reload_error.info({"reason": reason, "source": source, "at": self.last_error["at"]})
@@ -106,12 +170,15 @@ class ModelManager:
         return {"ready": self.ready, "source": self.source,
                 "current": self._current.describe() if self._current else None,
                 "previous": self._previous.describe() if self._previous else None,
+                "pinned": self.pin.describe() if self.pin else None,
                 "last_error": self.last_error}
+
+    def _event(self, event: str, **fields: str) -> None:
+        self.history.append({"at": _now(), "event": event, **fields})
 
     def _swap(self, model: EdgeModel, source: str) -> None:
         self._previous, self._current, self.source = self._current, model, source
-        self.history.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), "event": "serving",
-                             "version": model.version, "source": source})
+        self._event("serving", version=model.version, source=source)
         if self._metrics is not None:
             self._metrics.model_info.info({"version": model.version, "manifest_sha256": model.manifest_sha256,
                                            "precision": model.manifest.edge.precision, "source": source})
@@ -121,6 +188,10 @@ class ModelManager:
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.reloads.labels(outcome).inc()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def refusal_reason(exc: BaseException) -> str:
@@ -173,10 +244,13 @@ class FolderSource:
         self._seen = fingerprint  # a refused state is not retried until the folder changes again
         if fingerprint == ("missing",):
             raise ReloadRefused(f"no {MANIFEST_NAME} in {self.folder}")
+        if not force and manager.holds(fingerprint[0], changed=True):
+            return None  # the version rolled back from, copied in again
         if not force and manager.ready and fingerprint[0] == manager.current.manifest_sha256 \
                 and manager.current.folder == self.folder:
+            manager.unpin(f"{self.folder} now holds the version serving")
             return None
-        return await manager.load(self.folder, source=self.name)
+        return await manager.load(self.folder, source=self.name, forced=force)
 
 
 class S3Source:
@@ -203,24 +277,32 @@ class S3Source:
         self.cohort = "stable"
         self.backoff_s, self.max_backoff_s, self._clock = backoff_s, max_backoff_s, clock
         self._refused: str | None = None  # SHA-256 of the latest.json whose version was refused
+        self._seen: str | None = None  # SHA-256 of the last latest.json acted on (installed, refused, held)
         self._failures = 0  # consecutive polls S3 could not be read
         self._retry_at = 0.0
 
     async def check(self, manager: ModelManager, *, force: bool = False) -> EdgeModel | None:
         if not force and self._clock() < self._retry_at:
             return None
+        seen = self._seen
         try:
             raw = await asyncio.to_thread(self._get, self.latest_key)
             digest = hashlib.sha256(raw).hexdigest()
+            self._seen = digest
             if not force and digest == self._refused:
                 self._failures = 0
                 return None
             pointer = self._pointer(raw, digest)
+            if not force and manager.holds(pointer.manifest_sha256, changed=digest != seen):
+                self._failures = 0
+                return None
             if not force and manager.ready and pointer.manifest_sha256 == manager.current.manifest_sha256:
                 self._failures = 0
+                manager.unpin(f"s3://{self.bucket}/{self.latest_key} now names the version serving")
                 return None
             folder = await asyncio.to_thread(self._download, pointer, digest)
         except ModelSourceUnavailable as exc:
+            self._seen = seen  # not acted on: the change is looked at again on the next poll
             self._failures += 1
             delay = min(self.backoff_s * 2 ** (self._failures - 1), self.max_backoff_s)
             self._retry_at = self._clock() + delay
@@ -232,7 +314,7 @@ class S3Source:
             raise manager.refused(exc.where, self.name, exc.error) from exc.error
         self._failures = 0
         try:
-            return await manager.load(folder, source=self.name)
+            return await manager.load(folder, source=self.name, forced=force)
         except ReloadRefused:
             self._refused = digest
             raise

@@ -1,9 +1,11 @@
 """Hot reload: new versions verified and swapped under load with zero failed requests; bad ones refused."""
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +24,9 @@ from edge_container.reload import ModelManager, S3Source
 from edge_container.runtime import EdgeModel
 from edge_container.wiring import EdgeStack
 from model_build.publish import publish
+from modelpack.manifest import load_manifest, write_manifest
 from tests.edge_container.conftest import ADMIN_TOKEN, CLIENT_KEY, CONFIDENT, edge_settings, serve_edge
+from tests.edge_container.test_debug import CA, connect
 from tests.edge_container.unrunnable import make_unrunnable
 
 ADMIN = {"x-admin-token": ADMIN_TOKEN}
@@ -332,3 +336,137 @@ def test_the_edge_s3_client_has_timeouts_and_bounded_retries(s3: Any, tmp_path: 
         assert config.retries == {"total_max_attempts": 3, "mode": "standard"}  # 1 try + 2 retries
     finally:
         asyncio.run(stack.stop())
+
+
+# --------------------------------------------------------------------------- a rollback that holds
+
+@pytest.fixture(scope="session")
+def artifact_v3(artifact_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-3: the v2 files under a third version (a manifest of its own)."""
+    folder = tmp_path_factory.mktemp("edge_v3") / "v3"
+    shutil.copytree(artifact_v2, folder)
+    write_manifest(dataclasses.replace(load_manifest(folder), model_version="tiny-3"), folder)
+    return folder
+
+
+def model_status(client: httpx.Client) -> dict[str, Any]:
+    status: dict[str, Any] = client.get("/admin/model", headers=ADMIN).json()
+    return status
+
+
+def pin_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "edge_container.reload"
+            and ("pinned" in r.getMessage() or "pin on" in r.getMessage())]
+
+
+def test_a_rollback_holds_under_the_folder_watcher_until_a_newer_version_lands(
+        served: httpx.Client, watched: Path, artifact_v2: Path, artifact_v3: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge_container.reload")
+    copy_into(artifact_v2, watched)
+    wait_for(lambda: version(served) == "tiny-2")
+
+    rolled = served.post("/admin/rollback", headers=ADMIN)
+
+    assert rolled.status_code == 200 and rolled.json()["current"]["model_version"] == "tiny-1"
+    pin = rolled.json()["pinned"]
+    assert (pin["version"], pin["rolled_back_from"], pin["reason"]) == ("tiny-1", "tiny-2", "rollback")
+    time.sleep(0.5)  # ~10 polls of a folder that still holds tiny-2
+    copy_into(artifact_v2, watched)  # tiny-2 copied in again (new mtimes): not a newer version
+    time.sleep(0.5)
+    assert version(served) == "tiny-1" and model_status(served)["pinned"]["version"] == "tiny-1"
+    assert "edge_model_pinned 1.0" in served.get("/metrics").text
+
+    copy_into(artifact_v3, watched)  # a newer version: it replaces the pinned one and lifts the pin
+    wait_for(lambda: version(served) == "tiny-3")
+    assert model_status(served)["pinned"] is None and "edge_model_pinned 0.0" in served.get("/metrics").text
+    lines = pin_lines(caplog)
+    assert len(lines) == 2, lines
+    assert "rolled back from tiny-2 to tiny-1, pinned" in lines[0]
+    assert lines[1] == "rollback pin on tiny-1 lifted: folder published tiny-3"
+
+
+def test_admin_reload_lifts_the_pin(served: httpx.Client, watched: Path, artifact_v2: Path,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge_container.reload")
+    copy_into(artifact_v2, watched)
+    wait_for(lambda: version(served) == "tiny-2")
+    assert served.post("/admin/rollback", headers=ADMIN).json()["pinned"]["version"] == "tiny-1"
+    time.sleep(0.3)
+    assert version(served) == "tiny-1"
+
+    reloaded = served.post("/admin/reload", headers=ADMIN)
+
+    assert reloaded.status_code == 200 and reloaded.json()["current"]["model_version"] == "tiny-2"
+    assert reloaded.json()["pinned"] is None
+    assert pin_lines(caplog)[-1] == "rollback pin on tiny-1 lifted: reload requested by the operator"
+    assert "edge_model_pinned 0.0" in served.get("/metrics").text
+
+
+def test_a_reload_of_the_version_serving_keeps_the_history_and_a_rollback_then_says_so(
+        served: httpx.Client, watched: Path, artifact_v2: Path) -> None:
+    same = served.post("/admin/reload", headers=ADMIN)  # tiny-1, which is serving
+    assert same.status_code == 200 and same.json()["previous"] is None
+
+    nothing = served.post("/admin/rollback", headers=ADMIN)
+
+    assert nothing.status_code == 409 and nothing.json()["error"]["code"] == "NO_PREVIOUS_MODEL"
+    assert "no different previous model version" in nothing.json()["error"]["message"]
+    assert version(served) == "tiny-1"
+
+    copy_into(artifact_v2, watched)
+    wait_for(lambda: version(served) == "tiny-2")
+    for _ in range(2):  # tiny-2 reloaded twice: tiny-1 stays the version a rollback goes back to
+        again = served.post("/admin/reload", headers=ADMIN).json()
+        assert again["current"]["model_version"] == "tiny-2" and again["previous"]["model_version"] == "tiny-1"
+    back = served.post("/admin/rollback", headers=ADMIN)
+    assert back.status_code == 200 and back.json()["current"]["model_version"] == "tiny-1"
+    assert 'edge_model_reloads_total{outcome="unchanged"} 3.0' in served.get("/metrics").text
+
+
+def test_a_rollback_holds_under_the_s3_watcher_until_a_newer_version_is_published(
+        s3: Any, tiny_artifact: Path, artifact_v2: Path, artifact_v3: Path, tmp_path: Path) -> None:
+    publish(tiny_artifact, bucket="models", prefix="edge", s3_client=s3)
+    recording = RecordingS3(s3)
+
+    def polls_later(n: int) -> None:
+        done = recording.gets.count("edge/latest.json")
+        wait_for(lambda: recording.gets.count("edge/latest.json") >= done + n)
+
+    with serve_from_s3(tmp_path, recording) as (client, _):
+        publish(artifact_v2, bucket="models", prefix="edge", s3_client=s3)
+        wait_for(lambda: version(client) == "tiny-2")
+
+        assert client.post("/admin/rollback", headers=ADMIN).json()["current"]["model_version"] == "tiny-1"
+        polls_later(10)
+        assert version(client) == "tiny-1"
+        publish(artifact_v2, bucket="models", prefix="edge", s3_client=s3,  # latest.json rewritten: still tiny-2
+                clock=lambda: datetime(2026, 1, 2, tzinfo=UTC))
+        polls_later(10)
+        assert version(client) == "tiny-1" and model_status(client)["pinned"]["rolled_back_from"] == "tiny-2"
+
+        publish(artifact_v3, bucket="models", prefix="edge", s3_client=s3)
+        wait_for(lambda: version(client) == "tiny-3")
+        assert model_status(client)["pinned"] is None
+
+
+def test_the_debug_listener_shows_the_pin(tmp_path: Path, watched: Path, artifact_v2: Path) -> None:
+    operators, devices = CA(tmp_path, "operators"), CA(tmp_path, "devices")
+    server, operator = devices.issue("edge-1", server=True), operators.issue("alice")
+    settings = edge_settings(watched, reload_poll_s=0.05, debug_port=0, debug_tls_cert=server.cert,
+                             debug_tls_key=server.key, debug_tls_client_ca=operators.pem)
+    pki: dict[str, object] = {"device_ca": devices}
+    with serve_edge(settings) as (client, stack), connect(stack.debug_port or 0, pki, operator) as debug:
+        copy_into(artifact_v2, watched)
+        wait_for(lambda: version(client) == "tiny-2")
+
+        rolled = debug.post("/debug/rollback").json()
+
+        assert rolled["pinned"]["version"] == "tiny-1" and rolled["history"][-1]["event"] == "pinned"
+        time.sleep(0.3)
+        assert debug.get("/debug/model").json()["pinned"]["rolled_back_from"] == "tiny-2"
+        assert "edge_model_pinned 1.0" in debug.get("/debug/metrics").text
+        reloaded = debug.post("/debug/reload", json={"source": "folder"}).json()
+        assert reloaded["current"]["model_version"] == "tiny-2" and reloaded["pinned"] is None
+        assert reloaded["history"][-1] == {**reloaded["history"][-1], "event": "unpinned",
+                                           "reason": "reload requested by the operator"}
