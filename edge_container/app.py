@@ -264,8 +264,10 @@ class Api:
     def _status(self) -> dict[str, Any]:
         circuit = self.service.cloud.breaker.state if self.service.cloud else "disabled"
         budget_until = self.service.budget.blocked_until
+        feedback = self.service.feedback
         return {**self.stack.models.status(), "policy": self.service.policy.describe(), "circuit": circuit,
-                "budget_blocked_until": budget_until.isoformat() if budget_until else None}
+                "budget_blocked_until": budget_until.isoformat() if budget_until else None,
+                "feedback_store": feedback.status() if feedback is not None else None}
 
 
 class EdgeApp(Starlette):

@@ -8,7 +8,8 @@ certificate, one of another CA, or an expired one never gets a byte of HTTP. Wha
 with every secret the settings hold redacted:
 
     GET  /debug/logs?lines=N     the last N log lines (N <= 1000) of this process
-    GET  /debug/model            model state, previous version, rollback pin, last error, reload history
+    GET  /debug/model            model state, previous version, rollback pin, last error, reload history,
+                                 feedback store health
     POST /debug/reload           {"source": "folder"|"s3"}: reload now (verified like every reload; lifts a pin)
     POST /debug/rollback         back to the previous version in memory, pinned there (as /admin/rollback)
     GET  /debug/config           the effective configuration (secrets shown as "[redacted]")
@@ -103,8 +104,10 @@ def create_debug_app(stack: EdgeStack, ring: LogRing) -> Starlette:
     settings = stack.settings
 
     def model_state() -> dict[str, Any]:  # `pinned`: a rollback in force (reload.Pin)
+        feedback = stack.service.feedback
         return {**stack.models.status(), "history": list(stack.models.history),
-                "policy": stack.service.policy.describe()}
+                "policy": stack.service.policy.describe(),
+                "feedback_store": feedback.status() if feedback is not None else None}
 
     async def logs(request: Request) -> Response:
         raw = request.query_params.get("lines", "200")

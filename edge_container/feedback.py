@@ -17,7 +17,8 @@ kept in it): enough to count repeats and monitor agreement, not to train on, and
 a dictionary of likely texts without the store's key.
 
 A store is used from one thread (SQLite connections are not shared between threads here); the service writes
-through `FeedbackWriter`, which owns that thread.
+through `FeedbackWriter`, which owns that thread, and which keeps a store that cannot be written (a full
+disk) from failing requests or flooding the log: one line per change of state, a backoff between attempts.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Self
+from typing import IO, TYPE_CHECKING, Any, Literal, Self
 
 from modelpack.feedback import COLUMNS, FORMAT, FeedbackError, header, read_export  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from edge_container.metrics import Metrics
 
 log = logging.getLogger("edge_container.feedback")
 Mode = Literal["text", "hash"]
@@ -264,30 +269,82 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is not None:
+            self._rollback()
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:  # a full disk can fail the commit itself: leave no transaction open behind it
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR); a failing ROLLBACK must not hide
+        # the error that got here.
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+
+# What a store's own trouble raises (a full disk, an I/O error, a file gone bad): logged without a traceback.
+_STORAGE_ERRORS = (OSError, sqlite3.Error, FeedbackError)
+
+
+@dataclass(slots=True)
+class _Failing:
+    """The store's failing spell: mutated on the writer's thread only."""
+
+    since: str
+    started: float
+    error: str = ""
+    failed_writes: int = 0
+    lost: int = 0  # records of the writes that failed
+    dropped: int = 0  # records not tried while backing off
+    retry_at: float = 0.0
 
 
 class FeedbackWriter:
     """The service's side of the store: records go to one dedicated thread (the store's connection lives
     there), awaited by the request that produced them, so a record is on disk before its answer leaves.
-    A failure to write is logged and counted, never the request's failure."""
 
-    def __init__(self, opener: Callable[[], FeedbackStore], *, on_result: Callable[[str, int], None] | None = None
-                 ) -> None:
+    A store that cannot be written (a full disk, an I/O error, a file gone bad) never fails a request and is
+    not hammered. The first failed write makes the writer `failing` (logged once, with the error); batches
+    that come while it waits are dropped without touching the disk; after `backoff_s`, doubling up to
+    `max_backoff_s`, the next batch is tried on a freshly opened store; the first one written makes it
+    `healthy` again (logged once, with how many records were lost). Dropped, not buffered: a memory buffer
+    would hold seconds of escalations on a device and die with the process, while a full disk lasts until
+    someone acts. `status()`, `edge_feedback_store_healthy`, `edge_feedback_write_errors_total` and
+    `edge_feedback_records_total{outcome="ok"|"error"|"dropped"}` say what happened."""
+
+    def __init__(self, opener: Callable[[], FeedbackStore], *, metrics: Metrics | None = None,
+                 backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._opener, self._store = opener, None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="edge-feedback")
-        self._on_result = on_result or (lambda outcome, n: None)
+        self._metrics = metrics
+        self.backoff_s, self.max_backoff_s, self._clock = backoff_s, max_backoff_s, clock
+        self._failing: _Failing | None = None
+        self._last_failure: dict[str, Any] | None = None
+        if metrics is not None:
+            metrics.feedback_store_healthy.set(1)
 
     async def write(self, records: Sequence[FeedbackRecord]) -> None:
         if not records:
             return
         try:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._write, records)
-        except Exception:  # a full disk or a broken file must not fail an answered request
-            log.exception("could not record %d feedback record(s)", len(records))
-            self._on_result("error", len(records))
-        else:
-            self._on_result("ok", len(records))
+        except RuntimeError:  # the writer is closed: the service is stopping; the answer still goes out
+            self._count("dropped", len(records))
+
+    def status(self) -> dict[str, Any]:
+        """`healthy`, or `failing` since when, why, and what was lost so far; the last failing spell."""
+        failing = self._failing
+        if failing is None:
+            return {"state": "healthy", "last_failure": self._last_failure}
+        return {"state": "failing", "since": failing.since, "error": failing.error,
+                "failed_writes": failing.failed_writes, "records_lost": failing.lost + failing.dropped,
+                "retry_in_s": round(max(0.0, failing.retry_at - self._clock()), 3),
+                "last_failure": self._last_failure}
 
     async def run(self, job: Callable[[FeedbackStore], Any]) -> Any:
         """`job(store)` on the store's own thread (the shipper's reads and watermark)."""
@@ -303,14 +360,66 @@ class FeedbackWriter:
         self._thread.shutdown(wait=True)
 
     def _write(self, records: Sequence[FeedbackRecord]) -> None:
-        if self._store is None:
-            self._store = self._opener()
-        self._store.record(records)
+        n, failing, now = len(records), self._failing, self._clock()
+        if failing is not None and now < failing.retry_at:
+            failing.dropped += n
+            self._count("dropped", n)
+            return
+        try:
+            if self._store is None:
+                self._store = self._opener()
+            self._store.record(records)
+        except Exception as exc:  # whatever the store raised, the request that brought the records is answered
+            self._failed(exc, n, now)
+            self._count("error", n)
+            return
+        self._count("ok", n)
+        if failing is not None:
+            self._recovered(failing, now)
+
+    def _failed(self, exc: Exception, n: int, now: float) -> None:
+        failing, first = self._failing, self._failing is None
+        if failing is None:
+            failing = self._failing = _Failing(datetime.now(UTC).isoformat(timespec="seconds"), now)
+        failing.error = f"{type(exc).__name__}: {exc}"
+        failing.failed_writes += 1
+        failing.lost += n
+        delay = min(self.backoff_s * 2 ** (failing.failed_writes - 1), self.max_backoff_s)
+        failing.retry_at = now + delay
+        where = self._store.path if self._store is not None else "the feedback store"  # an open error names it
+        self._close()  # the retry opens the store afresh (a file replaced or repaired meanwhile)
+        if self._metrics is not None:
+            self._metrics.feedback_write_errors.inc()
+            self._metrics.feedback_store_healthy.set(0)
+        if first:
+            log.error("cannot write %s (%s): %d record(s) lost; requests are answered as usual, records are "
+                      "dropped until a write succeeds again, tried after %gs, doubling up to %gs", where,
+                      failing.error, n, delay, self.max_backoff_s,
+                      exc_info=not isinstance(exc, _STORAGE_ERRORS))  # not the store's trouble: a bug, show it
+        else:
+            log.debug("%s still failing (%s), next try in %gs", where, failing.error, delay)
+
+    def _recovered(self, failing: _Failing, now: float) -> None:
+        self._failing = None
+        lost = failing.lost + failing.dropped
+        self._last_failure = {"since": failing.since, "until": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "error": failing.error, "failed_writes": failing.failed_writes, "records_lost": lost}
+        if self._metrics is not None:
+            self._metrics.feedback_store_healthy.set(1)
+        log.warning("%s takes writes again after %.0fs: %d record(s) were not stored (%d in %d failed "
+                    "write(s), %d dropped in between; last error %s)", self._store.path if self._store else
+                    "the feedback store", now - failing.started, lost, failing.lost, failing.failed_writes,
+                    failing.dropped, failing.error)
+
+    def _count(self, outcome: str, n: int) -> None:
+        if self._metrics is not None:
+            self._metrics.feedback_records.labels(outcome).inc(n)
 
     def _close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                store.close()
 
 
 class FeedbackShipper:

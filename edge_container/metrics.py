@@ -60,8 +60,14 @@ class Metrics:
         self.cpu_temperature.set_function(lambda: _or_nan(cpu_temperature_c()))
         self.feedback_shipped = Counter("edge_feedback_shipped_total", "Feedback records shipped to S3 (shipped), "
                                         "failed shipping rounds (error)", ["outcome"], registry=r)
-        self.feedback_records = Counter("edge_feedback_records_total", "Feedback records written, by outcome",
-                                        ["outcome"], registry=r)
+        self.feedback_records = Counter(
+            "edge_feedback_records_total", "Feedback records by outcome: ok (written), error (a write that failed), "
+            "dropped (not tried: the store is failing and backing off)", ["outcome"], registry=r)
+        self.feedback_write_errors = Counter("edge_feedback_write_errors_total",
+                                             "Feedback store writes that failed (a full disk, an I/O error)", registry=r)
+        self.feedback_store_healthy = Gauge("edge_feedback_store_healthy", "1 while the feedback store takes writes, "
+                                            "0 while it fails (backing off); NaN with no store", registry=r)
+        self.feedback_store_healthy.set(float("nan"))
         self.model_pinned = Gauge("edge_model_pinned", "1 while a rollback pins the version serving: the model "
                                   "watchers install nothing until POST /admin/reload or a newly published version",
                                   registry=r)

@@ -51,7 +51,8 @@ WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 
 
 _MODEL_STATUS = ("`current` and `previous` versions; `pinned`: a rollback in force (version, rolled_back_from, "
-                 "since) or null; `last_error`.")
+                 "since) or null; `last_error`; `feedback_store`: `healthy` or `failing` (since, error, "
+                 "failed_writes, records_lost, retry_in_s) or null with no store.")
 _RELOAD = ("Verifies and loads what the source holds now; the version already serving (same manifest SHA-256) "
            "is verified but not swapped, so `previous` stays. Lifts a rollback's pin. 409 RELOAD_REFUSED: the "
            "artifact failed verification and the current version keeps serving.")

@@ -151,7 +151,7 @@ def _feedback(settings: Settings, metrics: Metrics) -> FeedbackWriter | None:
     path = settings.feedback_path
     opener = partial(FeedbackStore.open, path, mode=settings.feedback_mode,  # type: ignore[arg-type]
                      max_bytes=settings.feedback_max_mb * 2**20, max_age_s=settings.feedback_max_age_days * 86400)
-    return FeedbackWriter(opener, on_result=lambda outcome, n: metrics.feedback_records.labels(outcome).inc(n))
+    return FeedbackWriter(opener, metrics=metrics)
 
 
 def _signer(settings: Settings, credentials: Any) -> SigV4Signer | None:

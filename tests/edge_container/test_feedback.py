@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import io
+import logging
 import os
 import signal
 import sqlite3
@@ -16,12 +19,14 @@ from typing import Any
 
 import pytest
 
-from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, read_export
+from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, FeedbackWriter, read_export
+from edge_container.metrics import Metrics
 from infra.moto_server import SerialisedMotoServer
 from modelpack.feedback import read_feedback
-from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
+from tests.edge_container.conftest import ADMIN_TOKEN, CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 REPO = Path(__file__).resolve().parents[2]
+ADMIN = {"x-admin-token": ADMIN_TOKEN}
 
 
 def record(i: int, text: str | None = None, ts: float = 0.0) -> FeedbackRecord:
@@ -180,6 +185,149 @@ def test_the_export_command_writes_what_the_build_reads(tmp_path: Path) -> None:
                               str(tmp_path / "nope.sqlite")], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=False)
     assert missing.returncode == 2 and "no such feedback store" in missing.stderr
+
+
+# --------------------------------------------------------------------------- a store that cannot be written
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_a_failing_store_is_tried_again_after_a_doubling_delay_not_on_every_batch(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store's folder should be")  # every open fails (an OSError)
+    now, metrics = [0.0], Metrics()
+    writer = FeedbackWriter(lambda: FeedbackStore.open(blocker / "fb.sqlite"), metrics=metrics, backoff_s=1.0,
+                            max_backoff_s=4.0, clock=lambda: now[0])
+
+    def write_at(t: float) -> float:
+        now[0] = t
+        asyncio.run(writer.write([record(int(t * 10))]))
+        return sample(metrics, "edge_feedback_write_errors_total")
+
+    try:
+        attempts = [write_at(t) for t in (0.0, 0.5, 0.9, 1.0, 2.9, 3.0, 6.9, 7.0, 10.9, 11.0)]
+        assert attempts == [1, 1, 1, 2, 2, 3, 3, 4, 4, 5]  # tried at 0, +1, +2, +4, then +4 (the cap)
+        status = writer.status()
+        assert status["state"] == "failing" and status["failed_writes"] == 5 and status["records_lost"] == 10
+        assert status["retry_in_s"] == 4.0 and "FileExistsError" in status["error"]
+        assert sample(metrics, "edge_feedback_store_healthy") == 0.0
+        assert sample(metrics, "edge_feedback_records_total", {"outcome": "dropped"}) == 5
+
+        blocker.unlink()  # the disk is fixed: the next try after the delay writes
+        assert write_at(14.0) == 5 and writer.status()["state"] == "failing"  # still waiting: dropped
+        assert write_at(15.0) == 5 and writer.status()["state"] == "healthy"
+        assert writer.status()["last_failure"]["records_lost"] == 11
+        assert sample(metrics, "edge_feedback_store_healthy") == 1.0
+        assert sample(metrics, "edge_feedback_records_total", {"outcome": "ok"}) == 1
+    finally:
+        writer.close()
+    with FeedbackStore.open(blocker / "fb.sqlite") as store:
+        assert [r["text"] for _, r in store.records()] == [record(150).text]
+    lines = [r for r in caplog.records if r.name == "edge_container.feedback" and r.levelno >= logging.WARNING]
+    assert [r.levelname for r in lines] == ["ERROR", "WARNING"]  # one per change of state
+    assert not lines[0].exc_info  # the store's own trouble: no traceback
+
+
+class FullDisk:
+    """The feedback store's disk filling up and being freed: a real tiny tmpfs when this process may mount one
+    (root), else SQLite's own "database or disk is full" raised from the store's write."""
+
+    def __init__(self, kind: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.kind, self.folder, self.full = kind, folder, False
+        self.store = folder / "feedback.sqlite"
+        if kind == "tmpfs":
+            folder.mkdir()
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                     capture_output=True, check=False)
+            if mounted.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        else:
+            real = FeedbackStore.record
+
+            def record_unless_full(store: FeedbackStore, records: Any) -> int:
+                if self.full:
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real(store, records)
+
+            monkeypatch.setattr(FeedbackStore, "record", record_unless_full)
+
+    def fill(self) -> None:
+        self.full = True
+        if self.kind == "tmpfs":
+            with (self.folder / "filler").open("wb", buffering=0) as out:
+                try:
+                    while out.write(b"\0" * 4096):
+                        pass
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+
+    def free(self) -> None:
+        self.full = False
+        if self.kind == "tmpfs":
+            (self.folder / "filler").unlink()
+
+    def unmount(self) -> None:
+        if self.kind == "tmpfs":
+            subprocess.run(["umount", "-l", str(self.folder)], check=False)
+
+
+@pytest.fixture(params=["tmpfs", "injected"])
+def full_disk(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FullDisk]:
+    disk = FullDisk(request.param, tmp_path / "disk", monkeypatch)
+    try:
+        yield disk
+    finally:
+        disk.unmount()
+
+
+def test_a_full_disk_is_logged_once_per_change_of_state_and_fails_no_request(
+        full_disk: FullDisk, tiny_artifact: Path, cloud: FakeCloud, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge_container.feedback")
+    settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k", feedback_path=full_disk.store)
+
+    def escalate(text: str) -> None:
+        r = client.post("/v1/predict", json={"texts": [text] * 3, "route": "cloud"})
+        assert r.status_code == 200 and [x["source"] for x in r.json()["results"]] == ["cloud"] * 3
+
+    def feedback_state() -> dict[str, Any]:
+        state: dict[str, Any] = client.get("/admin/model", headers=ADMIN).json()["feedback_store"]
+        return state
+
+    def warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "edge_container.feedback" and r.levelno >= logging.WARNING]
+
+    with serve_edge(settings) as (client, _):
+        escalate("before the disk fills")
+        assert feedback_state()["state"] == "healthy"
+        full_disk.fill()
+
+        for i in range(20):
+            escalate(f"{UNSURE} while the disk is full {i}")
+
+        state = feedback_state()
+        assert state["state"] == "failing" and "database or disk is full" in state["error"]
+        metrics = client.get("/metrics").text
+        assert "edge_feedback_store_healthy 0.0" in metrics and "edge_feedback_write_errors_total" in metrics
+        lost = [float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith("edge_feedback_records_total{outcome=") and "ok" not in line]
+        assert sum(lost) == 60 == state["records_lost"]
+        assert [r.levelname for r in warnings()] == ["ERROR"]  # one line for 20 batches, no traceback
+        assert "database or disk is full" in warnings()[0].getMessage() and not warnings()[0].exc_info
+
+        full_disk.free()
+        wait_for(lambda: escalate("after the disk was freed") or feedback_state()["state"] == "healthy")
+
+        assert [r.levelname for r in warnings()] == ["ERROR", "WARNING"]
+        assert "takes writes again" in warnings()[1].getMessage()
+        assert feedback_state()["last_failure"]["records_lost"] >= 60
+        assert "edge_feedback_store_healthy 1.0" in client.get("/metrics").text
+    with FeedbackStore.open(full_disk.store) as store:
+        texts = [r["text"] for _, r in store.records()]
+    assert texts[:3] == ["before the disk fills"] * 3 and texts[-1] == "after the disk was freed"
+    assert not any("while the disk is full" in t for t in texts)
 
 
 # --------------------------------------------------------------------------- shipping to S3
