@@ -15,7 +15,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modelpack.manifest import load_manifest
 from modelpack.classifier import Classifier
-from modelpack.scores import SCORES, predict_with_oos, in_scope_max_prob
+from modelpack.routing import cloud_answer
+from modelpack.scores import SCORES, in_scope_max_prob
 from model_build.data import load_dataset
 from model_build.deferral import choose_deferral
 from model_build.calibration import traffic_weights
@@ -29,7 +30,7 @@ ev, et = edge.probabilities(list(data.val.texts)), edge.probabilities(list(data.
 cv, ct = cloud.probabilities(list(data.val.texts)), cloud.probabilities(list(data.test.texts))
 yv, yt = np.asarray(data.val.labels), np.asarray(data.test.labels)
 thr = m.cloud.oos_threshold
-tv, tt = predict_with_oos(cv, thr, oos), predict_with_oos(ct, thr, oos)
+tv, tt = cloud_answer(cv, thr, oos), cloud_answer(ct, thr, oos)
 frac = float((yt == oos).mean())
 wv = traffic_weights(yv == oos, frac)
 lv = np.array([len(t.split()) for t in data.val.texts]); lt = np.array([len(t.split()) for t in data.test.texts])

@@ -5,7 +5,7 @@
 The CLINC150 test split, shuffled, arrives one text per request spread evenly over one budget period
 (simulated time: the policies' own clocks are driven by the replay). Both runs use the artifact's real edge
 model (calibrated probabilities through the LiteRT interpreter, the manifest's threshold and oos band) and
-its real cloud model's answers (the cloud's oos rule, `modelpack.scores.predict_with_oos`), and the edge's
+its real cloud model's answers (the cloud's oos rule, `modelpack.routing.cloud_answer`), and the edge's
 real policy objects (`edge_container.policies`). The ledger is exact and refuses what it cannot cover, as
 the cloud's conditional write does; its prices are the local stack's (1 per call + 1 per text). The budget
 is `--budget-share` of what the threshold policy spends on the whole split with no limit.
@@ -50,7 +50,7 @@ def load_traffic(model_dir: Path, seed: int) -> Traffic:
     from model_build.data import load_dataset
     from modelpack.classifier import Classifier
     from modelpack.manifest import load_manifest
-    from modelpack.scores import predict_with_oos
+    from modelpack.routing import cloud_answer
 
     manifest = load_manifest(model_dir)
     data = load_dataset(manifest.data["path"], seed=0)
@@ -58,7 +58,7 @@ def load_traffic(model_dir: Path, seed: int) -> Traffic:
     texts = [data.test.texts[i] for i in order]
     edge = Classifier(manifest, model_dir, "edge").probabilities(texts)
     cloud = Classifier(manifest, model_dir, "cloud").probabilities(texts)
-    cloud_pred = predict_with_oos(cloud, manifest.cloud.oos_threshold, manifest.oos_index)
+    cloud_pred = cloud_answer(cloud, manifest.cloud.oos_threshold, manifest.oos_index)
     return Traffic(edge, edge.argmax(axis=1), cloud_pred, data.test.labels[order], manifest.routing,
                    manifest.oos_index)
 

@@ -70,7 +70,7 @@ def _probabilities(manifest: Any, folder: Path, tier: str, texts: list[str], tag
 def load_halves(model_dir: Path, seed: int) -> tuple[Any, list[Half]]:
     from model_build.data import load_dataset
     from modelpack.manifest import load_manifest
-    from modelpack.scores import predict_with_oos
+    from modelpack.routing import cloud_answer
 
     manifest = load_manifest(model_dir)
     data = load_dataset(REPO_ROOT / manifest.data["path"], seed=0)
@@ -80,7 +80,7 @@ def load_halves(model_dir: Path, seed: int) -> tuple[Any, list[Half]]:
         texts = [split.texts[i] for i in order]
         edge = _probabilities(manifest, model_dir, "edge", texts, name)
         cloud = _probabilities(manifest, model_dir, "cloud", texts, name)
-        halves.append(Half(name, edge, predict_with_oos(cloud, manifest.cloud.oos_threshold, manifest.oos_index),
+        halves.append(Half(name, edge, cloud_answer(cloud, manifest.cloud.oos_threshold, manifest.oos_index),
                            np.asarray(split.labels)[order], manifest.oos_index))
     return manifest, halves
 

@@ -11,7 +11,7 @@ from cloud_functions.inference import BackendError, Inference
 from cloud_functions.model_store import LocalModel
 from modelpack.cloud_api import Answer, TextResult
 from modelpack.errors import ArtifactError
-from modelpack.scores import predict_with_oos
+from modelpack.routing import cloud_answer
 
 if TYPE_CHECKING:
     from modelpack.classifier import Classifier
@@ -28,7 +28,7 @@ class LiteRTBackend:
         self._classifier = classifier
         self._labels = manifest.labels
         self._model_version = manifest.model_version
-        # The out-of-scope rule is the build's (modelpack.scores.predict_with_oos): its threshold was fit
+        # The out-of-scope rule is the build's (modelpack.routing.cloud_answer): its threshold was fit
         # with it.
         self._oos_index = manifest.oos_index
         self._threshold = manifest.cloud.oos_threshold if manifest.oos_label is not None else None
@@ -59,7 +59,7 @@ class LiteRTBackend:
             raise BackendError(f"the cloud model failed: {exc}") from exc
         if probs.shape != (len(texts), len(self._labels)) or not np.isfinite(probs).all():
             raise BackendError(f"the cloud model returned unusable scores of shape {probs.shape}")
-        answers = predict_with_oos(probs, self._threshold, self._oos_index)
+        answers = cloud_answer(probs, self._threshold, self._oos_index)
         return Inference(tuple(self._result(row, int(i)) for row, i in zip(probs, answers)))
 
     def _result(self, probs: np.ndarray, answer: int) -> TextResult:

@@ -26,7 +26,8 @@ from model_build.routing import RoutedMetrics, apply_deferral
 from modelpack.classifier import Classifier, calibrated
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
-from modelpack.scores import SCORES, manifest_band_score, predict_with_oos, softmax
+from modelpack.routing import cloud_answer
+from modelpack.scores import SCORES, manifest_band_score, softmax
 from modelpack.tokenizer import TextTokenizer
 
 LATENCY_BATCHES = (1, 32)
@@ -176,7 +177,7 @@ class DeployedAnswers:
         cloud_probs = calibrated(logits["cloud"], m.cloud, m.oos_index)
         cloud_pred = cloud_probs.argmax(axis=1)
         if oos is not None and m.cloud.oos_threshold is not None:
-            cloud_pred = predict_with_oos(cloud_probs, m.cloud.oos_threshold, oos)
+            cloud_pred = cloud_answer(cloud_probs, m.cloud.oos_threshold, oos)
         edge_probs = calibrated(logits["edge"], m.edge, m.oos_index)
         return cls(labels, edge_probs, edge_probs.argmax(axis=1), cloud_probs, cloud_pred,
                    SCORES[m.routing.score](edge_probs), manifest_band_score(edge_probs, m.routing, oos))

@@ -19,7 +19,8 @@ from model_build.evaluate import ArtifactRunner
 from model_build.shift_table import shift_table
 from model_build.thresholds import OosChoice, RoutingChoice, ScoreComparison, choose_oos_threshold, compare_scores
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
-from modelpack.scores import SCORES, band_score, predict_with_oos, softmax
+from modelpack.routing import cloud_answer
+from modelpack.scores import SCORES, band_score, softmax
 
 BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
 # Biases on the edge's oos logit (after its temperature) the fit tries besides none. The student under-states
@@ -117,7 +118,7 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
             oos_threshold = cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold),
                                              config.max_false_reject)
-    cloud_pred = predict_with_oos(cloud_probs, oos_threshold, oos)
+    cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
     split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction)
     edge = _fit_edge(config, edge_logits, split, 0.0)
     search = None

@@ -25,7 +25,8 @@ from model_build._checks import as_scores, routing_inputs, weighted_mean
 from model_build.calibration import BoolArray, FloatArray, IntArray
 
 # The score functions live in modelpack so the build and the edge runtime compute the very same thing.
-from modelpack.scores import SCORES, margin, max_prob, neg_entropy, predict_with_oos  # noqa: F401  (re-exported)
+from modelpack.routing import cloud_answer  # noqa: F401  (re-exported)
+from modelpack.scores import SCORES, margin, max_prob, neg_entropy  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

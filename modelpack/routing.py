@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modelpack.scores import SCORES, manifest_band_score, predict_with_oos
+from modelpack.scores import SCORES, manifest_band_score
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to one bool
@@ -62,8 +62,14 @@ def decide(probs: np.ndarray, routing: Any, oos_index: int | None, *, threshold:
 
 
 def cloud_answer(probs: np.ndarray, oos_threshold: float | None, oos_index: int | None) -> np.ndarray:
-    """The cloud's answers: its argmax, `oos_index` where its max probability is below `oos_threshold`."""
-    return predict_with_oos(probs, oos_threshold, oos_index)
+    """The cloud's answers: its argmax, replaced by `oos_index` where its max probability is below
+    `oos_threshold` (no replacement when either is None). The Lambda serves it, the build fits and evaluates
+    `models.cloud.oos_threshold` with it."""
+    p = np.asarray(probs, dtype=np.float64)
+    pred = p.argmax(axis=-1).astype(np.int64)
+    if oos_threshold is None or oos_index is None:
+        return pred
+    return np.where(p.max(axis=-1) < oos_threshold, oos_index, pred).astype(np.int64)
 
 
 def cascade(edge_probs: np.ndarray, cloud_probs: np.ndarray, manifest: Any) -> tuple[np.ndarray, Route]:

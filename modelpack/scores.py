@@ -48,17 +48,6 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def predict_with_oos(probs: np.ndarray, threshold: float | None, oos_index: int | None) -> np.ndarray:
-    """The cloud's answer rule: the argmax, replaced by ``oos_index`` where the max probability is below
-    ``threshold`` (no replacement when either is None). The cloud handler serves it and the build fits and
-    evaluates ``cloud.oos_threshold`` with it, so the threshold means the same thing in both."""
-    p = np.asarray(probs, dtype=np.float64)
-    pred = p.argmax(axis=-1).astype(np.int64)
-    if threshold is None or oos_index is None:
-        return pred
-    return np.where(p.max(axis=-1) < threshold, oos_index, pred).astype(np.int64)
-
-
 def in_scope_max_prob(probs: np.ndarray, oos_index: int) -> np.ndarray:
     """The best probability of an intent (the oos column left out): low when nothing in scope is plausible,
     whether the mass sits on `oos` or is spread thin. The edge's `oos` band can be cut on it."""

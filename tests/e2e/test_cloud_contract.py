@@ -24,7 +24,7 @@ from edge_container.errors import CloudBudgetExhausted, CloudCallFailed
 from infra.stack import LocalStack
 from modelpack.cloud_api import Answer, BudgetStatus, ErrorBody, ErrorCode, InferRequest
 from modelpack.limits import CLOUD_MAX_TEXTS
-from modelpack.scores import predict_with_oos
+from modelpack.routing import cloud_answer
 from tests.e2e.conftest import Reference
 from tests.fixtures.tiny_artifact import TEXTS
 
@@ -68,7 +68,7 @@ def test_an_escalation_round_trips_every_field_of_request_and_reply(
     reference = references[reply.model_version]  # the version the cloud says answered, loaded directly
     probs = reference.cloud.probabilities(ASKED)
     manifest = reference.manifest
-    expected = predict_with_oos(probs, manifest.cloud.oos_threshold, manifest.oos_index)
+    expected = cloud_answer(probs, manifest.cloud.oos_threshold, manifest.oos_index)
     assert [r.label for r in reply.results] == [manifest.labels[i] for i in expected]
     assert [r.confidence for r in reply.results] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-6)
     for result, row in zip(reply.results, probs, strict=True):

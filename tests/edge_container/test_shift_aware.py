@@ -153,7 +153,7 @@ def artifact_with_table(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFa
     """The tiny artifact with a shift table the build's own function made from its models and texts."""
     from model_build.shift_table import shift_table
     from modelpack.classifier import Classifier
-    from modelpack.scores import predict_with_oos
+    from modelpack.routing import cloud_answer
     from tests.fixtures.tiny_artifact import LABELS, TEXTS
 
     folder = tmp_path_factory.mktemp("shift") / "tiny"
@@ -162,7 +162,7 @@ def artifact_with_table(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFa
     texts = [t for label in LABELS for t in TEXTS[label]]
     labels = np.array([LABELS.index(label) for label in LABELS for _ in TEXTS[label]])
     edge = Classifier(manifest, folder, "edge").probabilities(texts)
-    cloud = predict_with_oos(Classifier(manifest, folder, "cloud").probabilities(texts),
+    cloud = cloud_answer(Classifier(manifest, folder, "cloud").probabilities(texts),
                              manifest.cloud.oos_threshold, manifest.oos_index)
     table = shift_table(edge, cloud, labels, manifest.oos_index, manifest.routing, split="fixture")
     write_manifest(dataclasses.replace(manifest, routing=dataclasses.replace(manifest.routing, shift=table)), folder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model_build.curves import escalation_curve
-from model_build.routing import SCORES, apply_threshold, predict_with_oos
+from model_build.routing import SCORES, apply_threshold, cloud_answer
 from model_build.thresholds import choose_oos_threshold, choose_threshold, compare_scores
 from tests.model_build.hand_made import EDGE, LABELS, SCORE, TEACHER
 
@@ -150,7 +150,7 @@ def test_oos_threshold_on_synthetic_data_is_the_best_recall_meeting_the_floor() 
     # and no threshold on a fine grid gets more recall while keeping the loose floor
     is_oos = labels == classes
     for t in np.linspace(0.0, 1.0, 501):
-        pred = predict_with_oos(probs, t, classes)
+        pred = cloud_answer(probs, t, classes)
         if np.mean(pred[~is_oos] == labels[~is_oos]) >= loose.in_scope_floor:
             assert np.mean(pred[is_oos] == classes) <= loose.oos_recall + 1e-12
 
@@ -181,8 +181,8 @@ def test_oos_threshold_needs_oos_examples() -> None:
         choose_oos_threshold(HAND_OOS_PROBS, np.array([0, 0, 2, 1, 0, 3]), OOS)
 
 
-def test_predict_with_oos_replaces_unconfident_answers() -> None:
-    np.testing.assert_array_equal(predict_with_oos(HAND_OOS_PROBS, 0.5, OOS), [OOS, OOS, OOS, 1, 0, 3])
+def test_cloud_answer_replaces_unconfident_answers() -> None:
+    np.testing.assert_array_equal(cloud_answer(HAND_OOS_PROBS, 0.5, OOS), [OOS, OOS, OOS, 1, 0, 3])
 
 
 # ---------------------------------------------------------------------------------- compare_scores
