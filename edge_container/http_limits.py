@@ -288,22 +288,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse("head_timeout" if self._phase == _HEAD else "body_timeout")
 
     def _refuse(self, reason: str) -> None:
-        """Answer `reason` if nothing else is being written on this connection, then close."""
+        """Answer `reason` unless an answer is already given or on its way on this connection; then close."""
         self.gate.refused[reason] += 1
         self._cancel_deadline()
         self._closing = True
         self.parser = None  # type: ignore[assignment]  # drop the partial head it buffers now, not at close
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if cycle.response_started:  # the app answered before reading the whole body: nothing to add
+        if self._phase == _BODY:
+            # The app answered before the body ended (a 413 on the declared length), or this request waits
+            # behind a pipelined one being answered: a 408 would follow or cut into that answer.
+            if cycle is None or cycle.response_started or self.pipeline:
                 self.transport.close()
                 return
-            if cycle.more_body:  # the app is waiting for the body: it sees a disconnect, writes nothing
-                cycle.disconnected = True
-                cycle.message_event.set()
-            else:  # a pipelined head behind a request still being answered: do not cut into its response
-                self.transport.close()
-                return
+            cycle.disconnected = True  # the app waiting for this body sees a disconnect and writes nothing
+            cycle.message_event.set()
+        elif cycle is not None and not cycle.response_complete:  # a head behind a request being answered
+            self.transport.close()
+            return
         self.transport.write(_REFUSALS[reason].response(self.server_state.default_headers))
         if self.transport.can_write_eof():  # not TLS: the client reads an end at once, not after the linger
             self.transport.write_eof()

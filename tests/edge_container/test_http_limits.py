@@ -164,6 +164,15 @@ def test_a_body_that_stops_is_closed_with_408(tiny_artifact: Path) -> None:
         assert server.rejected()["body_timeout"] == 1
 
 
+def test_a_body_that_stops_after_its_answer_is_closed_without_a_second_one(tiny_artifact: Path) -> None:
+    with limited_edge(tiny_artifact) as server, closing(server.connect()) as sock:
+        sock.sendall(post(b'{"text": "w', length=2 << 20))  # over EDGE_MAX_BODY_BYTES: 413 on the length
+        with sock.makefile("rb") as responses:
+            assert status_of(responses) == 413
+            assert responses.read() == b""  # the body never comes: closed at its deadline, nothing more
+        assert server.rejected()["body_timeout"] == 1
+
+
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer(tiny_artifact: Path) -> None:
     with limited_edge(tiny_artifact) as server, closing(server.connect()) as sock:
         started = time.monotonic()
