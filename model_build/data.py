@@ -52,6 +52,9 @@ class Dataset:
     test: Split
     source_sha256: str
     source_path: str
+    # True when the oos label is a background class the build added (`with_background`): its validation
+    # texts are generic negatives, not the traffic's own out-of-scope requests.
+    background: bool = False
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -362,6 +365,6 @@ def with_background(dataset: Dataset, negatives: tuple[str, ...], *, seed: int) 
                      np.concatenate([split.labels, np.full(len(texts), oos, dtype=np.int32)]))
 
     return dataclasses.replace(
-        dataset, labels=dataset.labels + (OOS_LABEL,), oos_label=OOS_LABEL,
+        dataset, labels=dataset.labels + (OOS_LABEL,), oos_label=OOS_LABEL, background=True,
         train=grown(dataset.train, [pool[i] for i in pick[:n_train]]),
         val=grown(dataset.val, [pool[i] for i in pick[n_train:]]))

@@ -16,6 +16,7 @@ from model_build.config import BuildConfig
 from model_build.data import Dataset
 from model_build.deferral import DeferralChoice, choose_deferral
 from model_build.evaluate import ArtifactRunner
+from model_build.routing import apply_deferral
 from model_build.shift_table import shift_table
 from model_build.thresholds import OosChoice, RoutingChoice, ScoreComparison, choose_oos_threshold, compare_scores
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
@@ -24,9 +25,10 @@ from modelpack.scores import SCORES, band_score, softmax
 
 BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
 # Biases on the edge's oos logit (after its temperature) the fit tries besides none. The student under-states
-# oos on traffic richer in it than its training data (a temperature scales every class alike); the bias
-# that lets the routing meet its target with the fewest escalations on validation ships.
-OOS_BIAS_GRID = tuple(round(0.25 * i, 2) for i in range(1, 21))  # 0.25 .. 5.0
+# oos on traffic richer in it than its training data, and over-states it when a background class is much of
+# its training data (--negatives); a temperature scales every class alike. The bias that lets the routing
+# meet its target with the fewest escalations on validation ships.
+OOS_BIAS_GRID = tuple(round(0.25 * i, 2) for i in (*range(-20, 0), *range(1, 21)))  # -5.0 .. 5.0, not 0
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,15 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     t_cloud = calibration.fit_temperature(cloud_logits, y, weights=w)
     cloud_probs = softmax(cloud_logits, t_cloud)
 
+    # A background class (--negatives) gives validation no real out-of-scope traffic to measure what a
+    # refusal buys: the user's false-reject budget is then spent, half at the edge's band, half in the cloud.
+    cloud_budget = config.max_false_reject / 2 if dataset.background else config.max_false_reject
     cloud_oos, oos_threshold = None, None
     if has_oos:
         cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
                                          min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
         if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
-            oos_threshold = cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold),
-                                             config.max_false_reject)
+            oos_threshold = cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), cloud_budget)
     cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
     split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction)
     edge = _fit_edge(config, edge_logits, split, 0.0)
@@ -132,6 +136,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         if bias:
             edge = _fit_edge(config, edge_logits, split, bias)
     entry = edge.entry
+    if dataset.background and has_oos:
+        entry = spend_band(entry, edge.probs, split, config.max_false_reject / 2)
     if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
         entry = dataclasses.replace(entry, shift=shift_table(edge.probs, cloud_pred, y, oos, entry))
     deferrals = edge.deferrals
@@ -253,6 +259,27 @@ def _cheaper_deferral(deferrals: Mapping[tuple[str, str | None], DeferralChoice]
     if chosen.escalation_rate < two_way_rate - 1e-12 and np.isfinite(chosen.oos_threshold):
         return chosen, pick[1]
     return None
+
+
+def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: float) -> RoutingEntry:
+    """`entry` with the edge's `oos` band on the best in-scope probability, below the `rate` quantile of the
+    in-scope validation texts' (or the searched band, when it already refuses more), and its expected rates
+    re-measured. What a background class's build ships: the edge refuses what it finds least like any intent,
+    at the false-reject rate the user allowed, instead of escalating it."""
+    assert split.oos is not None
+    scores = band_score("in_scope_max_prob", probs, split.oos)
+    inside = np.sort(scores[split.y != split.oos])
+    k = int(np.floor(rate * inside.size + 1e-9))
+    if k == 0:
+        return entry
+    cut = float(inside[k - 1] + inside[k]) / 2.0 if k < inside.size else float(inside[-1]) + 1e-9
+    if entry.oos_threshold is not None and entry.oos_score == "in_scope_max_prob":
+        cut = max(cut, entry.oos_threshold)
+    routed = apply_deferral(probs.argmax(axis=1), split.cloud_pred, split.y, SCORES[entry.score](probs),
+                            entry.threshold, cut, oos_index=split.oos, weights=split.w, oos_score=scores)
+    return dataclasses.replace(entry, oos_threshold=cut, oos_score="in_scope_max_prob",
+                               expected_edge_oos_rate=float(np.average(scores < cut, weights=split.w)),
+                               expected_escalation_rate=routed.escalation_rate)
 
 
 def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,

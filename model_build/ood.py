@@ -4,7 +4,7 @@ Both tiers run through the real interpreter; the cascade's answers come from `mo
 the rule every runtime applies. Reported beside the data's own in-scope test texts, so the price of
 refusing out-of-domain requests (in-scope texts refused) is read next to what it buys:
 
-- per out-of-domain text: refused by the edge itself (never escalated), escalated and refused by the
+- per out-of-domain text: refused by the edge itself (its `oos` band, or `oos` as its own answer), escalated and refused by the
   cloud, escalated and answered with an intent (paid for, and wrong), answered with an intent by the edge;
 - per in-scope test text: refused by the edge, refused by the cloud, escalated, joint accuracy and its
   ratio to the cloud alone;
@@ -110,11 +110,11 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
     scores = {tier: {part: rejection_score(p, oos) for part, p in parts.items()} for tier, parts in probs.items()}
     return OodReport(
         n_ood=len(ood_texts), n_in_scope=len(in_scope_texts),
-        ood_refused_by_edge=float(route_ood.edge_oos.mean()),
+        ood_refused_by_edge=float((~route_ood.escalate & refused_ood).mean()),
         ood_escalated=float(route_ood.escalate.mean()),
         ood_refused_by_cloud=float((route_ood.escalate & refused_ood).mean()),
         ood_answered_in_scope=float((~refused_ood).mean()),
-        in_scope_refused_by_edge=float(route_in.edge_oos.mean()),
+        in_scope_refused_by_edge=float((~route_in.escalate & refused_in).mean()),
         in_scope_refused_by_cloud=float((route_in.escalate & refused_in).mean()),
         in_scope_refused=float(refused_in.mean()),
         in_scope_escalated=float(route_in.escalate.mean()),

@@ -94,3 +94,57 @@ def test_too_few_texts_for_int8_calibration_fail_before_the_student_naming_the_r
     assert "[build] student" not in done.stderr  # nothing was trained for nothing
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# Generic sentences outside every intent above (what --negatives is for), and out-of-domain requests the
+# build never sees: other topics, phrased as a user would ask them.
+NEGATIVE_TEMPLATES = ["the {x} was built in the {c} century", "{x} is a river in northern europe",
+                      "the history of {x} is long and varied", "{x} won the election by a narrow margin",
+                      "scientists discovered {x} in the {c} century", "the novel describes {x} in detail"]
+NEGATIVE_SLOTS = {"x": ["the cathedral", "the bridge", "copper", "the treaty", "a comet", "the museum",
+                        "the railway", "the empire", "a fossil", "the harbour"],
+                  "c": ["tenth", "twelfth", "fifteenth", "eighteenth", "nineteenth"]}
+OUT_OF_DOMAIN = ["what is the capital of peru", "how tall is mount everest", "who wrote hamlet",
+                 "translate good morning into french", "how many calories in an apple", "tell me a fun fact",
+                 "what year did the war end", "how do i reset my password", "what is my credit score",
+                 "book a table for two"]
+
+
+@pytest.fixture(scope="module")
+def open_set_build(other_build: Path) -> Path:
+    root = other_build.parent
+    negatives = {t.format(x=x, c=c) for t in NEGATIVE_TEMPLATES for x in NEGATIVE_SLOTS["x"]
+                 for c in NEGATIVE_SLOTS["c"]}
+    (root / "negatives.txt").write_text("\n".join(sorted(negatives)))
+    out = root / "open_set"
+    done = subprocess.run(
+        [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data", str(root / "intents.csv"),
+         "--unlabeled", str(root / "traffic.txt"), "--negatives", str(root / "negatives.txt"), "--augment", "3",
+         "--out", str(out), "--cache-dir", str(root / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_negatives_give_data_without_oos_an_oos_answer_on_both_tiers(open_set_build: Path) -> None:
+    manifest = load_manifest(open_set_build)
+    assert manifest.labels[-1] == manifest.oos_label == "oos" and set(manifest.labels[:-1]) == set(TEMPLATES)
+    assert manifest.cloud.oos_threshold is not None
+    assert manifest.routing.oos_threshold is not None and manifest.routing.oos_score == "in_scope_max_prob"
+    assert manifest.build["config"]["negatives"].endswith("negatives.txt")
+
+
+def test_out_of_domain_requests_are_refused_and_in_scope_ones_answered(open_set_build: Path, tmp_path: Path) -> None:
+    (tmp_path / "ood.txt").write_text("\n".join(OUT_OF_DOMAIN))
+    done = subprocess.run(
+        [sys.executable, "-m", "model_build", "evaluate", str(open_set_build), "--ood", str(tmp_path / "ood.txt"),
+         "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+
+    assert report["n_ood"] == len(OUT_OF_DOMAIN)
+    # Without --negatives every one of them got an intent (the manifest had no oos answer at all).
+    assert report["ood_answered_in_scope"] <= 0.5
+    assert report["in_scope_refused"] <= 0.2  # a toy model on 6 intents: a loose bound, but far from refusing all
+    assert report["in_scope_joint_accuracy"] > 0.5
+    assert set(report["curves"]) == {"edge", "cloud"} and 0.0 <= report["auroc"]["cloud"] <= 1.0

@@ -34,6 +34,7 @@ def test_the_background_class_is_learnt_and_validated_on_but_the_test_split_stay
              if y == 2]
     assert all(t.startswith("the river flows") for t in added) and len(set(added)) == len(added)
     assert with_background(_dataset(), negatives, seed=0).train.texts == grown.train.texts  # seeded
+    assert grown.background and not _dataset().background
 
 
 def test_the_background_class_is_refused_for_data_with_an_oos_label_or_too_few_negatives() -> None:
@@ -71,3 +72,22 @@ def test_the_edges_band_holds_at_most_the_false_reject_rate_of_in_scope_texts() 
     assert in_band(free).mean() > 0.01  # the uncapped search refuses more in-scope texts than allowed
     assert in_band(capped).mean() <= 0.01
     assert capped.reachable and capped.escalation_rate >= free.escalation_rate
+
+
+def test_a_background_class_spends_half_the_budget_on_the_edges_band() -> None:
+    from model_build.fit import _Split, spend_band
+    from modelpack.manifest import RoutingEntry
+
+    rng = np.random.default_rng(1)
+    y = np.r_[rng.integers(0, 3, 200), np.full(20, 3)]
+    probs = rng.dirichlet(np.ones(4), size=220)
+    entry = RoutingEntry(score="max_prob", threshold=0.5, target_joint_over_teacher=0.99, traffic_oos_fraction=None,
+                         expected_escalation_rate=0.3)
+    split = _Split(y, np.ones(220), 3, probs.argmax(axis=1), None)
+
+    spent = spend_band(entry, probs, split, 0.02)
+    best_intent = np.delete(probs, 3, axis=1).max(axis=1)
+    assert spent.oos_score == "in_scope_max_prob"
+    assert (best_intent[:200] < spent.oos_threshold).sum() == 4  # 2 % of 200 in-scope texts
+    assert spent.expected_edge_oos_rate == pytest.approx((best_intent < spent.oos_threshold).mean())
+    assert spend_band(entry, probs, split, 0.001) == entry  # under one text: nothing to spend
