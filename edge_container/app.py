@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -91,6 +91,11 @@ class Api:
             except EdgeError as exc:
                 errors.labels(name, exc.code).inc()
                 return _error_response(exc)
+            except ClientDisconnect:  # the client left mid-body (or its body deadline closed it): not a bug, and
+                # a flood of slow clients must not flood the log; nobody reads the answer
+                errors.labels(name, "CLIENT_DISCONNECTED").inc()
+                log.debug("client left during %s", name)
+                return Response(status_code=499)
             except Exception:  # a bug: logged with its traceback; the client gets a bare 500, the connection lives
                 log.exception("unhandled error in %s", name)
                 errors.labels(name, EdgeError.code).inc()

@@ -8,6 +8,7 @@ without the limits these tests fail by getting no answer in time, not by hanging
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import time
@@ -154,7 +155,7 @@ def test_a_slow_header_sender_gets_408_and_is_closed_within_the_deadline(tiny_ar
         server.wait_open(0)
 
 
-def test_a_body_that_stops_is_closed_with_408(tiny_artifact: Path) -> None:
+def test_a_body_that_stops_is_closed_with_408(tiny_artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
     with limited_edge(tiny_artifact) as server, closing(server.connect()) as sock:
         sock.sendall(post(b'{"text": "w', length=1000))  # 11 of the 1,000 announced bytes, then nothing
         started = time.monotonic()
@@ -162,6 +163,12 @@ def test_a_body_that_stops_is_closed_with_408(tiny_artifact: Path) -> None:
         assert (status, code) == (408, "REQUEST_TIMEOUT")
         assert time.monotonic() - started < DEADLINE_S + 2.0
         assert server.rejected()["body_timeout"] == 1
+        deadline = time.monotonic() + ANSWER_S  # the handler sees the disconnect once the connection is gone
+        while 'code="CLIENT_DISCONNECTED"' not in server.stack.metrics.exposition().decode():
+            assert time.monotonic() < deadline, "the handler never saw the client leave"
+            time.sleep(0.01)
+    # A client leaving mid-body is not a bug: no ERROR, no traceback (a flood of them would flood the log)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_a_body_that_stops_after_its_answer_is_closed_without_a_second_one(tiny_artifact: Path) -> None:
