@@ -1,0 +1,101 @@
+"""Out-of-scope rejection candidates side by side, on artifacts built from data without an oos label.
+
+For each artifact and tier, each candidate score's AUROC (in-scope test texts vs out-of-domain texts the
+build never saw) and the share of out-of-domain texts it catches at a threshold taken, as a build takes
+it, on the *validation* split's in-scope texts (their 2nd / 5th percentile: 2 % / 5 % false rejects
+expected). Then what the shipped cascade does (`model_build.ood`, the runtime's rule).
+
+    python bench/open_set.py --artifact base=DIR --artifact bg=DIR --data kept.csv \
+        --ood near=ood_near.txt --ood far=ood_far.txt [--out bench/results/open_set.json]
+
+Scores (higher: more surely in scope): `max_prob` (calibrated), `in_scope_max_prob` (the best intent,
+the background class left out), `neg_energy` (logsumexp of the raw logits over the intents, Liu et al.
+2020), `not_oos` (1 - the background class's probability).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model_build.artifact import machine  # noqa: E402
+from model_build.evaluate import _built_from, classifier_logits, oos_auroc  # noqa: E402
+from model_build.ood import in_scope_test, ood_report  # noqa: E402
+from model_build.transfer import load_unlabeled  # noqa: E402
+from modelpack.classifier import Classifier  # noqa: E402
+from modelpack.manifest import load_manifest  # noqa: E402
+
+FALSE_REJECTS = (0.02, 0.05)
+
+
+def scores(logits: np.ndarray, model: Classifier) -> dict[str, np.ndarray]:
+    probs = model.calibrate(logits)
+    oos = model.oos_index
+    intents = np.delete(logits, oos, axis=1) if oos is not None else logits
+    top = intents.max(axis=1, keepdims=True)
+    out = {"max_prob": probs.max(axis=1),
+           "in_scope_max_prob": (np.delete(probs, oos, axis=1) if oos is not None else probs).max(axis=1),
+           "neg_energy": (top + np.log(np.exp(intents - top).sum(axis=1, keepdims=True)))[:, 0]}
+    if oos is not None:
+        out["not_oos"] = 1.0 - probs[:, oos]
+    return out
+
+
+def candidates(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    manifest = load_manifest(folder)
+    dataset = _built_from(folder, manifest, data)
+    val_texts = [t for t, keep in zip(dataset.val.texts, dataset.in_scope_mask(dataset.val)) if keep]
+    test = in_scope_test(dataset)
+    out: dict[str, Any] = {"version": manifest.model_version, "labels": len(manifest.labels),
+                           "oos_label": manifest.oos_label, "tiers": {}}
+    for tier in ("edge", "cloud"):
+        model = Classifier(manifest, folder, tier)  # type: ignore[arg-type]
+        val = scores(classifier_logits(model, val_texts), model)
+        inside = scores(classifier_logits(model, test.texts), model)
+        outside = {name: scores(classifier_logits(model, texts), model) for name, texts in ood.items()}
+        rows: dict[str, Any] = {}
+        for score in inside:
+            row: dict[str, Any] = {}
+            for name in ood:
+                row[f"auroc_{name}"] = round(oos_auroc(np.r_[inside[score], outside[name][score]],
+                                                       np.r_[np.zeros(len(inside[score]), bool),
+                                                             np.ones(len(outside[name][score]), bool)]), 4)
+            for fr in FALSE_REJECTS:
+                cut = float(np.quantile(val[score], fr))
+                row[f"test_false_reject@{fr:g}"] = round(float((inside[score] < cut).mean()), 4)
+                for name in ood:
+                    row[f"{name}_caught@{fr:g}"] = round(float((outside[name][score] < cut).mean()), 4)
+            rows[score] = row
+        out["tiers"][tier] = rows
+    out["cascade"] = {name: ood_report(manifest, folder, test.texts, np.asarray(test.labels), texts).to_dict()
+                      for name, texts in ood.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--ood", action="append", required=True, metavar="NAME=FILE")
+    p.add_argument("--data", type=Path, help="the data the artifacts were built from (default: their manifest's)")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    ood = {name: load_unlabeled(path) for name, path in (a.split("=", 1) for a in args.ood)}
+    result = {"machine": machine(), "ood_sizes": {k: len(v) for k, v in ood.items()},
+              "artifacts": {name: candidates(Path(d), args.data, ood)
+                            for name, d in (a.split("=", 1) for a in args.artifact)}}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
