@@ -61,10 +61,11 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
                    help="unlabelled texts (a .txt, one a line, or a .csv/.jsonl with a 'text' column) the teacher "
                         "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
     b.add_argument("--negatives", type=Path, default=None,
-                   help="for data without an 'oos' label: texts known to lie outside every intent (a .txt, one a "
-                        "line, or a .csv/.jsonl with a 'text' column; generic sentences such as CLINC150's "
-                        "all_wiki_sents.txt, or off-topic requests of your own): a background class 'oos' is "
-                        "learnt from them, so both tiers answer 'oos' for requests none of your intents fits")
+                   help="texts known to lie outside every intent (a .txt, one a line, or a .csv/.jsonl with a "
+                        "'text' column; generic sentences such as CLINC150's all_wiki_sents.txt, or off-topic "
+                        "requests of your own). Data without an 'oos' label gains a background class 'oos' learnt "
+                        "from them, so both tiers answer 'oos' for requests none of your intents fits; data with "
+                        "one gains them as out-of-scope training texts")
     b.add_argument("--max-false-reject", type=float, default=None, metavar="RATE",
                    help="the share of in-domain validation texts either tier may answer 'oos' (default 0.02)")
     b.add_argument("--feedback", default=None, metavar="PATH|s3://BUCKET/PREFIX",

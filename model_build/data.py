@@ -338,33 +338,33 @@ BACKGROUND_VAL_SHARE = 0.1
 
 
 def with_background(dataset: Dataset, negatives: tuple[str, ...], *, seed: int) -> Dataset:
-    """`dataset` (which has no oos label) with one: a background class `oos`, its texts drawn from
-    `negatives` (text known to lie outside every intent: generic sentences, or your own traffic's
-    off-topic requests) for the train and validation splits. The test split stays as given: its figures
-    describe the user's own texts. A text of `negatives` equal to a labelled one is left out.
+    """`dataset` with texts of `negatives` (text known to lie outside every intent: generic sentences, or
+    your own traffic's off-topic requests) as out-of-scope training texts.
 
-    The teacher and the student then learn what is *not* an intent, and the build's whole out-of-scope
-    machinery (the cloud's oos threshold, the edge's band, the shift table) applies as for data with an
-    oos label. Raises DataError when the data already has one, or too few negatives are left."""
-    if dataset.oos_label is not None:
-        raise DataError(f"{dataset.source_path} has an {dataset.oos_label!r} label already: --negatives adds one "
-                        "to data without it")
+    Data without an oos label gains one: a background class `oos`, its texts drawn for the train and the
+    validation splits; the teacher and the student then learn what is *not* an intent, and the build's
+    whole out-of-scope machinery (the cloud's oos threshold, the edge's band, the shift table) applies. Data
+    with an oos label keeps its own validation oos texts (real traffic, what the thresholds are fit on) and
+    gains training ones only. The test split stays as given: its figures describe the user's own texts. A
+    text of `negatives` equal to a labelled one is left out. Raises DataError when too few are left."""
     labelled = set(dataset.train.texts) | set(dataset.val.texts) | set(dataset.test.texts)
     pool = [t for t in negatives if t not in labelled]
+    background = dataset.oos_label is None
     n_train = max(1, round(len(dataset.train) * BACKGROUND_TRAIN_SHARE))
-    n_val = max(1, round(len(dataset.val) * BACKGROUND_VAL_SHARE / (1.0 - BACKGROUND_VAL_SHARE)))
+    n_val = max(1, round(len(dataset.val) * BACKGROUND_VAL_SHARE / (1.0 - BACKGROUND_VAL_SHARE))) if background else 0
     if len(pool) < n_train + n_val:
-        raise DataError(f"--negatives: {len(pool)} usable texts; the background class needs at least "
-                        f"{n_train + n_val} ({n_train} to train on, {n_val} to validate on)")
+        raise DataError(f"--negatives: {len(pool)} usable texts; at least {n_train + n_val} are needed "
+                        f"({n_train} to train on{f', {n_val} to validate on' if n_val else ''})")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(pool), size=n_train + n_val, replace=False)
-    oos = len(dataset.labels)
+    labels = dataset.labels + (OOS_LABEL,) if background else dataset.labels
+    oos = len(labels) - 1
 
     def grown(split: Split, texts: list[str]) -> Split:
         return Split(split.texts + tuple(texts),
                      np.concatenate([split.labels, np.full(len(texts), oos, dtype=np.int32)]))
 
     return dataclasses.replace(
-        dataset, labels=dataset.labels + (OOS_LABEL,), oos_label=OOS_LABEL, background=True,
+        dataset, labels=labels, oos_label=labels[-1], background=background,
         train=grown(dataset.train, [pool[i] for i in pick[:n_train]]),
         val=grown(dataset.val, [pool[i] for i in pick[n_train:]]))

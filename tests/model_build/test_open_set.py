@@ -37,10 +37,16 @@ def test_the_background_class_is_learnt_and_validated_on_but_the_test_split_stay
     assert grown.background and not _dataset().background
 
 
-def test_the_background_class_is_refused_for_data_with_an_oos_label_or_too_few_negatives() -> None:
-    with pytest.raises(DataError, match="has an 'oos' label already"):
-        with_background(_dataset(oos=True), ("a", "b", "c", "d", "e", "f"), seed=0)
-    with pytest.raises(DataError, match="needs at least 6"):
+def test_data_with_an_oos_label_gains_training_negatives_only() -> None:
+    given = _dataset(oos=True)
+    grown = with_background(given, tuple(f"the river flows {i}" for i in range(10)), seed=0)
+
+    assert grown.labels == given.labels and not grown.background
+    assert (grown.train.labels == 2).sum() == 4 and grown.val.texts == given.val.texts  # its own oos validate
+
+
+def test_too_few_negatives_are_refused_naming_how_many_are_needed() -> None:
+    with pytest.raises(DataError, match="at least 6 are needed"):
         with_background(_dataset(), ("a", "b", "text 1"), seed=0)
 
 
