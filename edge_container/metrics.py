@@ -44,10 +44,15 @@ class Metrics:
         self.budget_limit = Gauge("edge_cloud_budget_limit", "Budget units per period, as last reported",
                                   registry=r)
         self.model_info = Info("edge_model", "The edge model version being served", registry=r)
+        # Its labels name the failure, not the moment: a timestamp label would make a new series per failure.
         self.last_reload_error = Info("edge_reload_last_error",
                                       "The last reload failure (reason none after a successful load)", registry=r)
-        self.device = Info("edge_device", "This device's rollout id, cohort (stable/canary) and target version",
-                           registry=r)
+        self.last_reload_error_at = Gauge("edge_reload_last_error_timestamp_seconds",
+                                          "When the last reload failure happened (0: none since start)", registry=r)
+        # `device_id`, not `device`: the scrape config labels each target `device`, and Prometheus would rename
+        # a clashing label of the metric's own to `exported_device`.
+        self.device = Info("edge_device", "This device's rollout id (device_id), cohort (stable/canary) and target "
+                           "version", registry=r)
         self.recent_escalation = Gauge("edge_recent_escalation_ratio",
                                        "Share of the last ~1,000 auto-routed texts sent to the cloud", registry=r)
         self.cloud_bytes = Counter("edge_cloud_bytes_total", "Body bytes sent to / received from the cloud",

@@ -161,7 +161,8 @@ class ModelManager:
                     reason=reason)
         if self._metrics is not None:
             self._metrics.reload_failures.labels(reason).inc()
-            self._metrics.last_reload_error.info({"reason": reason, "source": source, "at": self.last_error["at"]})
+            self._metrics.last_reload_error.info({"reason": reason, "source": source})
+            self._metrics.last_reload_error_at.set_to_current_time()
 
     def _serving(self) -> str:
         return self._current.version if self._current else "nothing"
@@ -183,7 +184,7 @@ class ModelManager:
             self._metrics.model_info.info({"version": model.version, "manifest_sha256": model.manifest_sha256,
                                            "precision": model.manifest.edge.precision, "source": source})
             self._metrics.model_loaded.set(model.loaded_at.timestamp())
-            self._metrics.last_reload_error.info({"reason": "none", "source": source, "at": ""})
+            self._metrics.last_reload_error.info({"reason": "none", "source": source})
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

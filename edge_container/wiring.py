@@ -81,7 +81,7 @@ class EdgeStack:
             default_deadline_ms=settings.default_deadline_ms,
             limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst),
             feedback=_feedback(settings, metrics), cloud_batch_wait_s=settings.cloud_batch_wait_ms / 1000.0)
-        metrics.device.info({"device": settings.device, "cohort": "stable", "target_version": ""})
+        metrics.device.info({"device_id": settings.device, "cohort": "stable", "target_version": ""})
         metrics.watch_oos_share(service.policy.estimated_oos_share)
         folder = FolderSource(settings.model_dir)
         sources: list[FolderSource | S3Source] = [folder]
@@ -94,7 +94,7 @@ class EdgeStack:
             bucket, key = settings.s3_location
             sources.append(S3Source(s3_client, bucket=bucket, latest_key=key, cache_dir=settings.s3_cache_dir,
                                     device_id=settings.device, on_cohort=lambda cohort, version: metrics.device.info(
-                                        {"device": settings.device, "cohort": cohort, "target_version": version})))
+                                        {"device_id": settings.device, "cohort": cohort, "target_version": version})))
         reloader = Reloader(models, sources, poll_s=settings.reload_poll_s)
         stack = cls(settings, metrics, models, service, reloader, folder, http, executor, owns_http)
         if settings.is_child:

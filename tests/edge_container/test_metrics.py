@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
-from edge_container.metrics import cpu_temperature_c
+from edge_container.metrics import Metrics, cpu_temperature_c
+from edge_container.reload import ModelManager
 from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 
@@ -38,3 +40,16 @@ def test_memory_and_the_bytes_exchanged_with_the_cloud_are_exposed(tiny_artifact
     assert 'edge_cloud_bytes_total{direction="sent"}' not in before or \
         value(before, 'edge_cloud_bytes_total{direction="sent"}') == 0
     assert "edge_stage_duration_seconds_bucket" in after  # latency histograms, for P95/P99
+
+
+def test_the_last_reload_error_is_one_series_per_reason_and_its_time_a_gauge() -> None:
+    """A timestamp label would start a new series with every failure (and leave the old ones behind)."""
+    metrics = Metrics()
+    manager = ModelManager(lambda folder: None, metrics=metrics)  # type: ignore[arg-type, return-value]
+    for n in range(3):
+        manager.refused(f"/models/candidate-{n}", "folder", OSError("unreadable"))
+    families = {f.name: f for f in metrics.registry.collect()}
+    [sample] = families["edge_reload_last_error"].samples
+    assert sample.labels == {"reason": "io", "source": "folder"}
+    [stamp] = families["edge_reload_last_error_timestamp_seconds"].samples
+    assert abs(stamp.value - time.time()) < 60
