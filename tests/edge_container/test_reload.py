@@ -215,7 +215,10 @@ def test_a_manifest_with_a_nan_threshold_is_refused_naming_the_field(served: htt
     manifest = json.loads((artifact_v2 / "manifest.json").read_text())
     manifest["routing"]["threshold"] = float("nan")  # written as NaN, which json.loads reads back
     copy_into(artifact_v2, watched, ("edge_int8.tflite",))
-    (watched / "manifest.json").write_text(json.dumps(manifest))
+    # Written whole, then renamed in: a poll that lands mid-write would otherwise see an empty file first
+    staged = watched / ".manifest.json.tmp"
+    staged.write_text(json.dumps(manifest))
+    staged.replace(watched / "manifest.json")
     wait_for(lambda: last_error(served) is not None)
     error = last_error(served)
     assert error is not None and error["reason"] == "manifest"
