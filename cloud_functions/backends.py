@@ -162,12 +162,13 @@ class BackendLoader:
         options = self._options
         if options.backend == "bedrock":  # the label list is all Bedrock needs
             return BedrockBackend(
-                self._bedrock_client or clients.bedrock_runtime(),
-                model_id=options.bedrock_model_id,
+                self._bedrock_client or clients.bedrock_runtime(
+                    timeout_s=options.llm_timeout_s, attempts=options.llm_max_attempts),
+                model_id=options.llm_model_id,
                 labels=model.manifest.labels,
                 oos_label=model.manifest.oos_label,
-                input_usd_per_mtok=options.bedrock_input_usd_per_mtok,
-                output_usd_per_mtok=options.bedrock_output_usd_per_mtok,
+                input_usd_per_mtok=options.llm_input_usd_per_mtok,
+                output_usd_per_mtok=options.llm_output_usd_per_mtok,
             )
         return LiteRTBackend.load(model, top_k=options.top_k)
 

@@ -55,7 +55,8 @@ from modelpack.cloud_api import BudgetStatus  # the wire type of GET /v1/budget;
 if TYPE_CHECKING:
     from cloud_functions.settings import Settings
 
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
+# An API key id, or an IAM role/user ARN (`service.iam_tenant`: / + = , appear in those).
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=,\-]{0,127}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")  # a lower-case hex SHA-256
 
@@ -228,7 +229,7 @@ def _replay(tenant: str, key: str, units: int, digest: str | None, charged: Char
 def _check_tenant(tenant: str) -> None:
     if not isinstance(tenant, str) or not _TENANT.match(tenant):
         raise BadRequest(
-            "a tenant id is 1-128 characters of letters, digits and . _ : @ -", tenant=str(tenant)
+            "a tenant id is 1-128 characters of letters, digits and . _ : @ / + = , -", tenant=str(tenant)
         )
 
 

@@ -1,4 +1,4 @@
-"""The Lambda entry point behind API Gateway (REST proxy integration, API keys).
+"""The Lambda entry point behind API Gateway (REST proxy integration; API keys or IAM, per AUTH_MODE).
 
     POST /v1/infer    {"texts": [...], "edge": [...]?, "request_id": "..."?}   header Idempotency-Key?
     GET  /v1/budget   the calling tenant's budget for today (UTC)
@@ -84,6 +84,10 @@ class Runtime:
     service: InferenceService
     idempotency: IdempotencyConfig
     infer_once: Callable[..., dict[str, Any]]  # service.infer behind Powertools idempotency
+    auth_mode: str = "apikey"  # which request-context field names the tenant (service.tenant_from)
+
+    def tenant(self, event: Any) -> str:
+        return tenant_from(event.get("requestContext"), self.auth_mode)
 
 
 def build_runtime(
@@ -137,7 +141,7 @@ def build_runtime(
         config=config,
         key_prefix="v1-infer",  # stable across refactors (the default is the function's module path)
     )
-    return Runtime(service=service, idempotency=config, infer_once=infer_once)
+    return Runtime(service=service, idempotency=config, infer_once=infer_once, auth_mode=settings.auth_mode)
 
 
 _runtime: Runtime | None = None
@@ -179,9 +183,9 @@ def _on_replay(response: Any, record: Any) -> Any:
 @tracer.capture_method(capture_response=False)
 def infer() -> dict[str, Any]:
     event = app.current_event
-    tenant = tenant_from(event.get("requestContext"))
-    logger.append_keys(tenant=tenant)
     current = runtime()
+    tenant = current.tenant(event)
+    logger.append_keys(tenant=tenant)
     request = parse_infer_request(_body(), current.service.limits)
     key = idempotency_key_from(event.headers)
     context = app.lambda_context
@@ -199,9 +203,10 @@ def infer() -> dict[str, Any]:
 @app.get("/v1/budget")
 @tracer.capture_method(capture_response=False)
 def budget() -> dict[str, Any]:
-    tenant = tenant_from(app.current_event.get("requestContext"))
+    current = runtime()
+    tenant = current.tenant(app.current_event)
     logger.append_keys(tenant=tenant)
-    return runtime().service.budget(tenant)
+    return current.service.budget(tenant)
 
 
 def _body() -> str | None:

@@ -106,14 +106,48 @@ def parse_infer_request(body: str | bytes | None, limits: Limits) -> InferReques
         raise refused(refusal) from None
 
 
-def tenant_from(request_context: Mapping[str, Any] | None) -> str:
-    """The tenant is the id of the API key API Gateway validated (requestContext.identity.apiKeyId).
-    Never taken from the body or a header: a caller cannot name someone else's budget."""
+def tenant_from(request_context: Mapping[str, Any] | None, auth_mode: str = "apikey") -> str:
+    """The calling tenant, from the one request-context field the configured authorizer vouches for; never
+    from the body or a header, so a caller cannot name someone else's budget.
+
+    apikey: the id of the API key API Gateway validated (identity.apiKeyId).
+    iam:    the IAM principal whose SigV4 signature API Gateway verified (identity.userArn), by `iam_tenant`.
+    """
     identity = (request_context or {}).get("identity") or {}
-    tenant = identity.get("apiKeyId") if isinstance(identity, Mapping) else None
+    if not isinstance(identity, Mapping):
+        identity = {}
+    if auth_mode == "iam":
+        arn = identity.get("userArn")
+        if not isinstance(arn, str) or not arn:
+            raise UnknownTenant("the request carries no IAM identity")
+        return iam_tenant(arn)
+    tenant = identity.get("apiKeyId")
     if not isinstance(tenant, str) or not tenant:
         raise UnknownTenant("the request carries no API key identity")
     return tenant
+
+
+# arn:<partition>:sts::<account>:assumed-role/<role>/<session>  |  arn:<partition>:iam::<account>:user/<path/>name
+_ASSUMED_ROLE = re.compile(r"^arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/(?P<role>[\w+=,.@-]{1,64})/[\w+=,.@-]+$")
+_IAM_USER = re.compile(r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):user/(?:[\x21-\x7e]*/)?(?P<user>[\w+=,.@-]{1,64})$")
+
+
+def iam_tenant(user_arn: str) -> str:
+    """The tenant of a SigV4 caller: its IAM role, or its IAM user.
+
+    A role's session is deliberately left out. Whoever may assume a role names the session
+    (`RoleSessionName`, any string), so a tenant per session would let a device reset its budget by
+    picking a new name; the role is what IAM actually authorised, and what an operator grants and sees in
+    the console. A device fleet therefore shares the budget of its role: give tenants separate roles.
+    The tenant is written as the role's ARN without its path (the assumed-role ARN does not carry it):
+    `arn:aws:iam::123456789012:role/edge-acme`. A user is `arn:aws:iam::123456789012:user/<name>`
+    (user names are unique in an account whatever their path). Anything else (the root user, a federated
+    user) is refused: a budget needs a principal an operator can name and grant."""
+    if match := _ASSUMED_ROLE.match(user_arn):
+        return f"arn:{match['partition']}:iam::{match['account']}:role/{match['role']}"
+    if match := _IAM_USER.match(user_arn):
+        return f"arn:{match['partition']}:iam::{match['account']}:user/{match['user']}"
+    raise UnknownTenant("the caller is neither an IAM role nor an IAM user")
 
 
 def idempotency_key_from(headers: Mapping[str, str] | None) -> str | None:

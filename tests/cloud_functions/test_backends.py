@@ -37,7 +37,7 @@ def test_the_loader_builds_the_packaged_teacher_by_default(tiny_artifact: Path) 
 
 def test_the_bedrock_loader_takes_the_labels_from_the_manifest_alone(tiny_artifact: Path) -> None:
     client = boto3.client("bedrock-runtime", region_name="us-east-1")  # never called: nothing to stub
-    options = InferenceSettings.from_env({"INFERENCE_BACKEND": "bedrock", "BEDROCK_MODEL_ID": MODEL_ID})
+    options = InferenceSettings.from_env({"INFERENCE_BACKEND": "bedrock", "LLM_MODEL_ID": MODEL_ID})
 
     backend = backend_loader(_settings(tiny_artifact), options, bedrock_client=client)()
 

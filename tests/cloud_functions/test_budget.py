@@ -183,6 +183,15 @@ def test_tenant_ids_are_validated(make_ledger: MakeLedger, tenant: str) -> None:
         make_ledger().reserve(tenant, 1)
 
 
+def test_an_iam_role_is_a_tenant(make_ledger: MakeLedger) -> None:
+    """AuthMode=Iam: the tenant is the caller's role ARN (cloud_functions.service.iam_tenant)."""
+    role = "arn:aws:iam::123456789012:role/edge+acme=1,eu"
+    ledger = make_ledger()
+
+    assert ledger.reserve(role, 3).units == 3
+    assert ledger.status(role).spent == 3
+
+
 @pytest.mark.parametrize("key", ["", "has space", "x" * 256, "caf\u00e9"])
 def test_idempotency_keys_are_validated(make_ledger: MakeLedger, key: str) -> None:
     with pytest.raises(BadRequest):

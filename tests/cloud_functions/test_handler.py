@@ -61,8 +61,9 @@ class Reply:
 
 
 def event(name: str, *, body: Any = ..., headers: dict[str, str | None] | None = None,
-          api_key_id: str | None = TENANT) -> dict[str, Any]:
-    """A recorded event, changed where asked. `body` may be a JSON-able value or raw text (bytes: base64)."""
+          api_key_id: Any = ...) -> dict[str, Any]:
+    """A recorded event, changed where asked. `body` may be a JSON-able value or raw text (bytes: base64).
+    `*_iam` events are signed by an assumed role (AuthMode=Iam), the others carry an API key."""
     recorded: dict[str, Any] = json.loads((EVENTS / f"{name}.json").read_text())
     changed = copy.deepcopy(recorded)
     if body is not ...:
@@ -77,7 +78,7 @@ def event(name: str, *, body: Any = ..., headers: dict[str, str | None] | None =
                 table[header] = value if table is changed["headers"] else [value]
     if api_key_id is None:
         del changed["requestContext"]["identity"]["apiKeyId"]
-    else:
+    elif api_key_id is not ...:
         changed["requestContext"]["identity"]["apiKeyId"] = api_key_id
     return changed
 
@@ -316,6 +317,53 @@ def test_a_request_without_an_api_key_identity_is_an_unknown_tenant(
     for name in ("infer", "budget"):
         reply = invoke(event(name, api_key_id=None))
         assert (reply.status, reply.body["error"]["code"]) == (403, "UNKNOWN_TENANT")
+
+
+ROLE_TENANT = "arn:aws:iam::123456789012:role/edge-acme"  # the role of the *_iam events' session
+
+
+def test_in_iam_mode_the_tenant_is_the_signing_role(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    """Issue 24 #1: the handler took the tenant only from apiKeyId, so every SigV4 call was 403."""
+    install(backend=teacher, AUTH_MODE="iam")
+
+    reply = invoke(event("infer_iam"))
+
+    assert reply.status == 200, reply.body
+    assert reply.body["cost"] == 3
+    assert ledger.status(ROLE_TENANT).spent == 3
+    budget = invoke(event("budget_iam"))
+    assert (budget.status, budget.body["tenant"], budget.body["spent"]) == (200, ROLE_TENANT, 3)
+
+
+def test_in_iam_mode_a_new_session_name_does_not_buy_a_new_budget(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend
+) -> None:
+    """The session name is the caller's choice: a tenant per session would reset the budget at will."""
+    install(backend=teacher, AUTH_MODE="iam", DEFAULT_DAILY_BUDGET="4")
+    assert invoke(event("infer_iam")).status == 200  # 3 of 4 units
+    other_session = event("infer_iam", headers={"Idempotency-Key": "edge-7f3c2a10-0002"})
+    other_session["requestContext"]["identity"]["userArn"] = (
+        "arn:aws:sts::123456789012:assumed-role/edge-acme/a-fresh-session-name")
+
+    reply = invoke(other_session)
+
+    assert (reply.status, reply.body["error"]["code"]) == (429, "BUDGET_EXHAUSTED")
+    assert ledger.status(ROLE_TENANT).spent == 3
+
+
+@pytest.mark.parametrize(("auth_mode", "recorded"), [("iam", "infer"), ("apikey", "infer_iam")],
+                         ids=["iam-mode-api-key-event", "api-key-mode-iam-event"])
+def test_only_the_identity_the_configured_authorizer_vouches_for_names_the_tenant(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, auth_mode: str, recorded: str
+) -> None:
+    install(backend=teacher, AUTH_MODE=auth_mode)
+
+    reply = invoke(event(recorded))
+
+    assert (reply.status, reply.body["error"]["code"]) == (403, "UNKNOWN_TENANT")
+    assert ledger.status(TENANT).spent == 0 and ledger.status(ROLE_TENANT).spent == 0
 
 
 def test_an_exhausted_budget_refuses_a_whole_batch_it_cannot_cover(
@@ -716,3 +764,24 @@ def test_metrics_go_out_as_embedded_metric_format(
     assert namespaces == {"EdgeCloudInferenceTest"}
     assert metrics["UnitsCharged"] == [3.0] and metrics["TextsInferred"] == [2.0]
     assert metrics["EdgeCompared"] == [2.0] and metrics["Requests"] == [1.0]
+
+
+def test_a_handled_5xx_is_counted_where_the_template_alarms(
+    install: Install, invoke: Invoke, capsys: pytest.CaptureFixture[str], handler: ModuleType
+) -> None:
+    """Issue 24 #3: a handled 5xx never reaches AWS/Lambda Errors. It is counted as ServerErrors in the
+    function's namespace with the service as its one dimension: exactly what
+    InferenceFunctionServerErrorsAlarm watches (tests/infra/test_template.py pins the alarm's side)."""
+    install(backend=_BrokenBackend(BackendError("the model is down")))
+    capsys.readouterr()
+
+    reply = invoke(event("infer"))
+
+    assert reply.status == 503
+    (blob,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith('{"_aws"') and "ServerErrors" in line]
+    (directive,) = blob["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "EdgeCloudInferenceTest"  # POWERTOOLS_METRICS_NAMESPACE
+    assert directive["Dimensions"] == [["service"]]
+    assert blob["service"] == handler.metrics.service == "inference"  # POWERTOOLS_SERVICE_NAME
+    assert blob["ServerErrors"] == [1.0]

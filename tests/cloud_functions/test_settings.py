@@ -91,9 +91,12 @@ def test_a_bad_setting_fails_fast_naming_its_key(key: str, value: str) -> None:
         ("COST_PER_TEXT", " 2x ", "COST_PER_TEXT='2x' is not an integer"),
         ("MODEL_URI", "s3://bucket", "MODEL_URI='s3://bucket' is not s3://<bucket>/<key>"),
         ("MODEL_URI", "ftp://h/m", "MODEL_URI='ftp://h/m': only s3:// URIs or local paths are supported"),
-        ("INFERENCE_BACKEND", "gpu", "INFERENCE_BACKEND='gpu' must be one of litert, bedrock"),
-        ("BEDROCK_INPUT_USD_PER_MTOK", "cheap", "BEDROCK_INPUT_USD_PER_MTOK='cheap' is not a number"),
-        ("BEDROCK_INPUT_USD_PER_MTOK", "NaN", "BEDROCK_INPUT_USD_PER_MTOK='NaN' must be >= 0"),
+        ("INFERENCE_BACKEND", "gpu", "INFERENCE_BACKEND='gpu' must be one of litert, bedrock, openai"),
+        ("LLM_INPUT_USD_PER_MTOK", "cheap", "LLM_INPUT_USD_PER_MTOK='cheap' is not a number"),
+        ("LLM_INPUT_USD_PER_MTOK", "NaN", "LLM_INPUT_USD_PER_MTOK='NaN' must be >= 0"),
+        ("AUTH_MODE", "cognito", "AUTH_MODE='cognito' must be one of apikey, iam"),
+        ("BUDGET_UNIT_USD", "0", "BUDGET_UNIT_USD='0' must be > 0"),
+        ("LLM_TIMEOUT_S", "0.5", "LLM_TIMEOUT_S='0.5' must be >= 1"),
     ],
 )
 def test_a_bad_setting_says_what_is_wrong_with_it(key: str, value: str, message: str) -> None:
@@ -109,17 +112,46 @@ def test_a_bad_setting_says_what_is_wrong_with_it(key: str, value: str, message:
 def test_settings_choose_the_backend_and_fail_fast_on_a_bad_choice() -> None:
     assert InferenceSettings.from_env({}) == InferenceSettings()
     options = InferenceSettings.from_env(
-        {"INFERENCE_BACKEND": "bedrock", "BEDROCK_MODEL_ID": "anthropic.claude-3-haiku-20240307-v1:0",
-         "BEDROCK_INPUT_USD_PER_MTOK": "0.25", "TOP_K": "5"}
+        {"INFERENCE_BACKEND": "bedrock", "LLM_MODEL_ID": "anthropic.claude-3-haiku-20240307-v1:0",
+         "LLM_INPUT_USD_PER_MTOK": "0.25", "TOP_K": "5"}
     )
     assert (options.backend, options.top_k) == ("bedrock", 5)
-    assert options.bedrock_input_usd_per_mtok == Decimal("0.25")
+    assert options.llm_input_usd_per_mtok == Decimal("0.25")
     for env, key in [
         ({"INFERENCE_BACKEND": "gpu"}, "INFERENCE_BACKEND"),
-        ({"INFERENCE_BACKEND": "bedrock"}, "BEDROCK_MODEL_ID"),
-        ({"BEDROCK_OUTPUT_USD_PER_MTOK": "-1"}, "BEDROCK_OUTPUT_USD_PER_MTOK"),
-        ({"BEDROCK_OUTPUT_USD_PER_MTOK": "cheap"}, "BEDROCK_OUTPUT_USD_PER_MTOK"),
+        ({"INFERENCE_BACKEND": "bedrock"}, "LLM_MODEL_ID"),
+        ({"INFERENCE_BACKEND": "openai", "OPENAI_BASE_URL": "https://api.openai.com/v1"}, "LLM_MODEL_ID"),
+        ({"INFERENCE_BACKEND": "openai", "LLM_MODEL_ID": "gpt-4o-mini"}, "OPENAI_BASE_URL"),
+        ({"INFERENCE_BACKEND": "openai", "LLM_MODEL_ID": "m", "OPENAI_BASE_URL": "api.openai.com"},
+         "OPENAI_BASE_URL"),
+        ({"INFERENCE_BACKEND": "openai", "LLM_MODEL_ID": "m", "OPENAI_BASE_URL": "https://h/v1",
+          "OPENAI_API_KEY_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:k-AbCdEf",
+          "OPENAI_API_KEY_PARAMETER": "/k"}, "OPENAI_API_KEY_PARAMETER"),
+        ({"OPENAI_API_KEY_HEADER": "x-key"}, "OPENAI_API_KEY_HEADER"),
+        ({"LLM_OUTPUT_USD_PER_MTOK": "-1"}, "LLM_OUTPUT_USD_PER_MTOK"),
+        ({"LLM_OUTPUT_USD_PER_MTOK": "cheap"}, "LLM_OUTPUT_USD_PER_MTOK"),
         ({"TOP_K": "0"}, "TOP_K"),
+        ({"LLM_MAX_ATTEMPTS": "0"}, "LLM_MAX_ATTEMPTS"),
     ]:
         with pytest.raises(ConfigurationError, match=key):
             InferenceSettings.from_env(env)
+
+
+def test_the_openai_backend_reads_where_its_key_is_kept_never_the_key() -> None:
+    options = InferenceSettings.from_env({
+        "INFERENCE_BACKEND": "openai", "LLM_MODEL_ID": "gpt-4o-mini", "OPENAI_BASE_URL": "https://api.openai.com/v1/",
+        "OPENAI_API_KEY_PARAMETER": "/edge/llm-key", "OPENAI_API_KEY_HEADER": "api-key", "LLM_TIMEOUT_S": "12.5",
+    })
+
+    assert options.openai_base_url == "https://api.openai.com/v1"  # the API's paths are appended to it
+    assert (options.openai_api_key_parameter, options.openai_api_key_secret_arn) == ("/edge/llm-key", "")
+    assert (options.openai_api_key_header, options.llm_timeout_s, options.llm_max_attempts) == ("api-key", 12.5, 2)
+    assert not [name for name in InferenceSettings.__slots__ if name.endswith(("api_key", "_key_value"))]
+
+
+def test_auth_mode_and_the_budget_unit_have_defaults() -> None:
+    settings = Settings.from_env(_ENV)
+
+    assert (settings.auth_mode, settings.budget_unit_usd) == ("apikey", Decimal("0.0001"))
+    iam = Settings.from_env({**_ENV, "AUTH_MODE": "iam", "BUDGET_UNIT_USD": "0.001"})
+    assert (iam.auth_mode, iam.budget_unit_usd) == ("iam", Decimal("0.001"))

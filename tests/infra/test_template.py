@@ -24,6 +24,7 @@ from samtranslator.translator.transform import transform
 from cloud_functions.budget_table import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 from cloud_functions.settings import Settings
 from infra.moto_server import TEMPLATE_PATH, create_template_resources, load_template
+from modelpack.cloud_api import ErrorBody
 
 CODE_BUCKET, CODE_KEY = "sam-artifacts", "inference.zip"
 # moto 5.2.5's CloudFormation cannot create these (RestApi from a swagger Body has no Name; Stage,
@@ -52,9 +53,13 @@ class _NoManagedPolicies:
 @pytest.fixture(scope="module")
 def translated() -> dict[str, Any]:
     """The SAM template as plain CloudFormation, translated offline (local CodeUri rewritten to s3://)."""
+    return _translate(load_template())
+
+
+def _translate(sam: dict[str, Any]) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        sam = load_template()
+        sam = copy.deepcopy(sam)
         sam["Resources"]["InferenceFunction"]["Properties"]["CodeUri"] = f"s3://{CODE_BUCKET}/{CODE_KEY}"
         return transform(sam, {}, _NoManagedPolicies())  # type: ignore[arg-type]
 
@@ -87,6 +92,69 @@ def _all_references(node: Any) -> Iterator[str]:
                 yield from _all_references(value)
 
 
+_NO_VALUE = object()
+
+
+def configured(template: dict[str, Any], **parameters: str) -> dict[str, Any]:
+    """The template as CloudFormation would see it with these parameter values (defaults for the rest):
+    conditions evaluated, every Fn::If resolved, AWS::NoValue and conditional resources/outputs dropped."""
+    values = {name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()}
+    values.update(parameters)
+    conditions: dict[str, bool] = {}
+
+    def condition(node: Any) -> bool:
+        if isinstance(node, dict) and len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Fn::Equals":
+                return value(arg[0]) == value(arg[1])
+            if key == "Fn::Not":
+                return not condition(arg[0])
+            if key == "Fn::And":
+                return all(condition(a) for a in arg)
+            if key == "Fn::Or":
+                return any(condition(a) for a in arg)
+            if key in ("Condition", "Fn::Condition"):
+                return named(arg)
+        raise AssertionError(f"cannot evaluate condition {node!r}")
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict) and set(node) == {"Ref"} and node["Ref"] in values:
+            return values[node["Ref"]]
+        return node
+
+    def named(name: str) -> bool:
+        if name not in conditions:
+            conditions[name] = condition(template["Conditions"][name])
+        return conditions[name]
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, list):
+            return [r for r in (resolve(item) for item in node) if r is not _NO_VALUE]
+        if isinstance(node, dict):
+            if set(node) == {"Fn::If"}:
+                name, then, otherwise = node["Fn::If"]
+                return resolve(then if named(name) else otherwise)
+            if node == {"Ref": "AWS::NoValue"}:
+                return _NO_VALUE
+            return {k: r for k, r in ((k, resolve(v)) for k, v in node.items()) if r is not _NO_VALUE}
+        return node
+
+    result = copy.deepcopy(template)
+    for section in ("Resources", "Outputs"):
+        result[section] = {
+            name: resolve({k: v for k, v in item.items() if k != "Condition"})
+            for name, item in result.get(section, {}).items()
+            if "Condition" not in item or named(item["Condition"])
+        }
+    return result
+
+
+AUTH_MODES = ("ApiKey", "Iam")
+BACKENDS = ("litert", "bedrock", "openai")
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:edge-llm-key-AbCdEf"
+PARAMETER_NAME = "/edge/llm-api-key"
+
+
 # --------------------------------------------------------------------------- lint
 
 
@@ -96,9 +164,28 @@ def test_cfn_lint_finds_nothing() -> None:
     assert [str(match) for match in matches] == []
 
 
-# What SAM itself emits: DependsOn next to a Ref (W3005), and parameters it inlines at transform time
-# (usage-plan quota values) that then look unused (W2001).
-_SAM_OUTPUT_WARNINGS = {"W3005", "W2001"}
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("auth_mode", AUTH_MODES)
+def test_cfn_lint_finds_nothing_in_every_auth_mode_and_backend(auth_mode: str, backend: str) -> None:
+    """Each deployable combination as its own template (the parameters' defaults set to it), linted as
+    SAM and again as the CloudFormation it translates to."""
+    sam = _with_defaults(load_template(), AuthMode=auth_mode, InferenceBackend=backend,
+                         LlmModelId="" if backend == "litert" else "amazon.nova-micro-v1:0",
+                         OpenAiBaseUrl="https://llm.example.com/v1" if backend == "openai" else "",
+                         OpenAiApiKeySecretArn=SECRET_ARN if backend == "openai" else "")
+
+    assert [str(m) for m in lint(json.dumps(sam), regions=["us-east-1"])] == []
+    cloudformation = _translate(sam)
+    unexpected = [str(m) for m in lint(json.dumps(cloudformation), regions=["us-east-1"])
+                  if m.rule.id not in _SAM_OUTPUT_WARNINGS]
+    assert unexpected == []
+
+
+def _with_defaults(template: dict[str, Any], **defaults: str) -> dict[str, Any]:
+    changed = copy.deepcopy(template)
+    for name, value in defaults.items():
+        changed["Parameters"][name]["Default"] = value
+    return changed
 
 
 def test_cfn_lint_finds_no_error_in_the_translated_template(translated: dict[str, Any]) -> None:
@@ -134,31 +221,65 @@ def test_the_function_environment_covers_every_setting(translated: dict[str, Any
     assert set(_references(env["MODEL_URI"])) == {"ModelBucket", "ModelUri"}
 
 
-def test_every_api_method_requires_an_api_key(translated: dict[str, Any]) -> None:
-    (api,) = _resources(translated, "AWS::ApiGateway::RestApi").values()
+@pytest.mark.parametrize(("auth_mode", "scheme"), [("ApiKey", "api_key"), ("Iam", "sigv4")])
+def test_every_api_method_is_authorised_the_way_auth_mode_says(
+    translated: dict[str, Any], auth_mode: str, scheme: str
+) -> None:
+    """Issue 24 #1: every method required an API key, so a device signing with SigV4 got 403."""
+    stack = configured(translated, AuthMode=auth_mode)
+    (api,) = _resources(stack, "AWS::ApiGateway::RestApi").values()
     body = api["Properties"]["Body"]
     methods = [(path, verb, spec) for path, verbs in body["paths"].items() for verb, spec in verbs.items()]
 
     assert {(path, verb) for path, verb, _ in methods} == {("/v1/infer", "post"), ("/v1/budget", "get")}
     for path, verb, spec in methods:
-        assert spec["security"] == [{"api_key": []}], f"{verb} {path} does not require an API key"
-    assert body["securityDefinitions"]["api_key"] == {"type": "apiKey", "name": "x-api-key", "in": "header"}
+        assert spec["security"] == [{scheme: []}], f"{verb} {path}"
+    schemes = body["components"]["securitySchemes"]
+    assert schemes["api_key"] == {"type": "apiKey", "name": "x-api-key", "in": "header"}
+    assert schemes["sigv4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    environment = stack["Resources"]["InferenceFunction"]["Properties"]["Environment"]["Variables"]
+    assert environment["AUTH_MODE"] == {"ApiKey": "apikey", "Iam": "iam"}[auth_mode]  # the handler follows
 
 
-def test_a_usage_plan_throttles_and_caps_the_api_key(translated: dict[str, Any]) -> None:
-    (plan_id, plan), *_ = _resources(translated, "AWS::ApiGateway::UsagePlan").items()
-    (key_id, key), *_ = _resources(translated, "AWS::ApiGateway::ApiKey").items()
-    (link,) = _resources(translated, "AWS::ApiGateway::UsagePlanKey").values()
+def test_a_stack_switched_to_another_auth_mode_is_redeployed(translated: dict[str, Any]) -> None:
+    """SAM hashes the template, not parameter values, into the deployment's id: without AlwaysDeploy a
+    switch of AuthMode would update the API's definition and leave the stage on the old deployment."""
+    assert load_template()["Resources"]["InferenceApi"]["Properties"]["AlwaysDeploy"] is True
+    (deployment_id,) = _resources(translated, "AWS::ApiGateway::Deployment")
+    again = _translate(load_template())
+
+    assert deployment_id not in again["Resources"]
+
+
+def test_in_api_key_mode_a_usage_plan_throttles_and_caps_the_api_key(translated: dict[str, Any]) -> None:
+    stack = configured(translated, AuthMode="ApiKey")
+    (plan_id, plan), *_ = _resources(stack, "AWS::ApiGateway::UsagePlan").items()
+    (key_id, key), *_ = _resources(stack, "AWS::ApiGateway::ApiKey").items()
+    (link,) = _resources(stack, "AWS::ApiGateway::UsagePlanKey").values()
 
     assert set(plan["Properties"]["Throttle"]) == {"RateLimit", "BurstLimit"}
     assert plan["Properties"]["Quota"]["Period"] == "DAY"
     assert plan["Properties"]["ApiStages"][0]["ApiId"] == {"Ref": "InferenceApi"}
+    assert plan["Properties"]["ApiStages"][0]["Stage"] == {"Ref": "InferenceApiStage"}
     assert key["Properties"]["Enabled"] is True
     assert link["Properties"] == {
         "KeyId": {"Ref": key_id},
         "KeyType": "API_KEY",
         "UsagePlanId": {"Ref": plan_id},
     }
+
+
+def test_in_iam_mode_there_is_no_api_key_and_the_output_names_what_to_allow(translated: dict[str, Any]) -> None:
+    stack = configured(translated, AuthMode="Iam")
+
+    assert _resources(stack, "AWS::ApiGateway::ApiKey") == {}
+    assert _resources(stack, "AWS::ApiGateway::UsagePlan") == {}
+    assert "ApiKeyId" not in stack["Outputs"]
+    invoke = stack["Outputs"]["ApiInvokeResource"]["Value"]["Fn::Sub"]
+    assert invoke.startswith("arn:${AWS::Partition}:execute-api:") and invoke.endswith("/${Stage}/*/v1/*")
+    # Throttling still applies to the stage as a whole.
+    (stage,) = _resources(stack, "AWS::ApiGateway::Stage").values()
+    assert stage["Properties"]["MethodSettings"][0]["ThrottlingRateLimit"] == {"Ref": "ApiRateLimit"}
 
 
 def test_the_budget_table_matches_the_ledger(translated: dict[str, Any]) -> None:
@@ -202,9 +323,12 @@ def test_the_model_bucket_is_private_encrypted_and_versioned(translated: dict[st
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": False}}
 
 
-def test_the_function_may_touch_exactly_its_tables_and_its_bucket(translated: dict[str, Any]) -> None:
-    role = translated["Resources"]["InferenceFunctionRole"]["Properties"]
-    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+def _statements(stack: dict[str, Any]) -> list[dict[str, Any]]:
+    role = stack["Resources"]["InferenceFunctionRole"]["Properties"]
+    return [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+
+
+def _actions_on(statements: list[dict[str, Any]]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     by_service: dict[str, set[str]] = {}
     actions_on: dict[str, set[str]] = {}
     for statement in statements:
@@ -214,10 +338,17 @@ def test_the_function_may_touch_exactly_its_tables_and_its_bucket(translated: di
         )
         assert "*" not in resources
         named = set(_references(resources))
-        for action in statement["Action"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
             by_service.setdefault(action.split(":")[0], set()).update(named)
             for logical_id in named:
                 actions_on.setdefault(logical_id, set()).add(action)
+    return by_service, actions_on
+
+
+def test_the_function_may_touch_exactly_its_tables_and_its_bucket(translated: dict[str, Any]) -> None:
+    role = translated["Resources"]["InferenceFunctionRole"]["Properties"]
+    by_service, actions_on = _actions_on(_statements(configured(translated, InferenceBackend="litert")))
 
     assert by_service == {"dynamodb": {"BudgetTable", "IdempotencyTable"}, "s3": {"ModelBucket"}}
     assert actions_on["BudgetTable"] == {
@@ -239,18 +370,165 @@ def test_the_function_may_touch_exactly_its_tables_and_its_bucket(translated: di
     }
 
 
+def test_the_bedrock_backend_may_invoke_its_one_model_and_nothing_else(translated: dict[str, Any]) -> None:
+    """Issue 24 #2: the template granted no bedrock:InvokeModel, so the documented backend could not run."""
+    stack = configured(translated, InferenceBackend="bedrock", LlmModelId="amazon.nova-micro-v1:0")
+    (statement,) = [s for s in _statements(stack) if s.get("Sid") == "BedrockModel"]
+    environment = stack["Resources"]["InferenceFunction"]["Properties"]["Environment"]["Variables"]
+
+    assert statement["Action"] == "bedrock:InvokeModel"
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:bedrock:${AWS::Region}::foundation-model/${LlmModelId}"
+    }
+    assert environment["INFERENCE_BACKEND"] == {"Ref": "InferenceBackend"}
+    assert environment["LLM_MODEL_ID"] == {"Ref": "LlmModelId"}
+    assert {"LLM_INPUT_USD_PER_MTOK", "LLM_OUTPUT_USD_PER_MTOK", "TOP_K", "LLM_TIMEOUT_S"} <= set(environment)
+    for backend in ("litert", "openai"):
+        assert not any(s.get("Sid") == "BedrockModel" for s in _statements(configured(translated,
+                                                                                      InferenceBackend=backend)))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "sid", "action", "resource"),
+    [
+        ({"OpenAiApiKeySecretArn": SECRET_ARN}, "OpenAiApiKeySecret", "secretsmanager:GetSecretValue",
+         {"Ref": "OpenAiApiKeySecretArn"}),
+        ({"OpenAiApiKeyParameter": PARAMETER_NAME}, "OpenAiApiKeyParameter", "ssm:GetParameter",
+         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${OpenAiApiKeyParameter}"}),
+    ],
+    ids=["secrets-manager", "ssm"],
+)
+def test_the_openai_backend_may_read_its_api_key_and_nothing_else(
+    translated: dict[str, Any], parameters: dict[str, str], sid: str, action: str, resource: Any
+) -> None:
+    stack = configured(translated, InferenceBackend="openai", **parameters)
+    extra = [s for s in _statements(stack) if s.get("Sid", "").startswith(("OpenAi", "Bedrock"))]
+
+    assert [(s["Sid"], s["Action"], s["Resource"]) for s in extra] == [(sid, action, resource)]
+    assert not any(s.get("Sid", "").startswith("OpenAi")
+                   for s in _statements(configured(translated, InferenceBackend="litert", **parameters)))
+
+
+def test_no_template_parameter_can_carry_an_api_key_in_plain_text() -> None:
+    """The LLM's key lives in Secrets Manager or SSM; the template names where, never the key itself
+    (a parameter's value is visible to anyone who can describe the stack)."""
+    parameters = load_template()["Parameters"]
+
+    assert not [name for name in parameters if re.search(r"(?i)key$|secret$|token$|password", name)]
+    assert parameters["OpenAiApiKeySecretArn"]["AllowedPattern"].startswith("^(arn:aws")
+    assert parameters["OpenAiApiKeyParameter"]["AllowedPattern"].startswith("^(/")
+
+
 def test_an_alarm_watches_the_functions_errors(translated: dict[str, Any]) -> None:
-    (alarm,) = _resources(translated, "AWS::CloudWatch::Alarm").values()
-    properties = alarm["Properties"]
+    alarms = {a["Properties"]["MetricName"]: a["Properties"]
+              for a in _resources(translated, "AWS::CloudWatch::Alarm").values()}
+    properties = alarms["Errors"]
 
     assert (properties["Namespace"], properties["MetricName"]) == ("AWS/Lambda", "Errors")
     assert properties["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "InferenceFunction"}}]
 
 
-def test_parameters_and_outputs(translated: dict[str, Any]) -> None:
-    assert {"Stage", "DefaultDailyBudget", "CostPerRequest", "CostPerText", "ModelUri"} <= set(
-        translated["Parameters"]
+def test_an_alarm_watches_the_handled_5xx_the_function_counts(translated: dict[str, Any]) -> None:
+    """Issue 24 #3: a handled 5xx is a normal return for Lambda, so AWS/Lambda Errors never saw one and the
+    ServerErrors EMF metric had no alarm. The alarm must name the metric exactly as Powertools emits it:
+    the function's namespace, and its service name as the only dimension
+    (tests/cloud_functions/test_handler.py pins what a 5xx emits)."""
+    environment = translated["Resources"]["InferenceFunction"]["Properties"]["Environment"]["Variables"]
+    (alarm,) = [a["Properties"] for a in _resources(translated, "AWS::CloudWatch::Alarm").values()
+                if a["Properties"]["MetricName"] == "ServerErrors"]
+
+    assert alarm["Namespace"] == environment["POWERTOOLS_METRICS_NAMESPACE"]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": environment["POWERTOOLS_SERVICE_NAME"]}]
+    assert environment["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}  # one per stack: no cross-talk
+    assert (alarm["Statistic"], alarm["ComparisonOperator"], alarm["Threshold"]) == (
+        "Sum", "GreaterThanOrEqualToThreshold", 1)
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
+# API Gateway's REST integration limit: past it the caller gets a 504 while the function runs on.
+INTEGRATION_LIMIT_S = 29
+
+
+def test_the_function_times_out_before_api_gateway_gives_up(translated: dict[str, Any]) -> None:
+    """Issue 24 #3: Timeout 30 outlived API Gateway's 29 s, so a slow call was charged after its caller
+    had already been told 504."""
+    timeout = translated["Resources"]["InferenceFunction"]["Properties"]["Timeout"]
+    llm = load_template()["Parameters"]["LlmTimeoutSeconds"]
+
+    assert timeout < INTEGRATION_LIMIT_S
+    assert llm["MaxValue"] + 3 <= timeout  # an LLM call leaves the ledger's writes a few seconds
+
+
+def _render(response_template: str, *, response_type: str, message: str, request_id: str) -> Any:
+    """What API Gateway makes of a gateway response's mapping template ($context variables substituted;
+    messageString is the message as a quoted JSON string)."""
+    return json.loads(
+        response_template.replace("$context.error.messageString", json.dumps(message))
+        .replace("$context.error.responseType", response_type)
+        .replace("$context.requestId", request_id)
     )
+
+
+@pytest.mark.parametrize(
+    ("response_type", "message"),
+    [
+        ("INVALID_API_KEY", "Forbidden"),
+        ("MISSING_AUTHENTICATION_TOKEN", "Missing Authentication Token"),
+        ("INVALID_SIGNATURE", 'The request signature we calculated does not match the signature you provided.'),
+        ("ACCESS_DENIED", "User: arn:aws:sts::123456789012:assumed-role/edge/d1 is not authorized"),
+        ("THROTTLED", "Too Many Requests"),
+        ("QUOTA_EXCEEDED", "Limit Exceeded"),
+        ("REQUEST_TOO_LARGE", "Request Too Long"),
+        ("INTEGRATION_TIMEOUT", "Endpoint request timed out"),
+        ("INTEGRATION_FAILURE", "Internal server error"),
+    ],
+)
+def test_api_gateways_own_errors_carry_the_projects_error_body(
+    translated: dict[str, Any], response_type: str, message: str
+) -> None:
+    """Issue 24 #3: without GatewayResponses, API Gateway's 403/429/504 said {"message": ...}."""
+    (api,) = _resources(translated, "AWS::ApiGateway::RestApi").values()
+    responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
+    default = "DEFAULT_4XX" if response_type not in ("INTEGRATION_TIMEOUT", "INTEGRATION_FAILURE") else "DEFAULT_5XX"
+    response = responses.get(response_type, responses[default])
+
+    body = _render(response["responseTemplates"]["application/json"], response_type=response_type,
+                   message=message, request_id="c6af9ac6-7b61-11e6-9a41-93e8deadbeef")
+
+    error = ErrorBody.from_json(body)
+    assert (error.code, error.message) == (response_type, message)
+    assert error.details == {"request_id": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"}
+    assert "statusCode" not in response  # API Gateway's own status stays (403, 429, 413, 504)
+
+
+def test_api_access_logs_carry_the_request_id_and_no_api_key(translated: dict[str, Any]) -> None:
+    (stage,) = _resources(translated, "AWS::ApiGateway::Stage").values()
+    setting = stage["Properties"]["AccessLogSetting"]
+    log_group = translated["Resources"]["ApiAccessLogGroup"]["Properties"]
+
+    assert setting["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    fields = json.loads(setting["Format"])  # every value a quoted $context variable: one JSON line
+    assert fields["request_id"] == "$context.requestId"  # the function logs it as correlation_id
+    assert {"status", "error_type", "integration_latency_ms", "ip"} <= set(fields)
+    assert "$context.identity.apiKey" not in setting["Format"].replace("$context.identity.apiKeyId", "")
+
+
+@pytest.mark.parametrize(("logs_role", "creates"), [("Create", True), ("Existing", False)])
+def test_api_gateways_logs_role_is_set_once_per_account_and_the_api_waits_for_it(
+    translated: dict[str, Any], logs_role: str, creates: bool
+) -> None:
+    stack = configured(translated, ApiGatewayLogsRole=logs_role)
+
+    assert bool(_resources(stack, "AWS::ApiGateway::Account")) is creates
+    assert stack["Resources"]["InferenceApi"]["DependsOn"] == "ApiGatewayLogsReady"
+    ready = stack["Resources"]["ApiGatewayLogsReady"]["Metadata"]
+    assert ready["AccountLogsRole"] == ({"Ref": "ApiGatewayAccount"} if creates else "")
+
+
+def test_parameters_and_outputs(translated: dict[str, Any]) -> None:
+    assert {"Stage", "DefaultDailyBudget", "CostPerRequest", "CostPerText", "ModelUri", "AuthMode",
+            "InferenceBackend", "LlmModelId"} <= set(translated["Parameters"])
     outputs = translated["Outputs"]
     assert set(_references(outputs["ApiUrl"]["Value"])) >= {"InferenceApi", "Stage"}
     assert outputs["ApiKeyId"]["Value"] == {"Ref": "InferenceApiApiKey"}
