@@ -10,7 +10,6 @@ writes the feedback store (EDGE_FEEDBACK_PATH) as JSON Lines for `model_build bu
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
+    from edge_container import logs
     from edge_container.app import create_app
     from edge_container.errors import ConfigurationError
     from edge_container.settings import Settings
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     if settings.processes > 1 and not settings.is_child:
         from edge_container.processes import Supervisor
 
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_open_files(settings.max_connections)
     config = uvicorn.Config(create_app(settings, stack=stack), host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=settings.access_log, lifespan="on",
+                            log_config=logs.uvicorn_log_config(settings.log_format),
                             timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
                             **gate.uvicorn_options())
     server = uvicorn.Server(config)

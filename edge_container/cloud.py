@@ -130,7 +130,7 @@ class CloudClient:
         except CloudFailure as exc:
             verdict = isinstance(exc, _Rejected)
             if isinstance(exc, CloudCallFailed):  # the fallback's reason says `cloud_error`; this line says which
-                log.warning("the cloud call failed: %s", exc)
+                log.warning("the cloud call failed: %s", exc, extra={"request_id": request_id})
             raise
         finally:
             if verdict is True:
@@ -147,6 +147,8 @@ class CloudClient:
         body = InferRequest(tuple(clip_text(t.strip(), self.max_text_chars) for t in texts),
                             tuple(edge) if edge else None, request_id or None).encode()
         headers = {"content-type": "application/json", "Idempotency-Key": key}
+        if request_id:  # the cloud logs it (edge_request_id): one escalation, one id in both tiers' logs
+            headers["X-Request-Id"] = request_id
         if self._api_key:
             headers["x-api-key"] = self._api_key
         last: CloudFailure = DeadlineExceeded("no time left for the cloud")

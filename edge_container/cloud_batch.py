@@ -12,6 +12,7 @@ batching off, the default, a client's retry with the same `request_id` replays a
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from edge_container.cloud import CloudReply
 from edge_container.errors import CloudFailure
 from modelpack.cloud_api import Answer, InferReply
 
+log = logging.getLogger("edge_container.cloud_batch")
 Call = Callable[[list[str], list[Answer], str, float, str], Awaitable[CloudReply]]
 
 
@@ -64,6 +66,10 @@ class CloudBatcher:
         texts = [t for job in jobs for t in job.texts]
         edge = [a for job in jobs for a in job.edge]
         digest = hashlib.sha256("\x1f".join(job.key for job in jobs).encode()).hexdigest()[:48]
+        # The call goes up under its first member's request id: this line leads the others' ids to it.
+        log.info("cloud call for requests %s sent as request %s", ", ".join(job.request_id for job in jobs),
+                 jobs[0].request_id, extra={"request_id": jobs[0].request_id,
+                                            "batched_request_ids": [job.request_id for job in jobs]})
         try:
             reply = await self._call(texts, edge, jobs[0].request_id, min(job.deadline for job in jobs),
                                      f"edge-b-{digest}")

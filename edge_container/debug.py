@@ -198,8 +198,11 @@ class _Server:
                 yield
 
         gate = ConnectionGate.for_listener(settings, metrics, "debug")  # slow and numerous clients, as on the API
+        # log_config None: the serving process has configured logging (EDGE_LOG_FORMAT); uvicorn's own text
+        # configuration, applied again here, would take its loggers back from a JSON root handler.
         config = uvicorn.Config(app, host=settings.debug_host or settings.host, port=settings.debug_port or 0,
-                                lifespan="off", log_level="warning", access_log=False, **gate.uvicorn_options())
+                                lifespan="off", log_level="warning", access_log=False, log_config=None,
+                                **gate.uvicorn_options())
         context = server_ssl_context(settings)  # built here: a bad certificate fails start-up, by name
         config.load()
         config.ssl = context

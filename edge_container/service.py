@@ -29,6 +29,7 @@ from edge_container.cloud_batch import CloudBatcher
 from edge_container.cloud_batch import Job as CloudJob
 from edge_container.errors import CloudBudgetExhausted, CloudDisabled, CloudFailure, RateLimited
 from edge_container.feedback import FeedbackRecord, FeedbackWriter
+from edge_container.logs import log_answers
 from edge_container.metrics import Metrics
 from edge_container.pacing import PRIORITIES, Priority
 from edge_container.policies import Policy
@@ -209,7 +210,9 @@ class EdgeService:
         else:
             for source, count in Counter(r.source for r in answers.results).items():
                 self._texts[source].inc(count)
-        return Prediction(request_id, tuple(answers.results), (time.perf_counter() - start) * 1000.0, priority)
+        prediction = Prediction(request_id, tuple(answers.results), (time.perf_counter() - start) * 1000.0, priority)
+        log_answers(prediction)
+        return prediction
 
     def _observe_escalation(self, sent: int, n: int) -> None:
         """An exponential average over the last ~1,000 auto-routed texts (`edge_recent_escalation_ratio`):

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from edge_container.auth import ClientKey
 from edge_container.errors import ConfigurationError
+from edge_container.logs import LOG_FORMATS, LogFormat
 from modelpack.env import EnvReader
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 
@@ -35,6 +36,7 @@ class Settings:
     host: str = "127.0.0.1"  # loopback unless told otherwise; the container image sets 0.0.0.0
     port: int = 8080
     log_level: str = "info"
+    log_format: LogFormat = "text"  # json: one object a line (edge_container.logs)
     access_log: bool = False
     # How long an idle client connection stays open. Longer than clients keep pooled connections (httpx 5 s,
     # requests/urllib3 until closed, Go 90 s): a server that closes first races the client's next request on
@@ -189,6 +191,7 @@ def _service(env: _Env, d: Settings) -> dict[str, Any]:
         "port": env.integer("EDGE_PORT", d.port, low=0, high=65535),
         "log_level": env.choice("EDGE_LOG_LEVEL", ("critical", "error", "warning", "info", "debug"),
                              default=d.log_level),
+        "log_format": env.choice("EDGE_LOG_FORMAT", LOG_FORMATS, default=d.log_format),
         "access_log": env.boolean("EDGE_ACCESS_LOG", d.access_log),
         "keep_alive_s": env.number("EDGE_KEEP_ALIVE_S", d.keep_alive_s, low=1.0, high=3600.0),
         **_connections(env, d),

@@ -68,6 +68,21 @@ def launch(*args: str, **env: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def wait_ready(proc: subprocess.Popen[str], port: int, timeout_s: float = 60) -> None:
+    """Until the service on `port` answers /readyz 200; fails with its stderr if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service never became ready"
+            time.sleep(0.1)
+
+
 def dockerfile_json_array(instruction: str) -> list[str]:
     match = re.search(rf"^{instruction}\s+(\[.*\])\s*$", DOCKERFILE.read_text(), re.MULTILINE)
     assert match, f"no exec-form {instruction} in the Dockerfile"
@@ -81,17 +96,8 @@ def test_the_entry_point_serves_without_tensorflow_torch_or_model_build(tiny_art
     proc = launch(*entry[3:], "--model-dir", str(tiny_artifact), "--host", "127.0.0.1",
                   EDGE_PORT=str(port), EDGE_RELOAD_POLL_S="0")
     try:
-        deadline = time.monotonic() + 60
+        wait_ready(proc, port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            while True:
-                assert proc.poll() is None, proc.communicate()[1]
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the service never became ready"
-                time.sleep(0.1)
             r = client.post("/v1/predict", json={"texts": ["what is the weather today", "play music"]})
             assert r.status_code == 200 and len(r.json()["results"]) == 2
             assert "edge_model_info" in client.get("/metrics").text
