@@ -61,6 +61,7 @@ from cloud_functions.service import (
     tenant_from,
 )
 from cloud_functions.settings import InferenceSettings, Settings
+from modelpack.cloud_api import MAX_REQUEST_ID
 
 # Powertools objects are cheap to make (they read POWERTOOLS_* variables, open nothing) and their
 # decorators need them at import.
@@ -187,6 +188,12 @@ def infer() -> dict[str, Any]:
     tenant = current.tenant(event)
     logger.append_keys(tenant=tenant)
     request = parse_infer_request(_body(), current.service.limits)
+    # The edge's id for this escalation (X-Request-Id, else the body's): its log and ours share one id.
+    edge_request_id = (event.headers.get("X-Request-Id") or request.request_id or "")[:MAX_REQUEST_ID]
+    if edge_request_id:
+        logger.append_keys(edge_request_id=edge_request_id)
+        tracer.put_annotation(key="edge_request_id", value=edge_request_id)
+    logger.info("infer", extra={"texts": len(request.texts)})
     key = idempotency_key_from(event.headers)
     context = app.lambda_context
     request_id = event.request_context.request_id or context.aws_request_id
