@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from modelpack.version import version_line
+
 _FLAGS = {"model_dir": "EDGE_MODEL_DIR", "host": "EDGE_HOST", "port": "EDGE_PORT", "policy": "EDGE_POLICY",
           "workers": "EDGE_WORKERS", "processes": "EDGE_PROCESSES", "cloud_url": "EDGE_CLOUD_URL",
           "log_level": "EDGE_LOG_LEVEL"}
@@ -21,6 +23,7 @@ _FLAGS = {"model_dir": "EDGE_MODEL_DIR", "host": "EDGE_HOST", "port": "EDGE_PORT
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_container", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("edge_container"))
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the HTTP API (uvicorn)")
     for name, env in _FLAGS.items():
@@ -34,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "feedback":
         return _export_feedback(args)
 
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as exc:  # the package installed without its edge extra
+        print(f"error: {exc.name} is missing: the edge needs its dependencies "
+              "(pip install 'edge-cloud-inference[edge]', or -r edge_container/requirements.txt)", file=sys.stderr)
+        return 2
 
     from edge_container import logs
     from edge_container.app import create_app

@@ -9,7 +9,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from importlib import metadata
 from time import perf_counter
 from typing import Any
 
@@ -42,6 +41,7 @@ from edge_container.peers import LOCAL_HEADER, PeerReply, merged_metrics
 from edge_container.schemas import json_object, one_or_many, parse_predict, prediction_json, read_json
 from edge_container.settings import Settings
 from edge_container.wiring import EdgeStack
+from modelpack.version import package_version
 
 log = logging.getLogger("edge_container.app")
 Handler = Callable[[Request], Awaitable[tuple[Response, str]]]
@@ -61,13 +61,6 @@ class JsonResponse(JSONResponse):
 
 def _error_response(exc: EdgeError) -> JsonResponse:
     return JsonResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-
-
-def _version() -> str:
-    try:
-        return metadata.version("edge-cloud-inference")
-    except metadata.PackageNotFoundError:
-        return "0.1.0"
 
 
 class Api:
@@ -150,7 +143,7 @@ class Api:
 
     # --- Open Inference Protocol v2 -------------------------------------------------------------------------
     async def v2_server(self, request: Request) -> tuple[Response, str]:
-        return JsonResponse({"name": "edge_container", "version": _version(), "extensions": []}), "none"
+        return JsonResponse({"name": "edge_container", "version": package_version(), "extensions": []}), "none"
 
     async def v2_live(self, request: Request) -> tuple[Response, str]:
         return JsonResponse({"live": True}), "none"
@@ -217,7 +210,7 @@ class Api:
         return Response(own, media_type=self.metrics.content_type), "none"
 
     async def openapi(self, request: Request) -> tuple[Response, str]:
-        return JsonResponse(openapi_document(_version(), self.settings)), "none"
+        return JsonResponse(openapi_document(package_version(), self.settings)), "none"
 
     # --- admin ----------------------------------------------------------------------------------------------
     def _authorise(self, request: Request) -> None:

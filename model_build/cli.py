@@ -10,10 +10,12 @@ from pathlib import Path
 
 from model_build.errors import BuildError
 from modelpack.errors import ArtifactError
+from modelpack.version import version_line
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model_build", description=__doc__)
+    p.add_argument("--version", action="version", version=version_line("model_build"))
     sub = p.add_subparsers(dest="command", required=True)
 
     _build_parser(sub.add_parser("build", help="train teacher and student, convert, calibrate, write the artifact"))

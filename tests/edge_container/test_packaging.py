@@ -153,7 +153,8 @@ def test_the_image_is_slim_non_root_healthchecked_and_holds_only_runtime_code() 
     assert re.search(r"^COPY edge_container/requirements.txt ", text, re.MULTILINE)
     assert "pip install --no-cache-dir -r /app/edge_container/requirements.txt" in text
     copied = re.findall(r"^COPY (?:--\S+ )*(\S+) ", text, re.MULTILINE)
-    assert set(copied) == {"edge_container/requirements.txt", "modelpack", "edge_container", "${MODEL_DIR}"}
+    assert set(copied) == {"edge_container/requirements.txt", "modelpack", "edge_container", "pyproject.toml",
+                           "${MODEL_DIR}"}
     assert re.search(r"^USER 10001$", text, re.MULTILINE) and "useradd" in text
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*/readyz", text, re.MULTILINE)
     assert re.search(r"^EXPOSE 8080$", text, re.MULTILINE) and "EDGE_MODEL_DIR=/models" in text
