@@ -69,7 +69,8 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
                         "from them, so both tiers answer 'oos' for requests none of your intents fits; data with "
                         "one gains them as out-of-scope training texts")
     b.add_argument("--max-false-reject", type=float, default=None, metavar="RATE",
-                   help="the share of in-domain validation texts either tier may answer 'oos' (default 0.02)")
+                   help="the share of in-scope validation texts the cascade may answer 'oos' (default: 0.02 for a "
+                        "background class from --negatives; no cap for data with its own 'oos' rows)")
     b.add_argument("--feedback", default=None, metavar="PATH|s3://BUCKET/PREFIX",
                    help="the edge's feedback (EDGE_FEEDBACK_PATH stores, `edge_container feedback export` files, a "
                         "folder of them, or an S3 prefix holding them): the cloud-answered texts join the student's "
@@ -87,6 +88,9 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--prune", type=float, default=None, metavar="FRACTION",
                    help="structured L1 pruning of the student: drop this share of its conv filters and hidden "
                         "units, then fine-tune (default 0; bench/results/pruning.json measures 0.3 and 0.5)")
+    b.add_argument("--student", choices=["cnn", "transformer"], default="cnn",
+                   help="the edge model: cnn (a 1-D CNN over MiniLM's word vectors, the default) or transformer "
+                        "(MiniLM's own first blocks, distilled; larger and slower, see bench/results/student_search.md)")
     b.add_argument("--model-version", help="version string (default: date + config digest)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--strict", action="store_true",
@@ -145,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     from model_build.pipeline import build
 
     overrides = {"traffic_oos_fraction": args.traffic_oos_fraction, "seed": args.seed,
-                 "cloud_precision": args.cloud_precision}
+                 "cloud_precision": args.cloud_precision, "student": args.student}
     if args.routing_target is not None:
         overrides["routing_target"] = args.routing_target
     if args.unlabeled is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from model_build.errors import BuildError
-from model_build.student_config import StudentConfig
+from model_build.student_config import StudentConfig, TransformerStudentConfig
 from model_build.teacher import TeacherConfig
 from model_build.transfer import TransferConfig
 
@@ -40,11 +40,14 @@ class Gates:
     max_cloud_int8_accuracy_drop: float = 0.003
 
 
+DEFAULT_FALSE_REJECT = 0.02  # a background class's false-reject budget when none is given (--max-false-reject)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     preset: str
     teacher: TeacherConfig
-    student: StudentConfig
+    student: StudentConfig | TransformerStudentConfig
     distill: DistillConfig
     gates: Gates = field(default_factory=Gates)
     transfer: TransferConfig = field(default_factory=TransferConfig)
@@ -52,9 +55,15 @@ class BuildConfig:
     # Texts known to lie outside every intent (--negatives): for data without an oos label, a background
     # class `oos` learnt from them (model_build.data.with_background). None: no background class.
     negatives: str | None = None
-    # The share of in-domain validation texts either tier may refuse as `oos` (--max-false-reject): the
-    # cloud's oos threshold and the edge's band are capped at it (model_build.fit.cap_false_reject).
-    max_false_reject: float = 0.02
+    # The share of in-domain validation texts the cascade may refuse as `oos` (--max-false-reject): the
+    # cloud's oos threshold and the edge's band are capped at it (model_build.fit.cap_false_reject). None:
+    # DEFAULT_FALSE_REJECT for a background class; no cap for data with an oos label, whose validation oos
+    # texts let the fit weigh what a refusal buys (on CLINC150 a 2 % cap cost 6 pt of joint oos recall).
+    max_false_reject: float | None = None
+
+    def false_reject_budget(self, background: bool) -> float | None:
+        return self.max_false_reject if self.max_false_reject is not None or not background \
+            else DEFAULT_FALSE_REJECT
     feedback: str | None = None  # the edge's feedback (store, export or folder) added to the transfer set
     feedback_weight: float = 1.0  # loss weight of a feedback text against 1 for a labelled one (--feedback-weight)
     feedback_copies: int = 0  # word-dropout copies of each feedback text, teacher-labelled too (--feedback-copies)
@@ -129,12 +138,35 @@ def _fast() -> BuildConfig:
 
 
 PRESETS = {"quick": _quick, "fast": _fast, "full": _full}
+STUDENTS = ("cnn", "transformer")
+
+
+def _transformer(config: BuildConfig) -> BuildConfig:
+    """The preset with the transformer student (--student transformer): blocks of the teacher's pretrained
+    MiniLM, fine-tuned by the same distillation loss at a pretrained model's rate (AdamW, decay 0.01, batch 32).
+    Fast and full: MiniLM's first two blocks whole (bench/results/student_search.md, "Transformer students");
+    quick: one block with 4 heads and 256 feed-forward units, a toy like its CNN."""
+    if config.preset == "quick":
+        student = TransformerStudentConfig(layers=(0,), heads=4, intermediate=256)
+        distill = dataclasses.replace(config.distill, epochs=3, batch_size=32, learning_rate=5e-4, weight_decay=0.01)
+    else:
+        student = TransformerStudentConfig(layers=(0, 1))
+        distill = dataclasses.replace(config.distill, epochs=3, batch_size=32, learning_rate=1.5e-4,
+                                      weight_decay=0.01)
+    return dataclasses.replace(config, student=student, distill=distill)
 
 
 def preset(name: str, **overrides: Any) -> BuildConfig:
     if name not in PRESETS:
         raise BuildError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     config = PRESETS[name]()
+    student = overrides.pop("student", "cnn")
+    if student not in STUDENTS:
+        raise BuildError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
+    if student == "transformer":
+        if overrides.get("prune"):
+            raise BuildError("--prune applies to the CNN student only")
+        config = _transformer(config)
     mix = overrides.pop("traffic_oos_fraction", config.traffic_oos_fraction)
     if isinstance(mix, str) and mix not in ("test", "val"):
         try:
@@ -158,7 +190,7 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     if negatives is not None and not Path(negatives).is_file():
         raise BuildError(f"--negatives {negatives}: no such file")
     reject = overrides.get("max_false_reject", config.max_false_reject)
-    if not 0.0 <= reject < 0.5:
+    if reject is not None and not 0.0 <= reject < 0.5:
         raise BuildError(f"--max-false-reject must be in [0, 0.5), got {reject}")
     feedback = overrides.get("feedback")
     if feedback is not None and not Path(feedback).exists():

@@ -115,15 +115,17 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
 
     # A background class (--negatives) gives validation no real out-of-scope traffic to measure what a
     # refusal buys: the user's false-reject budget is then spent, half at the edge's band, half in the cloud.
-    cloud_budget = config.max_false_reject / 2 if dataset.background else config.max_false_reject
+    budget = config.false_reject_budget(dataset.background)
+    cloud_budget = budget / 2 if dataset.background and budget is not None else budget
     cloud_oos, oos_threshold = None, None
     if has_oos:
         cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
                                          min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
         if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
-            oos_threshold = cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), cloud_budget)
+            oos_threshold = float(cloud_oos.threshold) if cloud_budget is None else \
+                cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), cloud_budget)
     cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
-    split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction)
+    split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction, budget)
     edge = _fit_edge(config, edge_logits, split, 0.0)
     search = None
     if config.edge_oos_bias and has_oos:
@@ -136,8 +138,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         if bias:
             edge = _fit_edge(config, edge_logits, split, bias)
     entry = edge.entry
-    if dataset.background and has_oos:
-        entry = spend_band(entry, edge.probs, split, config.max_false_reject / 2)
+    if dataset.background and has_oos and budget:
+        entry = spend_band(entry, edge.probs, split, budget / 2)
     if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
         entry = dataclasses.replace(entry, shift=shift_table(edge.probs, cloud_pred, y, oos, entry))
     deferrals = edge.deferrals
@@ -161,6 +163,7 @@ class _Split:
     oos: int | None  # None: no oos texts (no band, no bias)
     cloud_pred: np.ndarray
     fraction: float | None
+    budget: float | None = None  # the share of in-scope texts the edge's band may hold (None: no cap)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,7 +197,7 @@ def _rule_rate(config: BuildConfig, logits: np.ndarray, split: _Split, bias: flo
                               weights=split.w).choices[rule.score].escalation_rate
     choice = choose_deferral(
         SCORES[rule.score](probs), pred, split.cloud_pred, split.y, split.oos, target_ratio=config.routing_target,
-        weights=split.w, name=rule.score, max_false_reject=config.max_false_reject,
+        weights=split.w, name=rule.score, max_false_reject=split.budget,
         oos_score=None if rule.oos_score is None else band_score(rule.oos_score, probs, split.oos))
     return choice.escalation_rate if choice.reachable else 1.0
 
@@ -208,7 +211,7 @@ def _fit_edge(config: BuildConfig, logits: np.ndarray, split: _Split, bias: floa
     entry = _routing_entry(config, split.fraction, comparison.best, best.threshold, best.escalation_rate)
     deferrals = None
     if config.edge_oos_band and split.oos is not None:
-        deferrals = _deferrals(config, probs, split.cloud_pred, split.y, split.oos, split.w)
+        deferrals = _deferrals(config, probs, split.cloud_pred, split.y, split.oos, split.w, split.budget)
         three_way = _cheaper_deferral(deferrals, best.escalation_rate)
         if three_way is not None:
             chosen, band_name = three_way
@@ -232,14 +235,14 @@ def _routing_entry(config: BuildConfig, fraction: float | None, score: str, thre
 
 
 def _deferrals(config: BuildConfig, edge_probs: np.ndarray, cloud_pred: np.ndarray, y: np.ndarray, oos: int,
-               w: np.ndarray) -> dict[tuple[str, str | None], DeferralChoice]:
+               w: np.ndarray, budget: float | None) -> dict[tuple[str, str | None], DeferralChoice]:
     """The three-way rule for every escalation score, its band cut on the same score or on the best
     in-scope probability."""
     edge_pred = edge_probs.argmax(axis=1)
     return {
         (name, band_name): choose_deferral(
             fn(edge_probs), edge_pred, cloud_pred, y, oos, target_ratio=config.routing_target, weights=w,
-            name=name, max_false_reject=config.max_false_reject,
+            name=name, max_false_reject=budget,
             oos_score=None if band_name is None else band_score(band_name, edge_probs, oos))
         for name, fn in SCORES.items() for band_name in BAND_SCORES
     }
