@@ -6,7 +6,7 @@ environment. When the current version cannot be had but the execution environmen
 version that loaded, that one answers, wrapped in `StaleBackend` (the response says
 `"model_status": "stale"`), and the current one is tried again every `stale_retry_after_s`.
 `BackendLoader` is what it calls: it fetches the artifact and builds the configured backend (the
-protocol: `cloud_functions.inference`; the backends: `litert_backend`, `bedrock_backend`).
+protocol: `cloud_functions.inference`; the backends: `litert_backend`, `bedrock_backend`, `openai_backend`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from cloud_functions import clients
@@ -23,6 +24,10 @@ from cloud_functions.errors import ModelUnavailable
 from cloud_functions.inference import BackendError, Inference, InferenceBackend
 from cloud_functions.litert_backend import LiteRTBackend
 from cloud_functions.model_store import CLOUD_PARTS, LocalModel, ModelStore, ModelStoreError, Part
+from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+from cloud_functions.pricing import TokenPrices
+from cloud_functions.secrets import CachedSecret, from_secrets_manager, from_ssm
+from cloud_functions.settings import LLM_BACKENDS
 from modelpack.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -52,6 +57,9 @@ class StaleBackend:
 
     def infer(self, texts: Sequence[str]) -> Inference:
         return self.inner.infer(texts)
+
+    def max_cost_usd(self, texts: Sequence[str]) -> Decimal:
+        return self.inner.max_cost_usd(texts)
 
 
 class LazyBackend:
@@ -124,8 +132,10 @@ class LazyBackend:
 
 
 class BackendLoader:
-    """What `LazyBackend` calls: fetch the artifact (only the manifest for Bedrock) and build the backend;
-    a version that also built is remembered as the last good one, which `last_good` builds again."""
+    """What `LazyBackend` calls: fetch the artifact (only the manifest for an LLM: its labels) and build the
+    backend; a version that also built is remembered as the last good one, which `last_good` builds again.
+    Clients not injected are made here (`cloud_functions.clients`); the LLM's HTTP transport and API key
+    are made once and shared by every version built (a kept-alive connection, one cached key)."""
 
     def __init__(
         self,
@@ -134,12 +144,17 @@ class BackendLoader:
         *,
         s3_client: Any = None,
         bedrock_client: BedrockRuntimeClient | None = None,
+        secrets_client: Any = None,
+        transport: HttpTransport | None = None,
     ) -> None:
         self._settings = settings
         self._options = options
         self._s3_client = s3_client
         self._bedrock_client = bedrock_client
-        self._parts: tuple[Part, ...] = () if options.backend == "bedrock" else CLOUD_PARTS
+        self._secrets_client = secrets_client
+        self._transport = transport
+        self._api_key: CachedSecret | None = None
+        self._parts: tuple[Part, ...] = () if options.backend in LLM_BACKENDS else CLOUD_PARTS
         self._store: ModelStore | None = None
 
     def __call__(self) -> InferenceBackend:
@@ -170,7 +185,37 @@ class BackendLoader:
                 input_usd_per_mtok=options.llm_input_usd_per_mtok,
                 output_usd_per_mtok=options.llm_output_usd_per_mtok,
             )
+        if options.backend == "openai":
+            return OpenAIBackend(
+                self._http(),
+                model=options.llm_model_id,
+                labels=model.manifest.labels,
+                oos_label=model.manifest.oos_label,
+                prices=TokenPrices(options.llm_input_usd_per_mtok, options.llm_output_usd_per_mtok),
+                api_key=self._key(),
+                key_header=options.openai_api_key_header,
+                timeout_s=options.llm_timeout_s,
+                max_attempts=options.llm_max_attempts,
+                logprobs=options.openai_logprobs,
+            )
         return LiteRTBackend.load(model, top_k=options.top_k)
+
+    def _http(self) -> HttpTransport:
+        if self._transport is None:
+            self._transport = HttpTransport(self._options.openai_base_url)
+        return self._transport
+
+    def _key(self) -> CachedSecret | None:
+        options = self._options
+        if self._api_key is None and options.openai_api_key_secret_arn:
+            client = self._secrets_client or clients.secretsmanager()
+            self._api_key = CachedSecret(from_secrets_manager(client, options.openai_api_key_secret_arn),
+                                         ttl_s=options.secret_ttl_s)
+        elif self._api_key is None and options.openai_api_key_parameter:
+            client = self._secrets_client or clients.ssm()
+            self._api_key = CachedSecret(from_ssm(client, options.openai_api_key_parameter),
+                                         ttl_s=options.secret_ttl_s)
+        return self._api_key  # None: a server that takes no key (a self-hosted one on a private network)
 
 
 def backend_loader(
@@ -179,5 +224,8 @@ def backend_loader(
     *,
     s3_client: Any = None,
     bedrock_client: BedrockRuntimeClient | None = None,
+    secrets_client: Any = None,
+    transport: HttpTransport | None = None,
 ) -> BackendLoader:
-    return BackendLoader(settings, options, s3_client=s3_client, bedrock_client=bedrock_client)
+    return BackendLoader(settings, options, s3_client=s3_client, bedrock_client=bedrock_client,
+                         secrets_client=secrets_client, transport=transport)

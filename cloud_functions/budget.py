@@ -24,6 +24,12 @@ Idempotency-Key, else the Lambda request id, which is stable across botocore's o
 A refund of a keyed charge flips the record's state to `refunded` in the same transaction that credits the
 period row, so a refund is applied at most once, and a later retry of the same key may charge again (the
 failed request was given back, Powertools deletes its record on failure, so the retry is a new attempt).
+
+Metered calls (an LLM paid per token) are reserved at their upper bound and settled once their cost is
+known: `settle` gives back the unused units and writes `settled_units` on the key's record in the same
+transaction (at most once; a settled charge is never refunded). A replay of the key reports the settled
+cost. Reserving the bound first is what keeps concurrent calls from overspending: the real cost is only
+known after the tokens are spent.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class Reservation:
     idempotency_key: str | None
     replayed: bool  # the key had been charged before: nothing new was taken, this is the original charge
     resets_at: datetime
+    settled_units: int | None = None  # a replayed metered charge: what its first call really cost
 
 
 class BudgetLedger:
@@ -160,6 +167,16 @@ class BudgetLedger:
         r = reservation
         return self._table.refund(r.tenant, r.period, r.units, r.idempotency_key, self._now())
 
+    def settle(self, reservation: Reservation, charged: int) -> bool:
+        """Keep `charged` units of `reservation` (0 <= charged <= units) and give the rest back. False if
+        there was nothing to settle (a replayed, refunded or already settled charge)."""
+        r = reservation
+        if type(charged) is not int or not 0 <= charged <= r.units:
+            raise BadRequest("a settlement keeps between 0 and the reserved units")
+        if r.replayed:
+            return False
+        return self._table.settle(r.tenant, r.period, r.units, charged, r.idempotency_key, self._now())
+
     def status(self, tenant: str) -> BudgetStatus:
         _check_tenant(tenant)
         now = self._now()
@@ -223,7 +240,7 @@ def _replay(tenant: str, key: str, units: int, digest: str | None, charged: Char
             requested_units=units,
         )
     period_end = datetime.fromisoformat(charged.period).replace(tzinfo=UTC) + timedelta(days=1)
-    return Reservation(tenant, charged.period, units, key, True, period_end)
+    return Reservation(tenant, charged.period, units, key, True, period_end, charged.settled_units)
 
 
 def _check_tenant(tenant: str) -> None:

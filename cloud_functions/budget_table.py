@@ -5,8 +5,8 @@ Items (partition key `tenant_id`, sort key `sk`, all amounts are integer cost un
 
     sk = "YYYY-MM-DD"       period row (one per tenant per UTC day): limit, remaining, spent, expires_at
     sk = "config"           tenant configuration: daily_limit (absent -> the deployment's default)
-    sk = "charge#<key>"     charge record of one idempotency key: period, units, payload_sha256, state,
-                            expires_at
+    sk = "charge#<key>"     charge record of one idempotency key: period, units (reserved), payload_sha256,
+                            state, settled_units (what the call really cost, once known), expires_at
 
 Invariant of a period row: remaining + spent == limit. A deduction is ONE conditional write
 (`remaining >= :units`), so concurrent requests can never overspend; a keyed deduction is one
@@ -65,6 +65,7 @@ class ChargeRecord:
     period: str
     units: int
     payload_sha256: str | None
+    settled_units: int | None = None  # what a metered call really cost, once settled
 
 
 class PeriodRowMissing(Exception):
@@ -204,15 +205,31 @@ class BudgetTable:
 
     def refund(self, tenant: str, period: str, units: int, key: str | None, now: datetime) -> bool:
         """Give `units` back to `period`; with a key, also mark its charge record refunded, in the same
-        transaction. False if there was nothing to refund (a keyed charge already refunded)."""
-        credit = self._credit(tenant, period, units)
+        transaction. False if there was nothing to refund (a keyed charge already refunded or settled)."""
+        marker = None if key is None else self._mark_refunded(tenant, key, period, units, now)
+        return self._give_back(tenant, period, units, marker, "the refund could not be written")
+
+    def settle(self, tenant: str, period: str, reserved: int, charged: int, key: str | None, now: datetime) -> bool:
+        """Keep `charged` of the `reserved` units (a metered call's real cost, known after it ran): give the
+        rest back to `period`; with a key, also record `settled_units` on its charge record, in the same
+        transaction, so a charge is settled at most once. False if there was nothing to settle (the key's
+        charge was refunded or settled already)."""
+        if charged > reserved:
+            raise ValueError("a settlement cannot charge more than was reserved")
+        marker = None if key is None else self._mark_settled(tenant, key, period, reserved, charged, now)
+        return self._give_back(tenant, period, reserved - charged, marker, "the settlement could not be written")
+
+    def _give_back(
+        self, tenant: str, period: str, units: int, marker: dict[str, Any] | None, failure: str
+    ) -> bool:
+        """Credit `units` to the period row and apply `marker` (an update of the key's charge record, whose
+        condition makes it happen once) together: one write, or one transaction of both."""
+        updates = ([] if marker is None else [marker]) + ([self._credit(tenant, period, units)] if units else [])
         try:
-            if key is None:
-                self._send("update_item", credit)
-            else:
-                refunded = self._mark_refunded(tenant, key, period, units, now)
-                items = [{"Update": refunded}, {"Update": credit}]
-                self._send("transact_write_items", {"TransactItems": items})
+            if len(updates) == 1:
+                self._send("update_item", updates[0])
+            elif updates:
+                self._send("transact_write_items", {"TransactItems": [{"Update": u} for u in updates]})
         except ClientError as exc:
             code = _error_code(exc)
             if code == _CONDITION_FAILED:
@@ -221,7 +238,7 @@ class BudgetTable:
                 charge, _row = _cancellation_reasons(exc)
                 if charge.get("Code") == "ConditionalCheckFailed":
                     return False
-            raise BudgetStoreUnavailable("the refund could not be written", cause=code) from exc
+            raise BudgetStoreUnavailable(failure, cause=code) from exc
         return True
 
     # ------------------------------------------------------------------ request builders
@@ -278,19 +295,37 @@ class BudgetTable:
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
 
+    def _mark_settled(
+        self, tenant: str, key: str, period: str, reserved: int, charged: int, now: datetime
+    ) -> dict[str, Any]:
+        return self._charged_record_update(
+            tenant, key, period, reserved, "SET #settled = :settled, settled_at = :now",
+            {":settled": _n(charged), ":now": _s(now.isoformat())},
+        )
+
     def _mark_refunded(self, tenant: str, key: str, period: str, units: int, now: datetime) -> dict[str, Any]:
+        return self._charged_record_update(
+            tenant, key, period, units, "SET #state = :refunded, refunded_at = :now",
+            {":refunded": _s(_REFUNDED), ":now": _s(now.isoformat())},
+        )
+
+    def _charged_record_update(
+        self, tenant: str, key: str, period: str, units: int, update: str, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """An update of the key's charge record, only while it is this charge, charged and not settled: a
+        refunded charge is neither refunded nor settled again, a settled one is spent (never refunded)."""
         return {
             "TableName": self.name,
             "Key": _key(tenant, CHARGE_PREFIX + key),
-            "UpdateExpression": "SET #state = :refunded, refunded_at = :now",
-            "ConditionExpression": "#state = :charged AND #period = :period AND #units = :units",
-            "ExpressionAttributeNames": {"#state": "state", "#period": "period", "#units": "units"},
+            "UpdateExpression": update,
+            "ConditionExpression": (
+                "#state = :charged AND #period = :period AND #units = :units AND attribute_not_exists(#settled)"
+            ),
+            "ExpressionAttributeNames": {
+                "#state": "state", "#period": "period", "#units": "units", "#settled": "settled_units",
+            },
             "ExpressionAttributeValues": {
-                ":refunded": _s(_REFUNDED),
-                ":charged": _s(_CHARGED),
-                ":now": _s(now.isoformat()),
-                ":period": _s(period),
-                ":units": _n(units),
+                ":charged": _s(_CHARGED), ":period": _s(period), ":units": _n(units), **values,
             },
         }
 
@@ -317,7 +352,9 @@ class BudgetTable:
             if item is None:
                 raise BudgetStoreUnavailable("the charge record vanished while being replayed")
         digest = item.get("payload_sha256", {}).get("S")
-        return ChargeRecord(period=item["period"]["S"], units=int(item["units"]["N"]), payload_sha256=digest)
+        settled = item.get("settled_units", {}).get("N")
+        return ChargeRecord(period=item["period"]["S"], units=int(item["units"]["N"]), payload_sha256=digest,
+                            settled_units=None if settled is None else int(settled))
 
     def _get(self, tenant: str, sk: str) -> dict[str, Any] | None:
         response = self._call("get_item", TableName=self.name, Key=_key(tenant, sk), ConsistentRead=True)

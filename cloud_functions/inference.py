@@ -4,7 +4,12 @@ A backend turns a batch of texts into one `TextResult` per text (`modelpack.clou
 When the out-of-scope rule answers `oos_label`, `confidence` is the (low) top probability and `top_k` still
 shows what the model leaned to. It knows nothing of tenants, budgets or HTTP; failures come out as
 `BackendError` (the service refunds the charge and answers 503). The backends: `litert_backend` (the
-packaged teacher, the default) and `bedrock_backend`; `backends` picks one and loads it lazily.
+packaged teacher, the default), `bedrock_backend` and `openai_backend` (LLMs, `zero_shot`'s contract);
+`backends` picks one and loads it lazily.
+
+A metered backend (an LLM, paid per token) says what a call may cost at most before it is made
+(`max_cost_usd`: the budget reserves that much) and what it did cost after (`Inference.usage`: the budget
+keeps that and gives the rest back). An unmetered one answers 0 and no usage.
 """
 
 from __future__ import annotations
@@ -44,3 +49,7 @@ class InferenceBackend(Protocol):
     def labels(self) -> tuple[str, ...]: ...
 
     def infer(self, texts: Sequence[str]) -> Inference: ...
+
+    def max_cost_usd(self, texts: Sequence[str]) -> Decimal:
+        """The most `infer(texts)` can cost in USD (0: not metered per call)."""
+        ...

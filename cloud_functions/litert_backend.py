@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +52,9 @@ class LiteRTBackend:
     @property
     def labels(self) -> tuple[str, ...]:
         return self._labels
+
+    def max_cost_usd(self, texts: Sequence[str]) -> Decimal:
+        return Decimal(0)  # runs in the function: the fee (COST_PER_*) is its whole price
 
     def infer(self, texts: Sequence[str]) -> Inference:
         try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cloud_functions.backends import (
     BackendError,
+    Inference,
     InferenceBackend,
     LazyBackend,
     StaleBackend,
@@ -226,8 +227,10 @@ class InferenceService:
     ) -> dict[str, Any]:
         """Charge `tenant` once per `charge_key` and answer. `request_id` is echoed when the body has none."""
         backend = self._backend()  # before charging: a model that cannot load costs the caller nothing
-        cost = self.pricing.cost(len(request.texts))
-        reservation = self._reserve(tenant, cost, charge_key, payload_digest(request))
+        fee = self.pricing.cost(len(request.texts))
+        # A metered backend's worst case is reserved with the fee: the real token cost is known only after.
+        bound = self.pricing.units(backend.max_cost_usd(request.texts))
+        reservation = self._reserve(tenant, fee + bound, charge_key, payload_digest(request))
         started = self._timer()
         try:
             inference = backend.infer(request.texts)
@@ -239,6 +242,7 @@ class InferenceService:
                 raise ModelUnavailable("the model failed to answer") from exc
             raise
         self._metrics.milliseconds("InferenceLatency", (self._timer() - started) * 1000)
+        cost = self._settle(reservation, fee, bound, inference)
         self._metrics.count("TextsInferred", len(request.texts))
         self._record_edge_agreement(request, inference.results)
         stale = backend if isinstance(backend, StaleBackend) else None
@@ -260,6 +264,37 @@ class InferenceService:
         return self.ledger.status(tenant).to_json()
 
     # ------------------------------------------------------------------ helpers
+
+    def _settle(self, reservation: Reservation | None, fee: int, bound: int, inference: Inference) -> int:
+        """What the call costs in units: the fee plus its tokens' price (at most the bound reserved); the
+        reserved units beyond that go back to the tenant. A failed settlement keeps the whole reservation
+        charged (never an overspend) and is logged for reconciliation."""
+        if bound == 0 or inference.usage is None:
+            return fee + bound
+        used = self.pricing.units(inference.usage.cost_usd)
+        if used > bound:  # a server that ignored max_tokens, or a bound that is wrong: the bound is the cap
+            logger.warning("an LLM call cost %s units, more than the %s reserved: charged %s",
+                           used, bound, bound)
+            self._metrics.count("UsageAboveBound")
+            used = bound
+        charged = fee + used
+        if reservation is None:
+            return charged
+        if reservation.replayed:
+            return reservation.settled_units if reservation.settled_units is not None else reservation.units
+        try:
+            self.ledger.settle(reservation, charged)
+        except BudgetStoreUnavailable:
+            logger.exception(
+                "settling a metered charge failed: the whole reservation stays spent",
+                extra={"tenant": reservation.tenant, "period": reservation.period,
+                       "charge_key": reservation.idempotency_key, "units": reservation.units,
+                       "cost": charged},
+            )
+            self._metrics.count("SettleFailures")
+            return reservation.units
+        self._metrics.count("UnitsReturned", reservation.units - charged)
+        return charged
 
     def _reserve(self, tenant: str, cost: int, charge_key: str, digest: str) -> Reservation | None:
         if cost == 0:  # free calls (both prices 0) need no write at all

@@ -45,6 +45,35 @@ def test_the_bedrock_loader_takes_the_labels_from_the_manifest_alone(tiny_artifa
     assert backend.labels == LABELS and backend.model_version == f"bedrock:{MODEL_ID}"
 
 
+def test_the_openai_loader_reads_its_key_from_secrets_manager_and_answers(
+    tiny_artifact: Path, fake_aws_credentials: None
+) -> None:
+    from moto import mock_aws
+
+    from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+
+    from .chat_server import ChatServer
+
+    with mock_aws(), ChatServer(lambda text: ("timer", 0.9, 0.9), api_key="sk-from-the-secret") as server:
+        secrets = boto3.client("secretsmanager")
+        arn = secrets.create_secret(Name="edge/llm", SecretString='{"api_key": "sk-from-the-secret"}')["ARN"]
+        options = InferenceSettings.from_env({
+            "INFERENCE_BACKEND": "openai", "LLM_MODEL_ID": "llama-3.1-8b-instruct",
+            "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY_SECRET_ARN": arn,
+            "LLM_INPUT_USD_PER_MTOK": "0.05", "LLM_OUTPUT_USD_PER_MTOK": "0.08",
+        })
+        loader = backend_loader(_settings(tiny_artifact), options, secrets_client=secrets)
+
+        backend = loader()
+        (result,) = backend.infer(["set a timer"]).results
+        assert isinstance(backend, OpenAIBackend) and backend.labels == LABELS
+        assert result.label == "timer"
+        assert server.seen[0].headers["authorization"] == "Bearer sk-from-the-secret"
+        assert loader._http() is loader._http()  # one transport for every version built
+        assert isinstance(loader._http(), HttpTransport)
+        loader._http().close()
+
+
 # --------------------------------------------------------------------------- lazy loading
 
 

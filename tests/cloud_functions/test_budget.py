@@ -308,6 +308,46 @@ def test_a_keyed_charge_is_refunded_at_most_once(make_ledger: MakeLedger) -> Non
     assert (status.remaining, status.spent) == (10, 0)
 
 
+DIGEST = "ab" * 32
+
+
+def test_a_metered_charge_keeps_what_the_call_cost_and_gives_the_rest_back(make_ledger: MakeLedger) -> None:
+    """An LLM call is reserved at its upper bound and settled to its tokens' cost."""
+    ledger = make_ledger(default_limit=100)
+    reservation = ledger.reserve("acme", 40, idempotency_key="llm-1", payload_digest=DIGEST)
+
+    assert ledger.settle(reservation, 7) is True
+
+    status = ledger.status("acme")
+    assert (status.spent, status.remaining) == (7, 93)
+    assert ledger.settle(reservation, 7) is False  # at most once
+    assert ledger.refund(reservation) is False  # a settled charge is spent, not refundable
+    assert ledger.status("acme").spent == 7
+    replay = ledger.reserve("acme", 40, idempotency_key="llm-1", payload_digest=DIGEST)
+    assert (replay.replayed, replay.units, replay.settled_units) == (True, 40, 7)
+    assert ledger.settle(replay, 7) is False and ledger.status("acme").spent == 7
+
+
+def test_an_unkeyed_metered_charge_is_settled_too(make_ledger: MakeLedger) -> None:
+    ledger = make_ledger(default_limit=100)
+    reservation = ledger.reserve("acme", 40)
+
+    assert ledger.settle(reservation, 40) is True  # nothing to give back: no write needed
+    assert ledger.settle(ledger.reserve("acme", 10), 3) is True
+
+    assert ledger.status("acme").spent == 43
+
+
+@pytest.mark.parametrize("charged", [-1, 41, 1.5])
+def test_a_settlement_keeps_between_nothing_and_the_reservation(make_ledger: MakeLedger, charged: object) -> None:
+    ledger = make_ledger(default_limit=100)
+    reservation = ledger.reserve("acme", 40, idempotency_key="llm-2")
+
+    with pytest.raises(BadRequest):
+        ledger.settle(reservation, charged)  # type: ignore[arg-type]
+    assert ledger.status("acme").spent == 40
+
+
 def test_a_retry_after_a_refund_is_charged_again(make_ledger: MakeLedger) -> None:
     """A failed request is refunded (and Powertools forgets it), so its retry is a new attempt."""
     ledger = make_ledger(default_limit=10)

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -477,6 +478,7 @@ def test_a_request_arriving_while_its_key_is_in_flight_is_told_to_retry(
         """Answers like the teacher, but first lets the same request (same key) arrive again."""
 
         model_version, labels = teacher.model_version, teacher.labels
+        max_cost_usd = teacher.max_cost_usd
 
         def infer(self, texts: Any) -> Inference:
             inner.append(invoke(event("infer"), request_id="lambda-retry"))
@@ -541,9 +543,10 @@ def test_free_calls_write_nothing_to_the_budget(
     assert _charge(aws, TENANT, KEY) is None
 
 
-def test_a_bedrock_backend_reports_its_token_usage(
-    install: Install, invoke: Invoke, ledger: BudgetLedger
+def test_a_bedrock_call_is_charged_what_its_tokens_cost(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, aws: Aws
 ) -> None:
+    """Issue 24 #2: the budget charged the fixed fee whatever an LLM call cost."""
     import boto3
     from botocore.stub import ANY, Stubber
 
@@ -559,15 +562,77 @@ def test_a_bedrock_backend_reports_its_token_usage(
              "metrics": {"latencyMs": 300}},
             {"modelId": "amazon.nova-micro-v1:0", "system": ANY, "messages": ANY, "inferenceConfig": ANY},
         )
-        install(backend=backend)
+        # One unit = one micro-dollar, so the token cost shows: 200 x $0.035/M + 30 x $0.14/M = $0.0000112.
+        install(backend=backend, BUDGET_UNIT_USD="0.000001", DEFAULT_DAILY_BUDGET="1000")
 
         reply = invoke(event("infer"))
 
-    assert reply.status == 200
+    assert reply.status == 200, reply.body
     assert [r["label"] for r in reply.body["results"]] == ["balance", "timer"]
     assert reply.body["model_version"] == "bedrock:amazon.nova-micro-v1:0"
     assert reply.body["usage"] == {"input_tokens": 200, "output_tokens": 30, "cost_usd": "0.0000112"}
-    assert ledger.status(TENANT).spent == 3  # budget units are the configured price, not the tokens
+    assert reply.body["cost"] == 3 + 12  # the fee, plus the tokens' 11.2 micro-dollars rounded up
+    assert ledger.status(TENANT).spent == 15
+    record = _charge(aws, TENANT, KEY)
+    assert record is not None and record["settled_units"] == "15"
+    assert int(record["units"]) > 15  # reserved at the call's upper bound, the rest given back
+    assert reply.body["budget"]["remaining"] == 1000 - 15
+
+
+def test_an_llm_call_the_budget_cannot_cover_at_its_bound_is_refused_before_it_is_made(
+    install: Install, invoke: Invoke, ledger: BudgetLedger
+) -> None:
+    calls: list[Any] = []
+
+    class _Costly:
+        model_version, labels = "llm-1", LABELS
+
+        def max_cost_usd(self, texts: Any) -> Decimal:
+            return Decimal("0.01")  # 100 units at the default $0.0001 a unit
+
+        def infer(self, texts: Any) -> Inference:
+            calls.append(texts)
+            raise AssertionError("never called")
+
+    install(backend=_Costly())
+
+    reply = invoke(event("infer"))
+
+    assert (reply.status, reply.body["error"]["code"]) == (429, "BUDGET_EXHAUSTED")
+    assert reply.body["error"]["requested"] == 3 + 100
+    assert calls == [] and ledger.status(TENANT).spent == 0
+
+
+def test_an_openai_compatible_llm_answers_through_the_handler_and_is_charged_its_tokens(
+    install: Install, invoke: Invoke, ledger: BudgetLedger
+) -> None:
+    from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+    from cloud_functions.pricing import TokenPrices
+    from cloud_functions.secrets import CachedSecret
+
+    from .chat_server import ChatServer
+
+    def decide(text: str) -> tuple[str, float, float]:
+        return ("balance", 0.9, 0.8) if "balance" in text else ("timer", 0.9, 0.6)
+
+    with ChatServer(decide, api_key="sk-handler") as server:
+        transport = HttpTransport(server.base_url)
+        backend = OpenAIBackend(transport, model="gpt-4o-mini", labels=LABELS, oos_label="oos",
+                                prices=TokenPrices(Decimal("0.15"), Decimal("0.60")),
+                                api_key=CachedSecret(lambda: "sk-handler", ttl_s=300))
+        install(backend=backend, BUDGET_UNIT_USD="0.000001", DEFAULT_DAILY_BUDGET="1000")
+
+        reply = invoke(event("infer"))
+        transport.close()
+
+    assert reply.status == 200, reply.body
+    assert [(r["label"], round(r["confidence"], 6)) for r in reply.body["results"]] == [
+        ("balance", 0.8), ("timer", 0.6)]
+    usage = reply.body["usage"]
+    tokens_usd = (usage["input_tokens"] * Decimal("0.15") + usage["output_tokens"] * Decimal("0.60")) / 10**6
+    assert Decimal(usage["cost_usd"]) == tokens_usd
+    assert reply.body["cost"] == 3 + math.ceil(tokens_usd / Decimal("0.000001"))
+    assert ledger.status(TENANT).spent == reply.body["cost"]
 
 
 # --------------------------------------------------------------------------- failures
@@ -580,6 +645,9 @@ class _BrokenBackend:
     def __init__(self, error: Exception) -> None:
         self.error = error
         self.calls = 0
+
+    def max_cost_usd(self, texts: Any) -> Decimal:
+        return Decimal(0)
 
     def infer(self, texts: Any) -> Inference:
         self.calls += 1
