@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import queue
 import socket
@@ -15,7 +16,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from cloud_functions.backends import Inference
 from cloud_functions.budget import BudgetLedger
 from infra.api_gateway import ApiKey
 from infra.lambda_pool import EnvironmentPool, Handler
-from infra.local_api import READY_PREFIX, create_app
+from infra.local_api import READY_PREFIX, GatewayResponses, IamCredential, Refusal, create_app
 from infra.local_function import FunctionSetup, powertools_environ, resolve_tables
 from infra.moto_server import SerialisedMotoServer
 from modelpack.classifier import Classifier
@@ -115,7 +117,28 @@ def test_a_missing_or_unknown_api_key_is_refused_before_the_function(local_api: 
     response = httpx.post(f"{local_api}/v1/infer", json={"texts": ["hello"]}, headers=headers, timeout=30)
 
     assert response.status_code == 403
-    assert response.json() == {"message": "Forbidden"}
+    body = response.json()
+    assert ErrorBody.from_json(body).code == "INVALID_API_KEY"  # template.yaml's GatewayResponses, rendered
+    assert body["error"]["message"] == "Forbidden" and body["error"]["request_id"]
+
+
+def test_a_route_the_api_does_not_have_is_api_gateways_403(local_api: str) -> None:
+    """As in AWS: an unknown path is MISSING_AUTHENTICATION_TOKEN, decided before any key is looked at."""
+    response = httpx.get(f"{local_api}/v1/models", headers={"x-api-key": ACME_KEY}, timeout=30)
+
+    assert response.status_code == 403
+    assert ErrorBody.from_json(response.json()).code == "MISSING_AUTHENTICATION_TOKEN"
+
+
+def test_gateway_refusals_are_rendered_from_the_templates_gateway_responses() -> None:
+    """Issue 24 #3: the local adapter wrote {"message": ...} of its own; now it renders template.yaml's."""
+    gateway = GatewayResponses.from_template()
+
+    for refusal in (Refusal("INVALID_API_KEY", 403, "Forbidden"), Refusal("REQUEST_TOO_LARGE", 413, "Request Too Long"),
+                    Refusal("INTEGRATION_TIMEOUT", 504, "Endpoint request timed out")):
+        body = json.loads(gateway.body(refusal, "rid-1"))
+        assert body == {"error": {"code": refusal.response_type, "message": refusal.message, "request_id": "rid-1"}}
+    assert gateway.routes == {("POST", "/v1/infer"), ("GET", "/v1/budget")}
 
 
 def test_an_exhausted_budget_is_429_with_its_reset_time(local_api: str, ledger: BudgetLedger) -> None:
@@ -146,6 +169,9 @@ class SleepingBackend:
     model_version: str = "sleepy-1"
     labels: tuple[str, ...] = ("slow",)
 
+    def max_cost_usd(self, texts: Sequence[str]) -> Decimal:
+        return Decimal(0)
+
     def infer(self, texts: Sequence[str]) -> Inference:
         if not texts[0].startswith("quick"):
             time.sleep(self.sleep_s)
@@ -159,9 +185,12 @@ class LocalFunction:
 
     setup: FunctionSetup
 
+    auth_mode: str = "apikey"
+
     def __call__(self, index: int) -> Handler:
         os.environ.update(powertools_environ(emit_metrics=False), POWERTOOLS_LOG_LEVEL="WARNING",
-                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                          AUTH_MODE=self.auth_mode)
         return self.setup(index)
 
 
@@ -263,3 +292,106 @@ def test_budgets_stay_exact_under_concurrent_charges_through_the_local_api(
     assert set(refused) == {ErrorCode.BUDGET_EXHAUSTED}
     status = ledger.status("slow-b")
     assert (status.spent, status.remaining) == (30, 0)
+
+
+# --------------------------------------------------------------------------- IAM: the edge's SigV4 client end to end
+
+
+DEVICE = IamCredential("AKIAEDGEDEVICE000001", "edge/Device+Secret0000000000000000000001",
+                       "arn:aws:sts::123456789012:assumed-role/edge-acme/device-0042")
+ROLE_TENANT = "arn:aws:iam::123456789012:role/edge-acme"
+
+
+@pytest.fixture(scope="module")
+def iam_cloud(moto_server: SerialisedMotoServer, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[str, BudgetLedger]]:
+    """The local API in IAM mode (template AuthMode=Iam) over one environment running the real handler with
+    AUTH_MODE=iam and a backend that answers at once; yields (URL, the tables' ledger)."""
+    folder = tmp_path_factory.mktemp("iam-cloud")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            env.setenv(name, value)
+        tables = resolve_tables(moto_server.endpoint_url, create=True, prefix="iam", budget=None, idempotency=None)
+    setup = FunctionSetup(str(folder / "no-model"), moto_server.endpoint_url, tables, str(folder / "cache"),
+                          backend=SleepingBackend(0.0))
+    app = create_app([], environments=EnvironmentPool(LocalFunction(setup, auth_mode="iam"), size=1),
+                     auth_mode="iam", iam_credentials=[DEVICE], region="us-east-1")
+    ledger = BudgetLedger(tables.budget, dynamodb_client=moto_server.client("dynamodb"), default_limit=10)
+    with served(app) as url:
+        yield url, ledger
+
+
+def _edge_client(http: httpx.AsyncClient, url: str, secret: str = DEVICE.secret_access_key) -> Any:
+    from botocore.credentials import Credentials
+
+    from edge_container.breaker import CircuitBreaker
+    from edge_container.cloud import CloudClient, SigV4Signer
+
+    signer = SigV4Signer(Credentials(DEVICE.access_key_id, secret), region="us-east-1")
+    return CloudClient(http, url=f"{url}/v1/infer", api_key=None, signer=signer, timeout_s=20, retries=0,
+                       breaker=CircuitBreaker(failures=5, reset_s=30))
+
+
+def test_the_edges_sigv4_client_is_answered_and_its_role_is_charged(iam_cloud: tuple[str, BudgetLedger]) -> None:
+    """Issue 24 #1: a device set up for SigV4 got 403 on every escalation. Here the edge's own client signs,
+    the local API Gateway verifies the signature as AWS does, and the handler charges the signing role."""
+    url, ledger = iam_cloud
+
+    async def main() -> Any:
+        async with httpx.AsyncClient() as http:
+            return await _edge_client(http, url).infer(["quick one", "quick two"], idempotency_key="iam-1",
+                                                       deadline=time.monotonic() + 30)
+
+    reply = asyncio.run(main())
+
+    assert len(reply.results) == 2 and reply.cost == 3
+    assert ledger.status(ROLE_TENANT).spent == 3
+
+
+def _signed(url: str, body: bytes, *, secret: str = DEVICE.secret_access_key, when: datetime | None = None
+            ) -> dict[str, str]:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=url, data=body, headers={"content-type": "application/json"})
+    signer = SigV4Auth(Credentials(DEVICE.access_key_id, secret), "execute-api", "us-east-1")
+    if when is None:
+        signer.add_auth(request)
+    else:  # botocore signs with the current time: write the date it would have used then
+        request.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
+        request.headers["X-Amz-Date"] = request.context["timestamp"]
+        signature = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        request.headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={DEVICE.access_key_id}/{request.context['timestamp'][:8]}/us-east-1/"
+            f"execute-api/aws4_request, SignedHeaders={signer.signed_headers(signer.headers_to_sign(request))}, "
+            f"Signature={signature}")
+    return dict(request.headers.items())
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [("unsigned", "MISSING_AUTHENTICATION_TOKEN"), ("wrong-secret", "INVALID_SIGNATURE"),
+     ("body-changed-after-signing", "INVALID_SIGNATURE"), ("signed-10-minutes-ago", "INVALID_SIGNATURE"),
+     ("api-key-instead", "MISSING_AUTHENTICATION_TOKEN")],
+)
+def test_requests_iam_mode_refuses_never_reach_the_function(
+    iam_cloud: tuple[str, BudgetLedger], case: str, code: str
+) -> None:
+    url, ledger = iam_cloud
+    target, body = f"{url}/v1/infer", b'{"texts":["quick"]}'
+    headers = {
+        "unsigned": {"content-type": "application/json"},
+        "wrong-secret": _signed(target, body, secret="not-the-secret"),
+        "body-changed-after-signing": _signed(target, b'{"texts":["quick","free"]}'),
+        "signed-10-minutes-ago": _signed(target, body, when=datetime.now(UTC) - timedelta(minutes=10)),
+        "api-key-instead": {"content-type": "application/json", "x-api-key": ACME_KEY},
+    }[case]
+    spent = ledger.status(ROLE_TENANT).spent
+
+    response = httpx.post(target, content=body, headers=headers, timeout=30)
+
+    assert response.status_code == 403, response.text
+    assert ErrorBody.from_json(response.json()).code == code
+    assert ledger.status(ROLE_TENANT).spent == spent
