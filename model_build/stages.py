@@ -211,7 +211,10 @@ def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_log
     pool = train_ids if transfer is None or len(train_ids) >= config.representative_size \
         else np.concatenate([train_ids, transfer.ids.astype(train_ids.dtype)])
     pick = rng.choice(len(pool), size=min(config.representative_size, len(pool)), replace=False)
-    int8 = to_tflite_int8(model, pool[pick], allowed_float_ops=config.gates.allowed_float_ops)
+    if config.student.architecture == "transformer":
+        int8 = _transformer_int8(config, model, pool[pick], folder)
+    else:
+        int8 = to_tflite_int8(model, pool[pick], allowed_float_ops=config.gates.allowed_float_ops)
     (folder / EDGE_FILE).write_bytes(int8)
     (folder / EDGE_FP32_FILE).write_bytes(to_tflite_fp32(model))
     (folder / EDGE_DYNAMIC_FILE).write_bytes(to_tflite_dynamic_range(model))  # for bench/quantization.py
@@ -221,3 +224,20 @@ def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_log
         "op_count": len(ops),
         "float_ops": float_ops(int8),
     }))
+
+
+def _transformer_int8(config: BuildConfig, model, representative: np.ndarray, folder: Path) -> bytes:
+    """The transformer student's int8 file: its channel-equalised twin (the same function in float,
+    model_build.transformer_student.equalize), calibrated on the same texts padded as serving pads them (each
+    cut to its own length bucket: attention's int8 ranges depend on how much of a row is padding). The
+    trained float model is kept beside it (student.keras) so conversion can be redone without training."""
+    from model_build.convert import to_tflite_int8
+    from model_build.distill import bucket_rows
+    from model_build.encoder import EncoderConfig
+    from model_build.teacher import minilm_dir
+    from model_build.transformer_student import equalize
+
+    model.save(folder / "student.keras")
+    equalized = equalize(model, config.student, EncoderConfig.from_dir(minilm_dir()), representative)
+    by_bucket = [representative[rows, :width] for width, rows in bucket_rows(representative, config.length_buckets)]
+    return to_tflite_int8(equalized, by_bucket, allowed_float_ops=config.gates.allowed_float_ops)
