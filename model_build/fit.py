@@ -121,7 +121,10 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     if has_oos:
         cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
                                          min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
-        if cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
+        if dataset.background and cloud_budget is not None:
+            # Its validation negatives are not the traffic's: spend the cloud's half of the budget
+            oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, cloud_budget)
+        elif cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
             oos_threshold = float(cloud_oos.threshold) if cloud_budget is None else \
                 cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), cloud_budget)
     cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
@@ -273,9 +276,10 @@ def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: floa
     scores = band_score("in_scope_max_prob", probs, split.oos)
     inside = np.sort(scores[split.y != split.oos])
     k = int(np.floor(rate * inside.size + 1e-9))
-    if k == 0:
-        return entry
-    cut = float(inside[k - 1] + inside[k]) / 2.0 if k < inside.size else float(inside[-1]) + 1e-9
+    # k = 0 (a validation split too small for the rate): just below its least sure in-scope text, which
+    # refuses none of them and still everything less like an intent than any of them
+    cut = float(inside[0]) if k == 0 else \
+        float(inside[k - 1] + inside[k]) / 2.0 if k < inside.size else float(inside[-1]) + 1e-9
     if entry.oos_threshold is not None and entry.oos_score == "in_scope_max_prob":
         cut = max(cut, entry.oos_threshold)
     routed = apply_deferral(probs.argmax(axis=1), split.cloud_pred, split.y, SCORES[entry.score](probs),
