@@ -55,6 +55,7 @@ _MAX_RETRY_AFTER_S = 60.0  # as the openai client: a longer wait is not honoured
 _BACKOFF_S, _MAX_BACKOFF_S = 0.5, 8.0
 _MIN_ATTEMPT_S = 0.05
 _MAX_ERROR_CHARS = 300
+_BROKEN = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 # --------------------------------------------------------------------------- transport
@@ -95,14 +96,14 @@ class HttpTransport:
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float) -> HttpReply:
         deadline = time.monotonic() + timeout_s
-        reused = self._connection is not None
-        try:
-            return self._post(path, body, headers, deadline)
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            # A kept-alive connection the server closed while idle fails at once: one fresh try.
-            if not reused or time.monotonic() >= deadline - _MIN_ATTEMPT_S:
-                raise TransportError(f"the connection broke: {type(exc).__name__}") from None
-            return self._post(path, body, headers, deadline)
+        for fresh in (self._connection is None, True):
+            try:
+                return self._post(path, body, headers, deadline)
+            except _BROKEN as exc:
+                # A kept-alive connection the server closed while idle fails at once: one fresh try.
+                if fresh or time.monotonic() >= deadline - _MIN_ATTEMPT_S:
+                    raise TransportError(f"the connection broke: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")  # the second pass always returns or raises
 
     def close(self) -> None:
         if self._connection is not None:
@@ -139,7 +140,7 @@ class HttpTransport:
             self.close()
             if aborted.is_set():
                 raise TransportTimeout("no complete answer before the deadline") from None
-            if isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError):
+            if isinstance(exc, _BROKEN):
                 raise
             raise TransportError(f"the request failed: {type(exc).__name__}") from None
         finally:

@@ -50,6 +50,11 @@ class Status:
 
 
 @dataclass
+class Drop:
+    """Read the request, then close the connection without a word (a crashed or restarted server)."""
+
+
+@dataclass
 class Seen:
     path: str
     headers: dict[str, str]
@@ -57,11 +62,13 @@ class Seen:
 
 
 class ChatServer:
-    def __init__(self, classify: Classify, *, api_key: str | None = None, refuse: Sequence[str] = ()) -> None:
+    def __init__(self, classify: Classify, *, api_key: str | None = None, refuse: Sequence[str] = (),
+                 drop_idle: bool = False) -> None:
         self.classify = classify
         self.api_key = api_key
         self.refuse = set(refuse)  # optional fields this "model" does not support (400 naming the param)
-        self.plan: deque[Reply | Status] = deque()
+        self.drop_idle = drop_idle  # close each connection after its answer, while advertising keep-alive
+        self.plan: deque[Reply | Status | Drop] = deque()
         self.seen: list[Seen] = []
         self.connections = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -105,6 +112,10 @@ class ChatServer:
                     body = None
                 server.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()},
                                         body if isinstance(body, dict) else {}))
+                if server.plan and isinstance(server.plan[0], Drop):
+                    server.plan.popleft()
+                    self.close_connection = True
+                    return
                 status, headers, payload, plan = server._respond(self.path, self.headers, body)
                 delay = plan.delay_s if isinstance(plan, Reply) else 0.0
                 trickle = plan.trickle_s if isinstance(plan, Reply) else 0.0
@@ -125,6 +136,8 @@ class ChatServer:
                         self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
+                if server.drop_idle:
+                    self.close_connection = True
 
         return Handler
 
@@ -142,6 +155,7 @@ class ChatServer:
                 return (*_error(400, f"{name} is not supported with this model.", "invalid_request_error",
                                 param=name), Reply())
         plan = self.plan.popleft() if self.plan else Reply()
+        assert not isinstance(plan, Drop)
         if isinstance(plan, Status):
             if plan.body is not None:
                 return plan.status, plan.headers, plan.body, plan

@@ -20,7 +20,7 @@ from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
 from cloud_functions.pricing import TokenPrices
 from cloud_functions.secrets import CachedSecret
 
-from .chat_server import ChatServer, Decision, Reply, Status
+from .chat_server import ChatServer, Decision, Drop, Reply, Status
 
 LABELS = ("balance", "greeting", "timer", "weather", "oos")
 KEY = "sk-loopback-key"
@@ -177,7 +177,31 @@ def test_one_connection_is_kept_alive_across_calls(server: ChatServer, make_back
     assert (len(server.seen), server.connections) == (3, 1)
 
 
+def test_a_kept_alive_connection_the_server_closed_is_replaced_at_no_attempts_cost(make_backend: MakeBackend) -> None:
+    with ChatServer(decide, api_key=KEY, drop_idle=True) as closing:
+        backend = make_backend(base_url=closing.base_url, max_attempts=1)
+
+        labels = [backend.infer([text]).results[0].label for text in TEXTS[:2]]
+
+    assert labels == ["balance", "timer"] and closing.connections == 2
+
+
 # --------------------------------------------------------------------------- errors and retries
+
+
+def test_a_server_that_hangs_up_is_a_backend_error_on_a_kept_alive_connection_too(
+    server: ChatServer, make_backend: MakeBackend
+) -> None:
+    """The fresh connection tried after a broken kept-alive one broke too: that was an unexpected
+    RemoteDisconnected (a 500 INTERNAL_ERROR), not the LLM failing (503, the edge answers)."""
+    backend = make_backend(max_attempts=2)
+    assert backend.infer(TEXTS[:1]).results[0].label == "balance"  # the connection is now kept alive
+    server.plan.extend([Drop(), Drop(), Drop()])
+
+    with pytest.raises(BackendError, match="could not be reached"):
+        backend.infer(TEXTS[:1])
+
+    assert len(server.seen) == 1 + 3
 
 
 def test_a_request_the_server_refuses_is_not_retried(server: ChatServer, make_backend: MakeBackend) -> None:
