@@ -154,9 +154,10 @@ class HttpTransport:
             timeout = min(self._connect_timeout_s, left)
             connection: http.client.HTTPConnection
             if self._https:
+                if self._ssl_context is None:  # the system's CAs, loaded once per execution environment
+                    self._ssl_context = ssl.create_default_context()
                 connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout,
-                    context=self._ssl_context or ssl.create_default_context())
+                    self._host, self._port, timeout=timeout, context=self._ssl_context)
             else:
                 connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import ssl
 import threading
 import time
 from collections import deque
@@ -63,7 +64,7 @@ class Seen:
 
 class ChatServer:
     def __init__(self, classify: Classify, *, api_key: str | None = None, refuse: Sequence[str] = (),
-                 drop_idle: bool = False) -> None:
+                 drop_idle: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.classify = classify
         self.api_key = api_key
         self.refuse = set(refuse)  # optional fields this "model" does not support (400 naming the param)
@@ -73,12 +74,16 @@ class ChatServer:
         self.connections = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        self._scheme, self._host = "http", "127.0.0.1"
+        if tls is not None:  # HTTPS, as every hosted API: the certificate names localhost
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme, self._host = "https", "localhost"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        port = self._server.server_address[1]
+        return f"{self._scheme}://{self._host}:{port}/v1"
 
     def __enter__(self) -> ChatServer:
         self._thread.start()

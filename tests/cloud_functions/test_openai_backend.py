@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -184,6 +188,29 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_at_no_attempts_co
         labels = [backend.infer([text]).results[0].label for text in TEXTS[:2]]
 
     assert labels == ["balance", "timer"] and closing.connections == 2
+
+
+def test_over_https_the_servers_certificate_is_verified(make_backend: MakeBackend, tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+
+    with ChatServer(decide, api_key=KEY, tls=tls) as secure:
+        transport = HttpTransport(secure.base_url, ssl_context=ssl.create_default_context(cafile=cert))
+        trusted = OpenAIBackend(transport, model=MODEL, labels=LABELS, oos_label="oos",
+                                api_key=CachedSecret(lambda: KEY, ttl_s=60))
+        untrusted = make_backend(base_url=secure.base_url)  # the system's CAs: this certificate is no one's
+
+        assert trusted.infer(TEXTS[:1]).results[0].label == "balance"
+        transport.close()
+        with pytest.raises(BackendError, match="could not be reached"):
+            untrusted.infer(TEXTS[:1])
+    assert secure.base_url.startswith("https://localhost:")
 
 
 # --------------------------------------------------------------------------- errors and retries
