@@ -20,7 +20,7 @@ from model_build.routing import apply_deferral
 from model_build.shift_table import shift_table
 from model_build.thresholds import OosChoice, RoutingChoice, ScoreComparison, choose_oos_threshold, compare_scores
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
-from modelpack.routing import cloud_answer
+from modelpack.routing import cloud_answer, decide
 from modelpack.scores import SCORES, band_score, softmax
 
 BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
@@ -122,7 +122,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
                                          min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
         if dataset.background and cloud_budget is not None:
-            # Its validation negatives are not the traffic's: spend the cloud's half of the budget
+            # Its validation negatives are not the traffic's: spend the cloud's half of the budget (on every
+            # text while the edge's rule is fit; on the escalated ones once it is, below)
             oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, cloud_budget)
         elif cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
             oos_threshold = float(cloud_oos.threshold) if cloud_budget is None else \
@@ -143,6 +144,11 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     entry = edge.entry
     if dataset.background and has_oos and budget:
         entry = spend_band(entry, edge.probs, split, budget / 2)
+        # The cloud's half counted on what it is asked: the escalated texts (its refusals of the rest never
+        # happen), so it may refuse a larger share of those
+        escalated = decide(edge.probs, entry, oos).escalate
+        oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, budget / 2, among=escalated)
+        cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
     if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
         entry = dataclasses.replace(entry, shift=shift_table(edge.probs, cloud_pred, y, oos, entry))
     deferrals = edge.deferrals
@@ -290,14 +296,17 @@ def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: floa
 
 
 def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,
-                     max_false_reject: float) -> float:
+                     max_false_reject: float, *, among: np.ndarray | None = None) -> float:
     """`threshold` (the cloud's: max probability below it → `oos`), lowered so that the cloud refuses at
     most `max_false_reject` of the in-scope texts (`labels` != `oos_index`): an argmax on `oos` counts as a
-    refusal that no threshold undoes. Placed midway between neighbouring scores, as every threshold is."""
+    refusal that no threshold undoes. `among`: the texts the cloud is asked about (the escalated ones; default
+    all): the share still counts every in-scope text, as the cascade's refusals do. Placed midway between
+    neighbouring scores, as every threshold is."""
     p = np.asarray(probs, dtype=np.float64)
     in_scope = np.asarray(labels) != oos_index
-    top = p[in_scope].max(axis=1)
-    argmax_oos = p[in_scope].argmax(axis=1) == oos_index
+    asked = in_scope if among is None else in_scope & among
+    top = p[asked].max(axis=1)
+    argmax_oos = p[asked].argmax(axis=1) == oos_index
     allowed = int(np.floor(max_false_reject * int(in_scope.sum()) + 1e-9)) - int(argmax_oos.sum())
     scores = np.sort(top[~argmax_oos])
     if allowed >= scores.size or (scores < threshold).sum() <= allowed:

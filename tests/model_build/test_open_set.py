@@ -51,18 +51,27 @@ def test_too_few_negatives_are_refused_naming_how_many_are_needed() -> None:
 
 
 def test_the_clouds_oos_threshold_is_capped_at_the_false_reject_rate() -> None:
-    # 100 in-scope rows (max probabilities 0.5 .. 1.0; one of them argmax on oos) and 10 oos rows.
-    top = np.linspace(0.01, 1.0, 100)
+    # 100 in-scope rows with distinct max probabilities 0.505 .. 1.0 (one of them argmax on oos), 10 oos rows.
+    top = np.linspace(0.505, 1.0, 100)
     probs = np.zeros((110, 3))
     probs[:100, 0], probs[:100, 1] = top, 1 - top
     probs[100:, 2] = 0.9
     probs[50] = [0.1, 0.1, 0.8]  # an in-scope text the cloud calls oos outright
     labels = np.r_[np.zeros(100, dtype=int), np.full(10, 2)]
 
+    def refused(threshold: float, asked: np.ndarray) -> int:
+        return int((((probs[:100].max(axis=1) < threshold) | (probs[:100].argmax(axis=1) == 2)) & asked).sum())
+
+    everyone = np.ones(100, dtype=bool)
     capped = cap_false_reject(probs, labels, 2, 0.99, max_false_reject=0.05)
-    refused = (probs[:100].max(axis=1) < capped) | (probs[:100].argmax(axis=1) == 2)
-    assert refused.sum() == 5  # 4 below the threshold + the outright one
+    assert refused(capped, everyone) == 5  # 4 below the threshold + the outright one
     assert cap_false_reject(probs, labels, 2, 0.3, max_false_reject=0.5) == 0.3  # within the cap: unchanged
+    # Asked about the 20 least sure in-scope texts only (not the outright one), the cloud may refuse 5 of
+    # all 100 among them: the share counts every in-scope text, as the cascade's refusals do
+    asked = np.zeros(110, dtype=bool)
+    asked[:20] = True
+    among = cap_false_reject(probs, labels, 2, 0.99, max_false_reject=0.05, among=asked)
+    assert refused(among, asked[:100]) == 5 and among > capped
 
 
 def test_the_edges_band_holds_at_most_the_false_reject_rate_of_in_scope_texts() -> None:
