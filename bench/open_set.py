@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_build.artifact import machine  # noqa: E402
-from model_build.evaluate import _built_from, classifier_logits, oos_auroc  # noqa: E402
+from model_build.evaluate import built_from, classifier_logits, oos_auroc  # noqa: E402
 from model_build.ood import in_scope_test, ood_report  # noqa: E402
 from model_build.transfer import load_unlabeled  # noqa: E402
 from modelpack.classifier import Classifier  # noqa: E402
@@ -50,7 +50,7 @@ def scores(logits: np.ndarray, model: Classifier) -> dict[str, np.ndarray]:
 
 def candidates(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     manifest = load_manifest(folder)
-    dataset = _built_from(folder, manifest, data)
+    dataset = built_from(folder, manifest, data)
     val_texts = [t for t, keep in zip(dataset.val.texts, dataset.in_scope_mask(dataset.val)) if keep]
     test = in_scope_test(dataset)
     out: dict[str, Any] = {"version": manifest.model_version, "labels": len(manifest.labels),

@@ -317,24 +317,11 @@ def evaluate_artifact(folder: Path | str, *, data_path: Path | str | None = None
     """The test metrics of an artifact folder, recomputed from its files and the data (`evaluate --json`)."""
     folder = Path(folder)
     manifest = load_manifest(folder)
-    metrics, _ = test_metrics(ArtifactRunner(folder, manifest), _built_from(folder, manifest, data_path))
+    metrics, _ = test_metrics(ArtifactRunner(folder, manifest), built_from(folder, manifest, data_path))
     return metrics.to_dict()
 
 
-def evaluate_ood(folder: Path | str, ood_path: Path | str, *, data_path: Path | str | None = None) -> Any:
-    """What the artifact does with the out-of-domain texts in `ood_path`, beside its in-scope test texts
-    (`evaluate --ood`; model_build.ood)."""
-    from model_build.ood import in_scope_test, ood_report
-    from model_build.transfer import load_unlabeled
-
-    folder = Path(folder)
-    manifest = load_manifest(folder)
-    texts = load_unlabeled(ood_path)
-    test = in_scope_test(_built_from(folder, manifest, data_path))
-    return ood_report(manifest, folder, test.texts, np.asarray(test.labels), texts)
-
-
-def _built_from(folder: Path, manifest: Manifest, data_path: Path | str | None) -> Dataset:
+def built_from(folder: Path, manifest: Manifest, data_path: Path | str | None) -> Dataset:
     """The data set the artifact was built from (its test split is what its metrics describe); a background
     class the build added (--negatives) is added to its labels again, its test split needs no texts of it."""
     path = data_path or manifest.data.get("path") or default_data_path()

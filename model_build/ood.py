@@ -14,6 +14,7 @@ refusing out-of-domain requests (in-scope texts refused) is read next to what it
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ import numpy as np
 
 from model_build.data import Dataset, Split
 from model_build.errors import DataError
+from model_build.evaluate import built_from, classifier_logits, oos_auroc
+from model_build.transfer import load_unlabeled
 from modelpack.classifier import Classifier
-from modelpack.manifest import Manifest
+from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest
 from modelpack.routing import cascade
 from modelpack.scores import in_scope_max_prob
 
@@ -79,8 +82,6 @@ def rejection_score(probs: np.ndarray, oos_index: int | None) -> np.ndarray:
 
 def auroc(in_scope: np.ndarray, ood: np.ndarray) -> float:
     """P(score of an in-scope text > score of an out-of-domain one), ties counted half."""
-    from model_build.evaluate import oos_auroc
-
     flags = np.r_[np.zeros(in_scope.size, dtype=bool), np.ones(ood.size, dtype=bool)]
     return oos_auroc(np.concatenate([in_scope, ood]), flags)
 
@@ -125,6 +126,16 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
     )
 
 
+def evaluate_ood(folder: Path | str, ood_path: Path | str, *, data_path: Path | str | None = None) -> OodReport:
+    """What the artifact in `folder` does with the out-of-domain texts in `ood_path`, beside its in-scope
+    test texts (`model_build evaluate DIR --ood FILE`)."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    texts = load_unlabeled(ood_path)
+    test = in_scope_test(built_from(folder, manifest, data_path))
+    return ood_report(manifest, folder, test.texts, np.asarray(test.labels), texts)
+
+
 def in_scope_test(dataset: Dataset) -> Split:
     """The test split's in-scope texts."""
     keep = dataset.in_scope_mask(dataset.test)
@@ -132,15 +143,9 @@ def in_scope_test(dataset: Dataset) -> Split:
 
 
 def _probabilities(model: Classifier, texts: Sequence[str]) -> np.ndarray:
-    from model_build.evaluate import classifier_logits
-
     return model.calibrate(classifier_logits(model, texts, desc=f"{model.tier} {len(texts)} texts"))
 
 
 def _escalate_all(manifest: Manifest) -> Manifest:
-    import dataclasses
-
-    from modelpack.manifest import ESCALATE_ALL
-
     routing = dataclasses.replace(manifest.routing, threshold=ESCALATE_ALL, oos_threshold=None)
     return dataclasses.replace(manifest, routing=routing)
