@@ -13,7 +13,8 @@ import numpy as np
 
 from model_build.calibration import BoolArray, FloatArray, IntArray
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, RoutingEntry
-from modelpack.scores import SCORES, manifest_band_score
+from modelpack.routing import decide
+from modelpack.scores import SCORES
 from modelpack.shift import ShiftGroup, ShiftTable
 
 DEFAULT_POINTS = 100
@@ -56,10 +57,10 @@ def shift_table(edge_probs: FloatArray, cloud_pred: IntArray, labels: IntArray, 
     if not is_oos.any() or is_oos.all():
         raise ValueError("a shift table needs both in-scope and out-of-scope texts")
     score = SCORES[routing.score](p)
-    band_score = manifest_band_score(p, routing, oos_index)
-    band = np.zeros(y.size, dtype=np.bool_) if band_score is None else band_score < routing.oos_threshold
+    band = decide(p, routing, oos_index).edge_oos  # the contract's band, as every runtime applies it
     base = np.where(band, oos_index, p.argmax(axis=1))
     thresholds = threshold_grid(score[~band], routing, points)
+    # The contract's escalation test (`score < threshold`) at every grid threshold at once
     escalated = ~band[None, :] & (score[None, :] < np.asarray(thresholds)[:, None])
     right = np.where(escalated, cloud[None, :], base[None, :]) == y[None, :]
     cloud_ok = cloud == y
