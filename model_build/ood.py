@@ -60,11 +60,13 @@ class OodReport:
         lines = [
             f"out-of-domain texts: {self.n_ood}",
             f"  refused by the edge (never escalated) {pct(self.ood_refused_by_edge)}",
-            f"  escalated {pct(self.ood_escalated)}, of which refused by the cloud {pct(self.ood_refused_by_cloud)}",
+            f"  escalated {pct(self.ood_escalated)} (cloud calls paid for: {1000 * self.ood_escalated:.0f} per 1,000), "
+            f"refused there {pct(self.ood_refused_by_cloud)}",
             f"  answered with an intent (wrong) {pct(self.ood_answered_in_scope)}",
             f"in-scope test texts: {self.n_in_scope}",
             f"  refused: {pct(self.in_scope_refused)} (edge {pct(self.in_scope_refused_by_edge)}, cloud "
-            f"{pct(self.in_scope_refused_by_cloud)}); escalated {pct(self.in_scope_escalated)}",
+            f"{pct(self.in_scope_refused_by_cloud)}); escalated {pct(self.in_scope_escalated)} "
+            f"({1000 * self.in_scope_escalated:.0f} cloud calls per 1,000)",
             f"  joint accuracy {pct(self.in_scope_joint_accuracy)}, cloud alone {pct(self.in_scope_cloud_accuracy)}"
             f" (ratio {self.joint_over_cloud:.4f})",
         ]
