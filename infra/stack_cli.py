@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                              "print the URLs, the API key and a sample curl; Ctrl-C stops everything.")
     up.add_argument("--model-dir", type=Path, help="artifact folder (default: artifacts/latest, built if missing)")
     up.add_argument("--preset", choices=["full", "fast", "quick"], default=os.environ.get("PRESET") or "fast",
-                    help="preset of the build when artifacts/latest is missing (default: $PRESET or full)")
+                    help="preset of the build when artifacts/latest is missing (default: $PRESET or fast)")
     up.add_argument("--data", type=Path, help="labelled data for that build (default: model_build's)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--edge-port", type=_port, default=DEFAULT_EDGE_PORT, help="default %(default)s; 0 picks a free one")

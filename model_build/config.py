@@ -113,7 +113,7 @@ def _full() -> BuildConfig:
     return BuildConfig(
         preset="full",
         # Measured on CLINC150 test (in-scope): layers 4-5 for 3 epochs at 2e-4 gave 95.9 %; layers 2-5
-        # for 5 epochs at 1.5e-4 gave 96.5 % (see README, "Teacher recipe").
+        # for 5 epochs at 1.5e-4 gave 96.5 % (bench/results/full_build/).
         teacher=TeacherConfig(train_from_layer=2, epochs=5, learning_rate=1.5e-4),
         # Twice the default student's width: with the transfer set and the oos bias, escalation at the
         # routing target 13.5 -> 9.9 % on CLINC150 test (9.5 % expected on validation), int8 file 2.5 ->
@@ -121,14 +121,14 @@ def _full() -> BuildConfig:
         student=StudentConfig(filters=256, hidden=(512,)),
         distill=DistillConfig(),
         # One teacher-labelled augmented copy of each training text (with --unlabeled texts, if given):
-        # measured on CLINC150 with its wiki pool, edge OOS recall 9.8 % -> 49 % (README, "Transfer set").
+        # measured on CLINC150 with its wiki pool, edge OOS recall 9.8 % -> 49 % (docs/results.md, the full build).
         transfer=TransferConfig(augment_copies=1),
     )
 
 
 def _fast() -> BuildConfig:
     """A real model in a few minutes, for `make up` on a fresh machine: the full transfer set, the default
-    (narrower) student, a teacher tuning only its top two layers for 3 epochs (measured: README, "Presets")."""
+    (narrower) student, a teacher tuning only its top two layers for 3 epochs (measured: docs/results.md, "Presets")."""
     return dataclasses.replace(
         _full(), preset="fast",
         teacher=TeacherConfig(train_from_layer=4, epochs=3, learning_rate=2e-4),

@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N (shuffled) texts")
     parser.add_argument("--model-dir", type=Path, help="artifact folder (default: artifacts/latest, built if missing)")
     parser.add_argument("--preset", choices=["full", "fast", "quick"], default=os.environ.get("PRESET") or "fast",
-                        help="preset of the build when artifacts/latest is missing (default: $PRESET or full)")
+                        help="preset of the build when artifacts/latest is missing (default: $PRESET or fast)")
     parser.add_argument("--data", type=Path,
                         default=Path(os.environ.get(DATA_ENV_VAR) or REPO_ROOT / DEFAULT_DATA_PATH),
                         help="CLINC150 data_full.json (default: $MODEL_BUILD_DATA or data/clinc150/data_full.json)")
