@@ -121,7 +121,8 @@ def _full() -> BuildConfig:
         student=StudentConfig(filters=256, hidden=(512,)),
         distill=DistillConfig(),
         # One teacher-labelled augmented copy of each training text (with --unlabeled texts, if given):
-        # measured on CLINC150 with its wiki pool, edge OOS recall 9.8 % -> 49 % (docs/results.md, the full build).
+        # measured on CLINC150 with its wiki pool, edge OOS recall 9.8 % -> 49 % (docs/results.md, the full
+        # build).
         transfer=TransferConfig(augment_copies=1),
     )
 
