@@ -26,9 +26,10 @@ from modelpack.scores import SCORES, band_score, softmax
 BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
 # Biases on the edge's oos logit (after its temperature) the fit tries besides none. The student under-states
 # oos on traffic richer in it than its training data, and over-states it when a background class is much of
-# its training data (--negatives); a temperature scales every class alike. The bias that lets the routing
-# meet its target with the fewest escalations on validation ships.
-OOS_BIAS_GRID = tuple(round(0.25 * i, 2) for i in (*range(-20, 0), *range(1, 21)))  # -5.0 .. 5.0, not 0
+# its training data (--negatives: the negative biases, tried only then); a temperature scales every class
+# alike. The bias that lets the routing meet its target with the fewest escalations on validation ships.
+OOS_BIAS_GRID = tuple(round(0.25 * i, 2) for i in range(1, 21))  # 0.25 .. 5.0
+BACKGROUND_BIAS_GRID = tuple(-b for b in reversed(OOS_BIAS_GRID)) + OOS_BIAS_GRID  # -5.0 .. 5.0, not 0
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         # the six of a full fit; the full fit then runs again at the cheapest bias (never dearer: its search
         # includes that rule).
         search = {0.0: edge.entry.expected_escalation_rate}
-        search |= {bias: _rule_rate(config, edge_logits, split, bias, edge.entry) for bias in OOS_BIAS_GRID}
+        grid = BACKGROUND_BIAS_GRID if dataset.background else OOS_BIAS_GRID
+        search |= {bias: _rule_rate(config, edge_logits, split, bias, edge.entry) for bias in grid}
         bias = min(search, key=lambda b: (round(search[b], 9), b))
         if bias:
             edge = _fit_edge(config, edge_logits, split, bias)

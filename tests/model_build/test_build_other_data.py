@@ -133,6 +133,9 @@ def test_negatives_give_data_without_oos_an_oos_answer_on_both_tiers(open_set_bu
     assert manifest.cloud.oos_threshold is not None
     assert manifest.routing.oos_threshold is not None and manifest.routing.oos_score == "in_scope_max_prob"
     assert manifest.build["config"]["negatives"].endswith("negatives.txt")
+    # A background class may make the student over-state oos: the fit tries negative biases on it too
+    searched = json.loads((open_set_build / "metrics.json").read_text())["validation"]["oos_bias_search"]
+    assert min(float(b) for b in searched) == -5.0 and max(float(b) for b in searched) == 5.0
 
 
 def test_out_of_domain_requests_are_refused_and_in_scope_ones_answered(open_set_build: Path, tmp_path: Path) -> None:
