@@ -144,15 +144,16 @@ STUDENTS = ("cnn", "transformer")
 
 def _transformer(config: BuildConfig) -> BuildConfig:
     """The preset with the transformer student (--student transformer): blocks of the teacher's pretrained
-    MiniLM, fine-tuned by the same distillation loss at a pretrained model's rate (AdamW, decay 0.01, batch 32).
+    MiniLM, fine-tuned by the same distillation loss (AdamW, decay 0.01, batch 32, 3 epochs).
     Fast and full: MiniLM's first two blocks whole (bench/results/student_search.md, "Transformer students");
     quick: one block with 4 heads and 256 feed-forward units, a toy like its CNN."""
     if config.preset == "quick":
         student = TransformerStudentConfig(layers=(0,), heads=4, intermediate=256)
         distill = dataclasses.replace(config.distill, epochs=3, batch_size=32, learning_rate=5e-4, weight_decay=0.01)
     else:
+        # 4e-4, not 1.5e-4: on CLINC150 (fast preset) raw int8 in-scope accuracy 93.3 -> 94.2 %.
         student = TransformerStudentConfig(layers=(0, 1))
-        distill = dataclasses.replace(config.distill, epochs=3, batch_size=32, learning_rate=1.5e-4,
+        distill = dataclasses.replace(config.distill, epochs=3, batch_size=32, learning_rate=4e-4,
                                       weight_decay=0.01)
     return dataclasses.replace(config, student=student, distill=distill)
 
