@@ -319,9 +319,10 @@ def _routing(r: Reader, n_labels: int) -> RoutingEntry:
     if oos_score is not None and (not isinstance(oos_score, str) or oos_score not in BAND_SCORES):
         raise r.fail("oos_score", f"one of {sorted(BAND_SCORES)}")
     oos_threshold = r.opt_float("oos_threshold", low=low - _SCORE_SLACK, high=high + _SCORE_SLACK)
-    # On the same score the band lies below the escalation threshold; on a score of its own it need not.
-    if oos_threshold is not None and oos_score in (None, score) and threshold != ESCALATE_ALL \
-            and oos_threshold > threshold:
+    # On the same score the band lies below the escalation threshold; on a score of its own it need not, nor
+    # when nothing escalates (the edge alone meets the target: it answers or refuses, the cloud never asked)
+    if oos_threshold is not None and oos_score in (None, score) \
+            and threshold not in (ESCALATE_ALL, ESCALATE_NONE) and oos_threshold > threshold:
         raise r.fail("oos_threshold", f"at most the escalation threshold {threshold} (the edge answers oos "
                                        "below it, the cloud between the two)")
     return RoutingEntry(

@@ -170,6 +170,17 @@ def test_thresholds_at_the_ends_of_the_range_and_the_builds_infinities_are_accep
     assert Manifest.from_dict(good).routing.threshold == threshold
 
 
+def test_an_oos_band_on_the_routing_score_lies_below_its_threshold_unless_nothing_escalates(artifact):
+    _, raw = artifact
+    band = copy.deepcopy(raw)
+    band["routing"].update(threshold=0.1, oos_threshold=0.15, expected_edge_oos_rate=0.01)
+    with pytest.raises(ManifestError, match="at most the escalation threshold"):
+        Manifest.from_dict(band)
+    # The edge alone meets the target (escalate none, -1e9): it answers or refuses, the cloud is never asked
+    band["routing"]["threshold"] = -1e9
+    assert Manifest.from_dict(band).routing.oos_threshold == 0.15
+
+
 
 
 def test_not_json_is_a_manifest_error(tmp_path):
