@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_build.artifact import machine  # noqa: E402
 from model_build.evaluate import built_from, classifier_logits, oos_auroc  # noqa: E402
-from model_build.ood import in_scope_test, ood_report  # noqa: E402
+from model_build.ood import in_scope_test, ood_report, rejection_score  # noqa: E402
 from model_build.transfer import load_unlabeled  # noqa: E402
 from modelpack.classifier import Classifier  # noqa: E402
 from modelpack.manifest import load_manifest  # noqa: E402
@@ -41,7 +41,7 @@ def scores(logits: np.ndarray, model: Classifier) -> dict[str, np.ndarray]:
     intents = np.delete(logits, oos, axis=1) if oos is not None else logits
     top = intents.max(axis=1, keepdims=True)
     out = {"max_prob": probs.max(axis=1),
-           "in_scope_max_prob": (np.delete(probs, oos, axis=1) if oos is not None else probs).max(axis=1),
+           "in_scope_max_prob": rejection_score(probs, oos),
            "neg_energy": (top + np.log(np.exp(intents - top).sum(axis=1, keepdims=True)))[:, 0]}
     if oos is not None:
         out["not_oos"] = 1.0 - probs[:, oos]

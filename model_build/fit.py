@@ -13,6 +13,7 @@ import numpy as np
 
 from model_build import calibration
 from model_build.config import BuildConfig
+from model_build.curves import cut_thresholds
 from model_build.data import Dataset
 from model_build.deferral import DeferralChoice, choose_deferral
 from model_build.evaluate import ArtifactRunner
@@ -117,18 +118,17 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     # A background class (--negatives) gives validation no real out-of-scope traffic to measure what a
     # refusal buys: the user's false-reject budget is then spent, half at the edge's band, half in the cloud.
     budget = config.false_reject_budget(dataset.background)
-    cloud_budget = budget / 2 if dataset.background and budget is not None else budget
     cloud_oos, oos_threshold = None, None
     if has_oos:
         cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
                                          min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
-        if dataset.background and cloud_budget is not None:
+        if dataset.background and budget is not None:
             # Its validation negatives are not the traffic's: spend the cloud's half of the budget (on every
             # text while the edge's rule is fit; on the escalated ones once it is, below)
-            oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, cloud_budget)
+            oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, budget / 2)
         elif cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
-            oos_threshold = float(cloud_oos.threshold) if cloud_budget is None else \
-                cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), cloud_budget)
+            oos_threshold = float(cloud_oos.threshold) if budget is None else \
+                cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), budget)
     cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
     split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction, budget)
     edge = _fit_edge(config, edge_logits, split, 0.0)
@@ -283,11 +283,7 @@ def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: floa
     assert split.oos is not None
     scores = band_score("in_scope_max_prob", probs, split.oos)
     inside = np.sort(scores[split.y != split.oos])
-    k = int(np.floor(rate * inside.size + 1e-9))
-    # k = 0 (a validation split too small for the rate): just below its least sure in-scope text, which
-    # refuses none of them and still everything less like an intent than any of them
-    cut = float(inside[0]) if k == 0 else \
-        float(inside[k - 1] + inside[k]) / 2.0 if k < inside.size else float(inside[-1]) + 1e-9
+    cut = _below(inside, int(np.floor(rate * inside.size + 1e-9)))
     if entry.oos_threshold is not None and entry.oos_score == "in_scope_max_prob":
         cut = max(cut, entry.oos_threshold)
     routed = apply_deferral(probs.argmax(axis=1), split.cloud_pred, split.y, SCORES[entry.score](probs),
@@ -313,6 +309,15 @@ def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, thre
     scores = np.sort(top[~argmax_oos])
     if allowed >= scores.size or (scores < threshold).sum() <= allowed:
         return threshold
-    if allowed <= 0:
-        return float(scores[0]) if scores.size else threshold
-    return float(min(threshold, (scores[allowed - 1] + scores[allowed]) / 2.0))
+    if not scores.size:
+        return threshold
+    return min(threshold, _below(scores, max(allowed, 0)))
+
+
+def _below(sorted_scores: np.ndarray, k: int) -> float:
+    """A threshold with the `k` (< n) lowest of `sorted_scores` below it, placed as every threshold is
+    (`model_build.curves.cut_thresholds`); for k = 0 the lowest score itself: it refuses none of them (a split
+    too small for the rate) and still everything less sure than all of them."""
+    if k == 0:
+        return float(sorted_scores[0])
+    return float(cut_thresholds(sorted_scores, np.array([k]))[0])

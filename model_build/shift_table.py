@@ -13,7 +13,7 @@ import numpy as np
 
 from model_build.calibration import BoolArray, FloatArray, IntArray
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, RoutingEntry
-from modelpack.routing import decide
+from modelpack.routing import edge_oos
 from modelpack.scores import SCORES
 from modelpack.shift import ShiftGroup, ShiftTable
 
@@ -57,7 +57,8 @@ def shift_table(edge_probs: FloatArray, cloud_pred: IntArray, labels: IntArray, 
     if not is_oos.any() or is_oos.all():
         raise ValueError("a shift table needs both in-scope and out-of-scope texts")
     score = SCORES[routing.score](p)
-    band = decide(p, routing, oos_index).edge_oos  # the contract's band, as every runtime applies it
+    in_band = edge_oos(p, routing, oos_index)  # the contract's band, as every runtime applies it
+    band = np.zeros(y.size, dtype=np.bool_) if in_band is None else in_band
     base = np.where(band, oos_index, p.argmax(axis=1))
     thresholds = threshold_grid(score[~band], routing, points)
     # The contract's escalation test (`score < threshold`) at every grid threshold at once

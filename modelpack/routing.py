@@ -48,17 +48,14 @@ def below(probs: np.ndarray, score: str, threshold: float) -> np.ndarray:
     return SCORES[score](probs) < threshold
 
 
-def decide(probs: np.ndarray, routing: Any, oos_index: int | None, *, threshold: float | None = None,
-           band: bool = True, escalate: np.ndarray | None = None) -> Route:
-    """The manifest's rule on calibrated edge probabilities [n, labels]. `threshold` replaces the manifest's
-    escalation threshold (a policy's own: shift-aware, budget); `escalate` replaces the escalation test
-    altogether (a policy's own mask); `band=False` leaves the `oos` band out (the baseline policies)."""
-    if escalate is None:
-        escalate = below(probs, routing.score, routing.threshold if threshold is None else threshold)
+def decide(probs: np.ndarray, routing: Any, oos_index: int | None, *, band: bool = True) -> Route:
+    """The manifest's rule on calibrated edge probabilities [n, labels]; `band=False` leaves the `oos` band
+    out (the baseline policies)."""
+    escalate = below(probs, routing.score, routing.threshold)
     hopeless = edge_oos(probs, routing, oos_index) if band else None
     if hopeless is None:
-        return Route(np.zeros(len(escalate), dtype=np.bool_), np.asarray(escalate, dtype=np.bool_))
-    return Route(hopeless, np.asarray(escalate, dtype=np.bool_) & ~hopeless)
+        return Route(np.zeros(len(escalate), dtype=np.bool_), escalate)
+    return Route(hopeless, escalate & ~hopeless)
 
 
 def cloud_answer(probs: np.ndarray, oos_threshold: float | None, oos_index: int | None) -> np.ndarray:
