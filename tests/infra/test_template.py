@@ -246,11 +246,16 @@ def test_every_api_method_is_authorised_the_way_auth_mode_says(
     assert environment["AUTH_MODE"] == {"ApiKey": "apikey", "Iam": "iam"}[auth_mode]  # the handler follows
 
 
-def test_a_stack_switched_to_another_auth_mode_is_redeployed(translated: dict[str, Any]) -> None:
+def test_a_stack_switched_to_another_auth_mode_is_redeployed(monkeypatch: pytest.MonkeyPatch) -> None:
     """SAM hashes the template, not parameter values, into the deployment's id: without AlwaysDeploy a
     switch of AuthMode would update the API's definition and leave the stage on the old deployment."""
+    import samtranslator.model.apigateway as sam_apigateway
+
     assert load_template()["Resources"]["InferenceApi"]["Properties"]["AlwaysDeploy"] is True
-    (deployment_id,) = _resources(translated, "AWS::ApiGateway::Deployment")
+    # AlwaysDeploy hashes the deploy time in whole seconds: two translations, a second apart, without a race
+    monkeypatch.setattr(sam_apigateway.time, "time", lambda: 1_800_000_000.0)
+    (deployment_id,) = _resources(_translate(load_template()), "AWS::ApiGateway::Deployment")
+    monkeypatch.setattr(sam_apigateway.time, "time", lambda: 1_800_000_001.0)
     again = _translate(load_template())
 
     assert deployment_id not in again["Resources"]
