@@ -20,9 +20,8 @@ from edge_container.errors import ConfigurationError
 from edge_container.logs import LOG_FORMATS, LogFormat
 from modelpack.env import EnvReader
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
+from modelpack.policy_names import POLICY_NAMES
 
-POLICY_NAMES = ("threshold", "margin", "entropy", "adaptive", "paced", "shift_aware", "random", "edge_only",
-                "cloud_only")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 MIN_KEY_CHARS = 16
 _S3_PREFIX = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from modelpack.policy_names import POLICY_NAMES
+
 RECIPE_FORMAT_VERSION = "2020-01-25"
 DEFAULT_COMPONENT_NAME = "com.example.EdgeInference"
 LAUNCHER_FILE = "launch_edge.py"
@@ -49,7 +51,6 @@ _SECRET_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov)?:secretsmanager:[a-z]{2}(?:-[
 _S3_ARTIFACT = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/(?:[^\s]+/)?" + re.escape(LAUNCHER_FILE) + "$")
 _S3_LATEST = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+\.json$")  # settings.py's _S3_URI
 _COMPONENT_NAME = re.compile(r"^[a-zA-Z0-9-_.]{1,128}$")  # the recipe schema's pattern and length
-_POLICIES = ("threshold", "margin", "entropy", "adaptive", "paced", "shift_aware", "random", "edge_only", "cloud_only")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -116,8 +117,8 @@ def check(options: RecipeOptions) -> None:
         raise RecipeError(f"--s3-latest-uri {options.s3_latest_uri!r} must be s3://<bucket>/<prefix>/latest.json")
     if not 1 <= options.port <= 65535:
         raise RecipeError(f"--port {options.port} must be in [1, 65535]")
-    if options.policy not in _POLICIES:
-        raise RecipeError(f"--policy {options.policy!r} must be one of {', '.join(_POLICIES)}")
+    if options.policy not in POLICY_NAMES:
+        raise RecipeError(f"--policy {options.policy!r} must be one of {', '.join(POLICY_NAMES)}")
     if options.log_level not in _LOG_LEVELS:
         raise RecipeError(f"--log-level {options.log_level!r} must be one of {', '.join(_LOG_LEVELS)}")
     if options.reload_poll_s < 0:

@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from edge_container.settings import POLICY_NAMES
 from modelpack.limits import CLOUD_MAX_TEXTS
+from modelpack.policy_names import POLICY_NAMES
 from tests.edge_container.conftest import CLIENT_KEY, CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 WORDS = ["weather", "timer", "balance", "hello", "rain", "minutes", "money", "morning", "music", "bread"]

@@ -13,8 +13,9 @@ from edge_container.policies import (
     ThresholdPolicy,
     make_policy,
 )
-from edge_container.settings import POLICY_NAMES, Settings
+from edge_container.settings import Settings
 from modelpack.manifest import RoutingEntry
+from modelpack.policy_names import POLICY_NAMES
 from modelpack.scores import SCORES, softmax
 
 PROBS = np.array([

@@ -5,7 +5,8 @@ import pytest
 
 from edge_container.errors import ConfigurationError
 from edge_container.policies import POLICIES
-from edge_container.settings import POLICY_NAMES, Settings
+from edge_container.settings import Settings
+from modelpack.policy_names import POLICY_NAMES
 
 
 def test_defaults_when_the_environment_is_empty() -> None:

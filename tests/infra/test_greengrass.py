@@ -21,6 +21,7 @@ from edge_container.settings import Settings
 from infra.greengrass import launch_edge
 from infra.greengrass.__main__ import main as cli
 from infra.greengrass.recipe import CONFIGURATION_ENV, RecipeError, RecipeOptions, build_recipe, lower_keys
+from modelpack.policy_names import POLICY_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 GREENGRASS = REPO / "infra" / "greengrass"
@@ -257,8 +258,8 @@ def test_an_unusable_secret_is_refused(secret: str) -> None:
         launch_edge.api_key(secret)
 
 
-def test_the_generator_offers_every_edge_policy() -> None:
-    from edge_container.settings import POLICY_NAMES
-    from infra.greengrass.recipe import _POLICIES
-
-    assert set(_POLICIES) == set(POLICY_NAMES)
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_the_generator_offers_every_edge_policy(policy: str) -> None:
+    recipe = build_recipe(options(policy=policy))
+    assert recipe["ComponentConfiguration"]["DefaultConfiguration"]["Policy"] == policy
+    assert Settings.from_env({"EDGE_POLICY": policy}).policy == policy  # what the container does with it
