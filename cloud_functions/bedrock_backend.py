@@ -14,9 +14,9 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud_functions import zero_shot
-from cloud_functions.inference import BackendError, Inference, Usage
+from cloud_functions.inference import BackendError, Inference
 from cloud_functions.pricing import TokenPrices
-from modelpack.cloud_api import Answer, TextResult
+from modelpack.cloud_api import Answer, TextResult, Usage
 
 
 class BedrockRuntimeClient(Protocol):

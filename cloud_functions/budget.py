@@ -56,14 +56,14 @@ from cloud_functions.budget_table import (
 )
 from cloud_functions.errors import BadRequest, BudgetStoreUnavailable, IdempotencyConflict, UnknownTenant
 from cloud_functions.pricing import Pricing  # noqa: F401  (re-exported: the service imports it from here)
-from modelpack.cloud_api import BudgetStatus  # the wire type of GET /v1/budget; `remaining` never negative
+# BudgetStatus: the wire type of GET /v1/budget (`remaining` never negative); the key rule the handler checks too
+from modelpack.cloud_api import BudgetStatus, is_idempotency_key
 
 if TYPE_CHECKING:
     from cloud_functions.settings import Settings
 
 # An API key id, or an IAM role/user ARN (`service.iam_tenant`: / + = , appear in those).
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=,\-]{0,127}$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")  # a lower-case hex SHA-256
 
 Clock = Callable[[], datetime]
@@ -140,7 +140,7 @@ class BudgetLedger:
         _check_tenant(tenant)
         if type(units) is not int or units < 1:
             raise BadRequest("a charge must be a positive integer number of units")
-        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        if idempotency_key is not None and not is_idempotency_key(idempotency_key):
             raise BadRequest("the idempotency key must be 1-255 printable ASCII characters without spaces")
         if payload_digest is not None and not _DIGEST.match(payload_digest):
             raise BadRequest("a payload digest must be a lower-case hex SHA-256")

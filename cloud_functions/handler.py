@@ -52,16 +52,9 @@ from cloud_functions.errors import (
     InvalidJson,
     NotFound,
 )
-from cloud_functions.service import (
-    InferenceService,
-    idempotency_key_from,
-    parse_infer_request,
-    request_from_payload,
-    request_payload,
-    tenant_from,
-)
+from cloud_functions.service import InferenceService, idempotency_key_from, parse_infer_request, tenant_from
 from cloud_functions.settings import InferenceSettings, Settings
-from modelpack.cloud_api import MAX_REQUEST_ID
+from modelpack.cloud_api import MAX_REQUEST_ID, InferRequest
 
 # Powertools objects are cheap to make (they read POWERTOOLS_* variables, open nothing) and their
 # decorators need them at import.
@@ -75,6 +68,10 @@ app = APIGatewayRestResolver(
 )
 
 IDEMPOTENCY_EXPIRY_S = 3600  # shorter than the ledger's charge records (2 days): the ledger has the last word
+# What a replay must repeat to be one: the texts and the edge's answers, read as [label, confidence] pairs.
+# The record's payload is the request's wire form (`InferRequest.to_json`: answers as objects); records
+# written before that held the answers as pairs, and this reading hashes both alike, so they still replay.
+IDEMPOTENCY_PAYLOAD = "request.[texts, edge[*].[label, confidence]]"
 
 
 # --------------------------------------------------------------------------- wiring
@@ -118,7 +115,7 @@ def build_runtime(
     )
     config = IdempotencyConfig(
         event_key_jmespath="[tenant, key]",
-        payload_validation_jmespath="request.[texts, edge]",  # same key, other texts -> 409
+        payload_validation_jmespath=IDEMPOTENCY_PAYLOAD,  # same key, other texts -> 409
         expires_after_seconds=IDEMPOTENCY_EXPIRY_S,
         use_local_cache=True,  # a retry landing on this warm container is answered without a read
         response_hook=_on_replay,
@@ -127,13 +124,9 @@ def build_runtime(
         table_name=settings.idempotency_table, boto3_client=dynamodb_client
     )
 
-    def charge_and_infer(*, call: dict[str, Any]) -> dict[str, Any]:
-        return service.infer(
-            call["tenant"],
-            request_from_payload(call["request"]),
-            charge_key=call["key"],
-            request_id=call["request_id"],
-        )
+    def charge_and_infer(*, call: dict[str, Any], request: InferRequest, request_id: str) -> dict[str, Any]:
+        """`call` is what Powertools keys the record by and checks a replay against; the rest passes through."""
+        return service.infer(call["tenant"], request, charge_key=call["key"], request_id=request_id)
 
     infer_once = idempotent_function(
         charge_and_infer,
@@ -203,8 +196,8 @@ def infer() -> dict[str, Any]:
         )
     logger.append_keys(idempotency_key=key)
     current.idempotency.register_lambda_context(context)
-    call = {"tenant": tenant, "key": key, "request": request_payload(request), "request_id": request_id}
-    return current.infer_once(call=call)
+    call = {"tenant": tenant, "key": key, "request": request.to_json()}
+    return current.infer_once(call=call, request=request, request_id=request_id)
 
 
 @app.get("/v1/budget")

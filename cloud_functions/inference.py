@@ -8,8 +8,9 @@ packaged teacher, the default), `bedrock_backend` and `openai_backend` (LLMs, `z
 `backends` picks one and loads it lazily.
 
 A metered backend (an LLM, paid per token) says what a call may cost at most before it is made
-(`max_cost_usd`: the budget reserves that much) and what it did cost after (`Inference.usage`: the budget
-keeps that and gives the rest back). An unmetered one answers 0 and no usage.
+(`max_cost_usd`: the budget reserves that much) and what it did cost after (`Inference.usage`, the wire's
+`modelpack.cloud_api.Usage`: the budget keeps that, gives the rest back, and the reply carries it as it is).
+An unmetered one answers 0 and no usage.
 """
 
 from __future__ import annotations
@@ -19,20 +20,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from modelpack.cloud_api import TextResult
+from modelpack.cloud_api import TextResult, Usage
 
 
 class BackendError(Exception):
     """The backend could not answer (model failed, remote call failed, answer broke the contract)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What a metered backend reported for one call, and what it cost at the configured prices."""
-
-    input_tokens: int
-    output_tokens: int
-    cost_usd: Decimal
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cloud_functions import zero_shot
-from cloud_functions.inference import BackendError, Inference, Usage
+from cloud_functions.inference import BackendError, Inference
 from cloud_functions.pricing import TokenPrices
 from cloud_functions.secrets import CachedSecret
-from modelpack.cloud_api import Answer, TextResult
+from modelpack.cloud_api import Answer, TextResult, Usage
 
 logger = logging.getLogger(__name__)
 

@@ -40,14 +40,14 @@ from cloud_functions.errors import (
     refused,
 )
 from modelpack.cloud_api import (
-    Answer,
+    IDEMPOTENCY_HEADER,
     BudgetInfo,
     InferReply,
     InferRequest,
     RequestRefused,
     TextResult,
-    Usage,
     decode_json,
+    is_idempotency_key,
 )
 
 if TYPE_CHECKING:
@@ -55,8 +55,6 @@ if TYPE_CHECKING:
     from cloud_functions.settings import InferenceSettings, Settings
 
 logger = logging.getLogger(__name__)
-
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # the ledger's rule: printable ASCII, no spaces
 
 
 # --------------------------------------------------------------------------- request
@@ -70,25 +68,6 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(max_texts=settings.max_texts_per_call, max_chars=settings.max_chars_per_text)
-
-
-def request_payload(request: InferRequest) -> dict[str, Any]:
-    """Plain JSON data of a parsed request (what Powertools hashes for idempotency, edge answers as pairs);
-    `request_from_payload` reads it back. Internal to the cloud: the wire form is `InferRequest.to_json`."""
-    return {
-        "texts": list(request.texts),
-        "edge": None if request.edge is None else [[a.label, a.confidence] for a in request.edge],
-        "request_id": request.request_id,
-    }
-
-
-def request_from_payload(payload: Mapping[str, Any]) -> InferRequest:
-    edge = payload.get("edge")
-    return InferRequest(
-        texts=tuple(payload["texts"]),
-        edge=None if edge is None else tuple(Answer(label, confidence) for label, confidence in edge),
-        request_id=payload.get("request_id"),
-    )
 
 
 def payload_digest(request: InferRequest) -> str:
@@ -153,10 +132,10 @@ def iam_tenant(user_arn: str) -> str:
 
 def idempotency_key_from(headers: Mapping[str, str] | None) -> str | None:
     """The `Idempotency-Key` header (`headers` must be case-insensitive), or None when absent."""
-    value = (headers or {}).get("Idempotency-Key")
+    value = (headers or {}).get(IDEMPOTENCY_HEADER)
     if value is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(value):
+    if not is_idempotency_key(value):
         raise InvalidIdempotencyKey(
             "the Idempotency-Key header must be 1-255 printable ASCII characters without spaces"
         )
@@ -256,8 +235,7 @@ class InferenceService:
             request_id=request.request_id or request_id,
             model_status="current" if stale is None else "stale",
             degraded_reason=None if stale is None else stale.reason,
-            usage=None if inference.usage is None else Usage(
-                inference.usage.input_tokens, inference.usage.output_tokens, str(inference.usage.cost_usd)),
+            usage=inference.usage,
         ).to_json()
 
     def budget(self, tenant: str) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
     InferRequest.to_json() / InferRequest.from_json(raw, max_texts=, max_chars=)   what the edge sends
     InferReply.to_json()   / InferReply.from_json(raw, n_texts=)                   what the cloud answers
+    Usage                                                                          a metered call's tokens and USD
     BudgetStatus                                                                   GET /v1/budget
     ErrorBody                                                                      {"error": {...}} of a non-200
+    IDEMPOTENCY_HEADER, is_idempotency_key                                         the key a call is charged once by
 
 The Lambda handler builds its answers with `to_json` and reads requests with `from_json`; the edge's cloud
 client does the opposite; the demo and the test fakes use the same types. A request the cloud refuses
@@ -15,9 +17,11 @@ grows additively); writers write only what is defined here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from modelpack import jsonvalues as jv
@@ -25,12 +29,21 @@ from modelpack.jsonvalues import ContractViolation
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS, text_problem
 
 __all__ = [
-    "Answer", "BudgetInfo", "BudgetStatus", "ContractViolation", "ErrorBody", "ErrorCode", "InferReply",
-    "InferRequest", "RequestRefused", "TextResult", "Usage", "decode_json",
+    "IDEMPOTENCY_HEADER", "Answer", "BudgetInfo", "BudgetStatus", "ContractViolation", "ErrorBody", "ErrorCode",
+    "InferReply", "InferRequest", "RequestRefused", "TextResult", "Usage", "decode_json", "is_idempotency_key",
 ]
 
 MAX_REQUEST_ID = 128
 _REQUEST_FIELDS = frozenset({"texts", "edge", "request_id"})
+# The header a caller names a call's charge with: its retries carry the same value and are charged once.
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def is_idempotency_key(value: str) -> bool:
+    """1-255 printable ASCII characters without spaces: what the cloud takes as an `Idempotency-Key` (400
+    `INVALID_IDEMPOTENCY_KEY` otherwise) and keeps a charge record under; every key the edge derives is one."""
+    return bool(_IDEMPOTENCY_KEY.match(value))
 
 
 class ErrorCode:
@@ -243,21 +256,35 @@ class BudgetStatus:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a metered backend (Bedrock) reported for the call; `cost_usd` an exact decimal string."""
+    """What a metered backend (an LLM) reported for one call, and what it cost at the configured prices:
+    the cloud's backends return it, the budget charges `cost_usd`, the reply carries it. On the wire
+    `cost_usd` is an exact decimal string (`"0.0000112"`), never a float."""
 
     input_tokens: int
     output_tokens: int
-    cost_usd: str
+    cost_usd: Decimal
 
     def to_json(self) -> dict[str, Any]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "cost_usd": self.cost_usd}
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cost_usd": str(self.cost_usd)}
 
     @classmethod
     def from_json(cls, raw: Any, where: str = "usage") -> Usage:
         u = jv.obj(raw, where)
         return cls(jv.count(u.get("input_tokens"), f"{where}.input_tokens"),
                    jv.count(u.get("output_tokens"), f"{where}.output_tokens"),
-                   jv.string(u.get("cost_usd"), f"{where}.cost_usd"))
+                   _usd(u.get("cost_usd"), f"{where}.cost_usd"))
+
+
+def _usd(value: Any, where: str) -> Decimal:
+    text = jv.string(value, where)
+    try:
+        usd = Decimal(text)
+    except InvalidOperation:
+        usd = None
+    if usd is None or not usd.is_finite() or usd < 0:
+        raise ContractViolation(f"{where} is {jv.kind(value)}, not a decimal number of dollars >= 0")
+    return usd
 
 
 @dataclass(frozen=True, slots=True)

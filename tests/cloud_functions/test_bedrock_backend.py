@@ -12,8 +12,8 @@ import pytest
 from botocore.stub import Stubber
 
 from cloud_functions.bedrock_backend import BedrockBackend
-from cloud_functions.inference import BackendError, Usage
-from modelpack.cloud_api import Answer, TextResult
+from cloud_functions.inference import BackendError
+from modelpack.cloud_api import Answer, TextResult, Usage
 
 LABELS = ("balance", "greeting", "timer", "weather", "oos")
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"

@@ -19,6 +19,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
 
 from cloud_functions.backends import BackendError, BedrockBackend, Inference, LiteRTBackend
 from cloud_functions.budget import BudgetLedger
@@ -26,6 +31,7 @@ from cloud_functions.model_store import ModelStore
 from cloud_functions.settings import Settings
 from model_build.publish import publish
 from modelpack.classifier import Classifier
+from modelpack.cloud_api import InferReply, TextResult
 
 from .conftest import Aws, FakeClock
 
@@ -529,6 +535,43 @@ def test_after_the_idempotency_record_expires_a_key_reused_for_other_texts_is_st
     assert _charge(aws, TENANT, KEY)["state"] == "charged"  # type: ignore[index]
     # The original payload under the same key is still a free replay.
     assert invoke(event("infer")).status == 200 and ledger.status(TENANT).spent == 3
+
+
+def _record_as_before_issue_23(aws: Aws, body: dict[str, Any], response: dict[str, Any]) -> None:
+    """The idempotency record the handler wrote before issue 23 for `body` under the recorded key: its
+    payload held the edge's answers as [label, confidence] pairs, validated as `request.[texts, edge]`.
+    Written through Powertools with that handler's configuration, into the same table."""
+    config = IdempotencyConfig(event_key_jmespath="[tenant, key]", payload_validation_jmespath="request.[texts, edge]",
+                               expires_after_seconds=3600)
+    config.register_lambda_context(FakeContext(aws_request_id="lambda-before"))
+    store = DynamoDBPersistenceLayer(table_name=aws.idempotency_table, boto3_client=aws.dynamodb)
+    edge = body.get("edge")
+    payload = {"texts": body["texts"], "edge": None if edge is None else [[a["label"], a["confidence"]] for a in edge],
+               "request_id": body.get("request_id")}
+    before = idempotent_function(lambda *, call: response, data_keyword_argument="call", persistence_store=store,
+                                 config=config, key_prefix="v1-infer")
+    before(call={"tenant": TENANT, "key": KEY, "request": payload, "request_id": "lambda-before"})
+
+
+RECORDED = json.loads(json.loads((EVENTS / "infer.json").read_text())["body"])
+
+
+@pytest.mark.parametrize("body", [RECORDED, {"texts": RECORDED["texts"]}], ids=["with-edge-answers", "texts-only"])
+def test_a_record_stored_before_the_payload_became_the_wire_form_still_replays(
+    install: Install, invoke: Invoke, ledger: BudgetLedger, teacher: LiteRTBackend, aws: Aws, body: dict[str, Any]
+) -> None:
+    """Issue 23: the record's payload changed shape (edge answers as objects, not pairs); a retry of a call
+    answered by the handler before the deployment is replayed from its record, not refused or charged."""
+    stored = InferReply((TextResult("balance", 0.9), TextResult("timer", 0.8)), "before-23", 3).to_json()
+    _record_as_before_issue_23(aws, body, stored)
+    install(backend=teacher)
+
+    again = invoke(event("infer", body=body))
+    other = invoke(event("infer", body={**body, "texts": ["what is the weather like", "hello there"]}))
+
+    assert again.status == 200 and again.body == stored
+    assert ledger.status(TENANT).spent == 0  # replayed from the record: the teacher never ran, nothing charged
+    assert (other.status, other.body["error"]["code"]) == (409, "IDEMPOTENCY_KEY_REUSED")
 
 
 def test_free_calls_write_nothing_to_the_budget(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ def test_a_request_round_trips_and_writes_only_what_it_holds() -> None:
 def test_a_reply_round_trips_with_its_optional_parts() -> None:
     assert InferReply.from_json(through_json(REPLY.to_json()), n_texts=2) == REPLY
     stale = InferReply(REPLY.results, "v6", 2, None, None, "stale", "latest_model_unavailable",
-                       Usage(120, 8, "0.000321"))
+                       Usage(120, 8, Decimal("0.000321")))
     body = stale.to_json()
     assert body["degraded"] == {"reason": "latest_model_unavailable"} and body["budget"] is None
     assert InferReply.from_json(through_json(body)) == stale
@@ -74,6 +75,11 @@ def test_a_reply_without_optional_fields_reads_with_defaults_and_unknown_fields_
     (lambda b: b["budget"].update(resets_at="tomorrow"), "budget.resets_at is the string 'tomorrow'"),
     (lambda b: b.update(request_id=7), "request_id is 7"),
     (lambda b: b.update(degraded={"reason": 3}), "degraded.reason is 3"),
+    (lambda b: b.update(usage={"input_tokens": 1, "output_tokens": 1, "cost_usd": 0.5}), "usage.cost_usd is 0.5"),
+    (lambda b: b.update(usage={"input_tokens": 1, "output_tokens": 1, "cost_usd": "cheap"}),
+     "usage.cost_usd is the string 'cheap', not a decimal"),
+    (lambda b: b.update(usage={"input_tokens": 1, "output_tokens": 1, "cost_usd": "NaN"}), "usage.cost_usd is"),
+    (lambda b: b.update(usage={"input_tokens": 1, "output_tokens": 1, "cost_usd": "-0.1"}), "usage.cost_usd is"),
 ])
 def test_a_reply_that_breaks_the_contract_is_refused_naming_where(mutate: Any, where: str) -> None:
     body = through_json(REPLY.to_json())
