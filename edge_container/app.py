@@ -260,8 +260,9 @@ class Api:
         return JsonResponse({**self._status(), "processes": processes})
 
     def _status(self) -> dict[str, Any]:
-        circuit = self.service.cloud.breaker.state if self.service.cloud else "disabled"
-        budget_until = self.service.budget.blocked_until
+        escalation = self.service.escalation
+        circuit = escalation.cloud.breaker.state if escalation.cloud else "disabled"
+        budget_until = escalation.budget.blocked_until
         feedback = self.service.feedback
         return {**self.stack.models.status(), "policy": self.service.policy.describe(), "circuit": circuit,
                 "budget_blocked_until": budget_until.isoformat() if budget_until else None,

@@ -20,7 +20,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -35,45 +34,20 @@ from edge_container.errors import (
     DeadlineExceeded,
 )
 from modelpack.cloud_api import (
+    IDEMPOTENCY_HEADER,
     RETRYABLE_STATUS,
     Answer,
-    BudgetInfo,
     ContractViolation,
     ErrorBody,
     ErrorCode,
     InferReply,
     InferRequest,
-    TextResult,
 )
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS, clip_text
 
 log = logging.getLogger("edge_container.cloud")
 _MIN_ATTEMPT_S = 0.005  # below this, an attempt cannot succeed: do not start it
 Signer = Callable[[str, Mapping[str, str], bytes], Mapping[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class CloudReply:
-    """The cloud's reply (`modelpack.cloud_api.InferReply`, validated) and how many attempts it took."""
-
-    reply: InferReply
-    attempts: int
-
-    @property
-    def results(self) -> tuple[TextResult, ...]:
-        return self.reply.results
-
-    @property
-    def model_version(self) -> str:
-        return self.reply.model_version
-
-    @property
-    def cost(self) -> int:
-        return self.reply.cost
-
-    @property
-    def budget(self) -> BudgetInfo | None:
-        return self.reply.budget
 
 
 class CloudClient:
@@ -112,8 +86,9 @@ class CloudClient:
         deadline: float,  # on `clock`
         request_id: str | None = None,
         edge: Sequence[Answer] = (),
-    ) -> CloudReply:
-        """One call for at most `max_texts` texts (more is the caller's bug: it must chunk)."""
+    ) -> InferReply:
+        """One call for at most `max_texts` texts (more is the caller's bug: it must chunk): the cloud's
+        reply, validated (`modelpack.cloud_api.InferReply`)."""
         if not 0 < len(texts) <= self.max_texts:
             raise ValueError(f"{len(texts)} texts: the cloud takes 1-{self.max_texts} per call")
         if not self.breaker.allow():
@@ -141,12 +116,12 @@ class CloudClient:
                 self.breaker.release()
 
     async def _call(self, texts: Sequence[str], key: str, deadline: float, request_id: str | None,
-                    edge: Sequence[Answer]) -> CloudReply:
+                    edge: Sequence[Answer]) -> InferReply:
         # Whitespace around a text means nothing to the tokenizer but counts against the cloud's limit (and a
         # cut of a long blank lead would be a blank text, which the cloud refuses).
         body = InferRequest(tuple(clip_text(t.strip(), self.max_text_chars) for t in texts),
                             tuple(edge) if edge else None, request_id or None).encode()
-        headers = {"content-type": "application/json", "Idempotency-Key": key}
+        headers = {"content-type": "application/json", IDEMPOTENCY_HEADER: key}
         if request_id:  # the cloud logs it (edge_request_id): one escalation, one id in both tiers' logs
             headers["X-Request-Id"] = request_id
         if self._api_key:
@@ -178,7 +153,7 @@ class CloudClient:
             self._on_bytes("received", response.num_bytes_downloaded)
             if response.status_code == 200:
                 try:
-                    return CloudReply(InferReply.from_json(_json(response), n_texts=len(texts)), attempt + 1)
+                    return InferReply.from_json(_json(response), n_texts=len(texts))
                 except ContractViolation as exc:
                     raise self._refuse(response.status_code, exc) from None
             error = ErrorBody.from_json(_json_or_none(response))

@@ -3,13 +3,13 @@
 Graceful degradation is the rule here: whatever the cloud does (slow, down, out of budget, circuit open,
 no time left), every text gets an answer; an escalation the cloud did not answer carries the edge's label
 with `source="edge_fallback"` and the reason. Only the edge's own failures (queue full, no model) fail a
-request.
+request. What goes up goes through `edge_container.escalation` (budget gate, chunks, keys, cloud batching,
+the call); this module decides what goes up and puts the answers back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import time
 import uuid
@@ -17,17 +17,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import numpy as np
 
 from edge_container.auth import EscalationLimiter
 from edge_container.batcher import Batcher, BatchInfo
-from edge_container.cloud import CloudClient, CloudReply
-from edge_container.cloud_batch import CloudBatcher
-from edge_container.cloud_batch import Job as CloudJob
-from edge_container.errors import CloudBudgetExhausted, CloudDisabled, CloudFailure, RateLimited
+from edge_container.errors import CloudFailure, RateLimited
+from edge_container.escalation import Escalation
 from edge_container.feedback import FeedbackRecord, FeedbackWriter
 from edge_container.logs import log_answers
 from edge_container.metrics import Metrics
@@ -41,9 +38,6 @@ from modelpack.scores import SCORES
 Route = Literal["auto", "edge", "cloud"]
 EDGE_OOS = "out_of_scope"  # the reason of an `oos` the edge answers itself (the manifest's lowest band)
 PACED = "paced"  # the fallback reason of an escalation a pacing policy held back to make the budget last
-# Chunks of one request's escalations in flight at once: its latency is the slowest chunk's, not their sum;
-# the cloud client's connection pool (EDGE_CLOUD_MAX_CONNECTIONS) bounds all requests together.
-_CHUNKS_IN_FLIGHT = 4
 ROUTES: tuple[Route, ...] = ("auto", "edge", "cloud")
 
 
@@ -100,34 +94,13 @@ class _Answers:
             self.results[i] = Result(a.label, a.confidence, "edge_fallback", reason, a, self.version)
 
 
-class BudgetGate:
-    """Once the cloud says the budget is spent, stop escalating until the period resets (re-checking
-    every `default_block`, so a budget raised mid-day is noticed)."""
-
-    def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 default_block: timedelta = timedelta(minutes=1)) -> None:
-        self._clock, self._default = clock, default_block
-        self.blocked_until: datetime | None = None
-
-    def is_open(self) -> bool:
-        if self.blocked_until is not None and self._clock() >= self.blocked_until:
-            self.blocked_until = None
-        return self.blocked_until is None
-
-    def block(self, until: datetime | None) -> None:
-        # Ask again after `default_block` at the latest, even when the reset is hours away: an operator may
-        # raise the budget mid-day, and one refused escalation a minute costs nothing (a 429 charges nothing).
-        recheck = self._clock() + self._default
-        self.blocked_until = recheck if until is None else min(until, recheck)
-
-
 class EdgeService:
     def __init__(
         self,
         *,
         models: ModelManager,
         policy: Policy,
-        cloud: CloudClient | None,
+        escalation: Escalation,
         executor: Executor | None,
         metrics: Metrics,
         max_batch_size: int,
@@ -135,20 +108,16 @@ class EdgeService:
         queue_size: int,
         workers: int,
         default_deadline_ms: int,
-        budget: BudgetGate | None = None,
         limiter: EscalationLimiter | None = None,
         feedback: FeedbackWriter | None = None,
-        cloud_batch_wait_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.models, self.policy, self.cloud, self.metrics = models, policy, cloud, metrics
+        """`clock` is the one deadlines are on: `escalation`'s cloud client must share it (time.monotonic)."""
+        self.models, self.policy, self.escalation, self.metrics = models, policy, escalation, metrics
         self.feedback = feedback
         self._recent_escalation = 0.0
-        self.cloud_batcher = None if cloud is None or cloud_batch_wait_s <= 0 else CloudBatcher(
-            self._one_call, max_texts=cloud.max_texts, wait_s=cloud_batch_wait_s, concurrency=_CHUNKS_IN_FLIGHT)
         self.limiter = limiter or EscalationLimiter(rate=0.0, burst=0)
         self._executor, self._clock, self.default_deadline_ms = executor, clock, default_deadline_ms
-        self.budget = budget or BudgetGate()
         # Request ids: unique per process and cheap (uuid4 per request costs a urandom syscall).
         self._ids, self._id_prefix = itertools.count(1), uuid.uuid4().hex[:12]
         self._texts = {s: metrics.texts.labels(s) for s in ("edge", "cloud", "edge_fallback")}
@@ -161,13 +130,11 @@ class EdgeService:
 
     async def start(self) -> None:
         await self.batcher.start()
-        if self.cloud_batcher is not None:
-            await self.cloud_batcher.start()
+        await self.escalation.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        if self.cloud_batcher is not None:
-            await self.cloud_batcher.stop()
+        await self.escalation.stop()
 
     async def edge(self, texts: Sequence[str]) -> EdgeRows:
         """Calibrated edge probabilities for `texts`, through the batcher; no routing."""
@@ -196,7 +163,8 @@ class EdgeService:
             self._priority_texts[priority].inc(len(chosen))
             asked = [texts[i] for i in chosen]
             edge = answers.edge
-            for part, outcome in await self._ask_cloud(asked, [edge[i] for i in chosen], request_id, deadline):
+            outcomes = await self.escalation.ask(asked, [edge[i] for i in chosen], request_id, deadline)
+            for part, outcome in outcomes:
                 if isinstance(outcome, CloudFailure):  # degrade, never fail: the edge's answer, and why
                     answers.fall_back(chosen[part], outcome.reason, self.metrics)
                 else:
@@ -261,71 +229,6 @@ class EdgeService:
         mask = self.policy.escalate(rows.probs, rows.model.manifest.routing)
         return mask, self.policy.escalate_reason, self.policy.keep_reason
 
-    async def _ask_cloud(self, texts: list[str], edge: list[Answer], request_id: str,
-                         deadline: float) -> list[tuple[slice, CloudReply | CloudFailure]]:
-        """The cloud's answer for each chunk of `texts` (at most the cloud's per-call limit), or why not.
-
-        Chunks go up at most `_CHUNKS_IN_FLIGHT` at a time, all within the request's deadline; each has its
-        own idempotency key and its own outcome, so one failing chunk falls back only its own texts."""
-        if self.cloud is None:
-            return [(slice(0, len(texts)), CloudDisabled("no cloud is configured (EDGE_CLOUD_URL)"))]
-        size = self.cloud.max_texts
-        parts = [slice(start, start + size) for start in range(0, len(texts), size)]
-        gate = asyncio.Semaphore(_CHUNKS_IN_FLIGHT)
-
-        async def ask(part: slice) -> tuple[slice, CloudReply | CloudFailure]:
-            async with gate:
-                try:
-                    reply = await self._call_cloud(texts[part], edge[part], request_id, deadline, part.start)
-                except CloudFailure as failure:
-                    return part, failure
-                return part, reply
-
-        if len(parts) == 1:  # the usual case: no task to spawn
-            return [await ask(parts[0])]
-        async with asyncio.TaskGroup() as group:  # a bug in one chunk cancels the others, not leaks them
-            tasks = [group.create_task(ask(part)) for part in parts]
-        return [task.result() for task in tasks]
-
-    async def _call_cloud(self, texts: list[str], edge: list[Answer], request_id: str, deadline: float,
-                          start: int) -> CloudReply:
-        assert self.cloud is not None
-        if not self.budget.is_open():  # checked per chunk: an earlier chunk's 429 stops the later ones
-            raise CloudBudgetExhausted("the cloud budget is spent", resets_at=self.budget.blocked_until)
-        key = idempotency_key(request_id, texts, start=start)
-        if self.cloud_batcher is not None:  # with other requests' escalations, in one call
-            return await self.cloud_batcher.ask(CloudJob(tuple(texts), tuple(edge), request_id, deadline, key))
-        return await self._one_call(texts, edge, request_id, deadline, key)
-
-    async def _one_call(self, texts: list[str], edge: list[Answer], request_id: str, deadline: float,
-                        key: str) -> CloudReply:
-        """One cloud call, with its metrics and what its reply says of the budget."""
-        assert self.cloud is not None
-        started = time.perf_counter()
-        try:
-            reply = await self.cloud.infer(texts, idempotency_key=key, deadline=deadline, request_id=request_id,
-                                           edge=edge)
-        except CloudBudgetExhausted as exc:
-            self.budget.block(exc.resets_at)
-            self.policy.observe_budget(0, exc.resets_at, cost=0, n_texts=0)
-            self.metrics.budget_remaining.set(0)
-            self.metrics.cloud_calls.labels(exc.reason).inc()
-            raise
-        except CloudFailure as exc:
-            self.metrics.cloud_calls.labels(exc.reason).inc()
-            raise
-        finally:
-            self.metrics.stage["cloud"].observe(time.perf_counter() - started)
-        self.metrics.cloud_calls.labels("ok").inc()
-        if reply.budget is not None:
-            self.policy.observe_budget(reply.budget.remaining, reply.budget.resets_at, cost=reply.cost,
-                                       n_texts=len(texts))
-            self.metrics.budget_remaining.set(reply.budget.remaining)
-            self.metrics.budget_limit.set(reply.budget.limit)
-            if reply.budget.remaining <= 0:  # the next call would be refused: do not spend it
-                self.budget.block(reply.budget.resets_at)
-        return reply
-
     async def _run_batch(self, jobs: Sequence[tuple[str, ...]]) -> list[EdgeRows]:
         model = self.models.current  # this batch runs on this version to the end, even across a swap
         texts = [text for job in jobs for text in job]
@@ -346,17 +249,6 @@ class EdgeService:
         self.metrics.batch_size.observe(info.size)
         for wait in info.queue_waits_s:
             self.metrics.stage["queue"].observe(wait)
-
-
-def idempotency_key(request_id: str, texts: Sequence[str], *, start: int = 0) -> str:
-    """The same request (id and escalated texts) always gets the same key: a client's retry of it is
-    replayed by the cloud, not charged again; a different set of texts is different work. A chunk's key
-    also names where it starts among the request's escalations: two chunks of identical texts are two
-    calls, and one key for both would be answered once and refused (in progress) or replayed the other."""
-    digest = hashlib.sha256(f"{request_id}\x1e{start}".encode(errors="surrogatepass"))
-    for text in texts:
-        digest.update(b"\x1f" + text.encode(errors="surrogatepass"))  # a lone surrogate must not crash a key
-    return f"edge-{digest.hexdigest()[:48]}"
 
 
 def feedback_records(texts: Sequence[str], rows: EdgeRows, results: Sequence[Result],

@@ -14,6 +14,7 @@ from edge_container.auth import EscalationLimiter
 from edge_container.breaker import CircuitBreaker
 from edge_container.cloud import CloudClient, SigV4Signer
 from edge_container.errors import ConfigurationError
+from edge_container.escalation import Escalation
 from edge_container.feedback import FeedbackShipper, FeedbackStore, FeedbackWriter
 from edge_container.metrics import Metrics
 from edge_container.peers import Peers
@@ -61,26 +62,17 @@ class EdgeStack:
             http = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit,
                                                          keepalive_expiry=CLOUD_KEEPALIVE_S),
                                      timeout=settings.cloud_timeout_ms / 1000.0)
-        cloud = None
-        if settings.cloud_enabled:
-            assert http is not None
-            breaker = CircuitBreaker(failures=settings.breaker_failures, reset_s=settings.breaker_reset_s,
-                                     on_change=metrics.circuit.state)
-            cloud = CloudClient(
-                http, url=settings.cloud_infer_url, api_key=settings.cloud_api_key, breaker=breaker,
-                timeout_s=settings.cloud_timeout_ms / 1000.0, retries=settings.cloud_retries,
-                backoff_s=settings.cloud_backoff_ms / 1000.0, signer=_signer(settings, aws_credentials),
-                on_error=lambda kind: metrics.cloud_errors.labels(kind).inc(),
-                on_bytes=lambda direction, n: metrics.cloud_bytes.labels(direction).inc(n),
-                max_texts=settings.cloud_max_texts, max_text_chars=settings.cloud_max_text_chars)
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="edge-infer") if settings.workers else None
+        policy = policy or make_policy(settings.policy, settings)
+        cloud = _cloud(settings, http, metrics, aws_credentials)
+        escalation = Escalation(cloud, policy=policy, metrics=metrics, batch_wait_s=settings.cloud_batch_wait_ms / 1000.0)
         service = EdgeService(
-            models=models, policy=policy or make_policy(settings.policy, settings), cloud=cloud,
+            models=models, policy=policy, escalation=escalation,
             executor=executor, metrics=metrics, max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0, queue_size=settings.queue_size, workers=settings.interpreters,
             default_deadline_ms=settings.default_deadline_ms,
             limiter=EscalationLimiter(rate=settings.client_escalations_per_s, burst=settings.client_escalation_burst),
-            feedback=_feedback(settings, metrics), cloud_batch_wait_s=settings.cloud_batch_wait_ms / 1000.0)
+            feedback=_feedback(settings, metrics))
         metrics.device.info({"device_id": settings.device, "cohort": "stable", "target_version": ""})
         metrics.watch_oos_share(service.policy.estimated_oos_share)
         folder = FolderSource(settings.model_dir)
@@ -152,6 +144,23 @@ def _feedback(settings: Settings, metrics: Metrics) -> FeedbackWriter | None:
     opener = partial(FeedbackStore.open, path, mode=settings.feedback_mode,  # type: ignore[arg-type]
                      max_bytes=settings.feedback_max_mb * 2**20, max_age_s=settings.feedback_max_age_days * 86400)
     return FeedbackWriter(opener, metrics=metrics)
+
+
+def _cloud(settings: Settings, http: httpx.AsyncClient | None, metrics: Metrics,
+           credentials: Any) -> CloudClient | None:
+    """The cloud client with its circuit breaker, or None without EDGE_CLOUD_URL."""
+    if not settings.cloud_enabled:
+        return None
+    assert http is not None
+    breaker = CircuitBreaker(failures=settings.breaker_failures, reset_s=settings.breaker_reset_s,
+                             on_change=metrics.circuit.state)
+    return CloudClient(
+        http, url=settings.cloud_infer_url, api_key=settings.cloud_api_key, breaker=breaker,
+        timeout_s=settings.cloud_timeout_ms / 1000.0, retries=settings.cloud_retries,
+        backoff_s=settings.cloud_backoff_ms / 1000.0, signer=_signer(settings, credentials),
+        on_error=lambda kind: metrics.cloud_errors.labels(kind).inc(),
+        on_bytes=lambda direction, n: metrics.cloud_bytes.labels(direction).inc(n),
+        max_texts=settings.cloud_max_texts, max_text_chars=settings.cloud_max_text_chars)
 
 
 def _signer(settings: Settings, credentials: Any) -> SigV4Signer | None:

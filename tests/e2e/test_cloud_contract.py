@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from edge_container.breaker import CircuitBreaker
-from edge_container.cloud import CloudClient, CloudReply
+from edge_container.cloud import CloudClient
 from edge_container.errors import CloudBudgetExhausted, CloudCallFailed
 from infra.stack import LocalStack
-from modelpack.cloud_api import Answer, BudgetStatus, ErrorBody, ErrorCode, InferRequest
+from modelpack.cloud_api import Answer, BudgetStatus, ErrorBody, ErrorCode, InferReply, InferRequest
 from modelpack.limits import CLOUD_MAX_TEXTS
 from modelpack.routing import cloud_answer
 from tests.e2e.conftest import Reference
@@ -42,7 +42,7 @@ def call(stack: LocalStack, body: Callable[[CloudClient], Awaitable[Any]], **opt
     return asyncio.run(main())
 
 
-def infer(stack: LocalStack, texts: list[str], key: str, **kwargs: Any) -> CloudReply:
+def infer(stack: LocalStack, texts: list[str], key: str, **kwargs: Any) -> InferReply:
     return call(stack, lambda c: c.infer(texts, idempotency_key=key, deadline=time.monotonic() + 30, **kwargs))
 
 
@@ -75,7 +75,7 @@ def test_an_escalation_round_trips_every_field_of_request_and_reply(
         order = np.argsort(-row)[: len(result.top_k)]
         assert [a.label for a in result.top_k] == [manifest.labels[i] for i in order]
         assert result.top_k[0].confidence == pytest.approx(result.confidence)
-    assert reply.reply.request_id == "contract-req-1" and reply.reply.model_status == "current"
+    assert reply.request_id == "contract-req-1" and reply.model_status == "current"
     assert reply.cost == 1 + len(ASKED)  # the stack's prices: 1 per request + 1 per text
     after = budget_status(stack)
     assert reply.budget is not None
@@ -88,7 +88,7 @@ def test_a_replay_of_the_same_key_is_the_same_reply_and_charges_nothing(stack: L
     first = infer(stack, ASKED[:2], "contract-replay-1")
     spent = budget_status(stack).spent
     again = infer(stack, ASKED[:2], "contract-replay-1")
-    assert again.reply == first.reply and budget_status(stack).spent == spent
+    assert again == first and budget_status(stack).spent == spent
 
 
 def test_a_spent_budget_reaches_the_edge_as_budget_exhausted_with_the_ledgers_reset_time(

@@ -43,7 +43,7 @@ def test_a_good_answer_is_parsed_and_the_request_carries_key_and_context(cloud: 
     reply = run(cloud.url, lambda c: c.infer(["weather in rome", "sing"], idempotency_key="k-1", deadline=soon(),
                                              request_id="r-1", edge=[Answer("weather", 0.5), Answer("oos", 0.4)]))
     assert [r.label for r in reply.results] == ["weather", "oos"]
-    assert reply.model_version == "cloud-7" and reply.cost == 2 and reply.attempts == 1
+    assert reply.model_version == "cloud-7" and reply.cost == 2
     assert reply.budget.remaining == 998 and reply.budget.resets_at == cloud.resets_at
     [attempt] = cloud.attempts
     assert attempt.api_key == "key-1" and attempt.idempotency_key == "k-1"
@@ -55,8 +55,8 @@ def test_a_good_answer_is_parsed_and_the_request_carries_key_and_context(cloud: 
 def test_retryable_failures_are_retried_with_the_same_idempotency_key(cloud: FakeCloud, status: int) -> None:
     cloud.reset("flaky", fail_first=2, status=status)
     reply = run(cloud.url, lambda c: c.infer(["x"], idempotency_key="same-key", deadline=soon()))
-    assert reply.attempts == 3
-    assert cloud.keys() == ["same-key"] * 3
+    assert [r.label for r in reply.results] == ["oos"]
+    assert cloud.keys() == ["same-key"] * 3  # three attempts, one key
 
 
 def test_backoff_is_exponential_with_full_jitter() -> None:

@@ -1,9 +1,12 @@
 """Escalations against the cloud's real contract, over real HTTP: the edge chunks and cuts what it sends to
-the cloud's per-call limits (the fake cloud refuses more, as the real one does), and any reply it cannot
-parse is an `edge_fallback` with reason `cloud_error`, never a 500."""
+the cloud's per-call limits (the fake cloud refuses more, as the real one does), keys each chunk, shares
+calls between requests when asked to (EDGE_CLOUD_BATCH_WAIT_MS), and any reply it cannot parse is an
+`edge_fallback` with reason `cloud_error`, never a 500."""
 
+import asyncio
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +14,12 @@ import httpx
 import pytest
 
 from edge_container.errors import ConfigurationError
+from edge_container.escalation import chunk_key, shared_key, split
 from edge_container.settings import Settings
 from edge_container.wiring import EdgeStack
+from modelpack.cloud_api import Answer, BudgetInfo, InferReply, TextResult, is_idempotency_key
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
-from tests.edge_container.conftest import UNSURE, FakeCloud, edge_settings, serve_edge
+from tests.edge_container.conftest import CLIENT_KEY, CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def server(tiny_artifact: Path, fake_cloud: FakeCloud) -> Iterator[tuple[httpx.C
 
 @pytest.fixture
 def client(server: tuple[httpx.Client, EdgeStack], cloud: FakeCloud) -> httpx.Client:
-    server[1].service.budget.blocked_until = None
+    server[1].service.escalation.budget.blocked_until = None
     return server[0]
 
 
@@ -81,6 +86,31 @@ def test_each_chunk_has_a_deterministic_idempotency_key_of_its_own(client: httpx
     cloud.reset()
     predict(client, texts, request_id="chunked-2")
     assert not set(cloud.keys()) & set(first)
+
+
+# Pinned: a key that changed between versions would charge again a retry that spans an upgrade.
+KEYS = {("req-1", 0): "edge-ea192dbc48a7207d665183493209df75892ff561a03c5775",
+        ("req-1", 32): "edge-b8f8eaccfe5d25a3a303346d2b8168a858a49f70c29bb8c0"}
+
+
+def test_a_chunk_key_is_derived_from_the_request_its_position_and_its_texts() -> None:
+    texts = ["hello", "set a timer"]
+    assert {(r, start): chunk_key(r, texts, start=start) for r, start in KEYS} == KEYS
+    assert chunk_key("req-1", ["hello", "set a timer "]) != KEYS[("req-1", 0)]
+    assert shared_key(KEYS.values()) == "edge-b-e3a807ae1db079c04315f15c0e9880ccd3fecf3723187635"
+    odd = chunk_key("r-\ud800", ["bad \ud800"])  # a lone surrogate must not crash a key
+    assert all(is_idempotency_key(k) for k in (*KEYS.values(), shared_key(KEYS.values()), odd))
+
+
+def test_a_shared_reply_is_split_back_by_position_with_the_calls_cost_and_budget_on_each_part() -> None:
+    budget = BudgetInfo(7, 10, "2026-11-22", datetime(2026, 11, 23, tzinfo=UTC))
+    results = tuple(TextResult(label, 0.9, (Answer(label, 0.9),)) for label in ("a", "b", "c"))
+    reply = InferReply(results, "cloud-7", 4, budget, "req-1", "stale", "latest_model_unavailable")
+    first, second = split(reply, [1, 2])
+    assert (first.results, second.results) == (results[:1], results[1:])
+    for part in (first, second):
+        assert (part.model_version, part.cost, part.budget, part.request_id, part.model_status,
+                part.degraded_reason) == ("cloud-7", 4, budget, "req-1", "stale", "latest_model_unavailable")
 
 
 def test_a_deployment_with_other_cloud_limits_sets_them_on_the_edge(tiny_artifact: Path, cloud: FakeCloud) -> None:
@@ -162,3 +192,49 @@ def test_a_good_reply_after_odd_ones_is_used(client: httpx.Client, cloud: FakeCl
     assert sources(predict(client, [UNSURE])) == [("edge_fallback", "cloud_error")]
     cloud.reset()
     assert sources(predict(client, [UNSURE])) == [("cloud", "forced_cloud")]
+
+
+# --------------------------------------------------------------------------- cloud batching
+
+
+def concurrently(base_url: str, bodies: list[dict]) -> list[dict]:
+    async def main() -> list[dict]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30, headers={"x-api-key": CLIENT_KEY}) as client:
+            responses = await asyncio.gather(*(client.post("/v1/predict", json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        return [r.json() for r in responses]
+
+    return asyncio.run(main())
+
+
+def test_concurrent_escalations_share_calls_and_each_answer_finds_its_text(
+        tiny_artifact: Path, cloud: FakeCloud) -> None:
+    settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k", cloud_batch_wait_ms=100)
+    texts = [CONFIDENT if i % 2 else UNSURE for i in range(12)]  # the fake says "weather" for the first kind
+    with serve_edge(settings) as (client, _):
+        bodies = [{"text": t, "route": "cloud", "request_id": f"req-{i}"} for i, t in enumerate(texts)]
+        answers = concurrently(str(client.base_url), bodies)
+    for text, body in zip(texts, answers, strict=True):
+        [result] = body["results"]
+        assert result["source"] == "cloud"
+        assert result["label"] == ("weather" if "weather" in text else "oos")
+    assert len(cloud.attempts) < len(texts)  # shared calls
+    assert sum(len(a.body["texts"]) for a in cloud.attempts) == len(texts)
+    assert any(len(a.body["texts"]) > 1 and a.idempotency_key.startswith("edge-b-") for a in cloud.attempts)
+
+
+def test_a_failed_shared_call_falls_back_every_member(tiny_artifact: Path, cloud: FakeCloud) -> None:
+    cloud.reset("error", status=500)
+    settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k", cloud_batch_wait_ms=100,
+                             cloud_retries=0)
+    with serve_edge(settings) as (client, _):
+        answers = concurrently(str(client.base_url), [{"text": UNSURE, "route": "cloud"} for _ in range(6)])
+    assert {(r["source"], r["reason"]) for body in answers for r in body["results"]} == {
+        ("edge_fallback", "cloud_error")}
+
+
+def test_without_a_batch_wait_each_request_calls_alone_with_its_own_key(tiny_artifact: Path, cloud: FakeCloud) -> None:
+    settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k")
+    with serve_edge(settings) as (client, _):
+        concurrently(str(client.base_url), [{"text": UNSURE, "route": "cloud"} for _ in range(4)])
+    assert len(cloud.attempts) == 4 and not any(a.idempotency_key.startswith("edge-b-") for a in cloud.attempts)

@@ -40,7 +40,7 @@ def server(tiny_artifact: Path, fake_cloud: FakeCloud) -> Iterator[tuple[httpx.C
 
 @pytest.fixture
 def client(server: tuple[httpx.Client, EdgeStack], cloud: FakeCloud) -> httpx.Client:
-    server[1].service.budget.blocked_until = None
+    server[1].service.escalation.budget.blocked_until = None
     return server[0]
 
 

@@ -95,7 +95,7 @@ def test_every_policy_is_made_by_name(name: str) -> None:
 def test_budget_gate_rechecks_before_a_distant_reset():
     from datetime import UTC, datetime, timedelta
 
-    from edge_container.service import BudgetGate
+    from edge_container.escalation import BudgetGate
 
     now = [datetime(2026, 11, 22, 9, 0, tzinfo=UTC)]
     gate = BudgetGate(clock=lambda: now[0], default_block=timedelta(minutes=1))
