@@ -7,25 +7,18 @@ naming the variable; nothing is half-configured.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from edge_container._env import S3_PREFIX, S3_URI, EdgeEnv
 from edge_container.auth import ClientKey
 from edge_container.errors import ConfigurationError
 from edge_container.logs import LOG_FORMATS, LogFormat
-from modelpack.env import EnvReader
 from modelpack.limits import CLOUD_MAX_TEXT_CHARS, CLOUD_MAX_TEXTS
 from modelpack.policy_names import POLICY_NAMES
-
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-MIN_KEY_CHARS = 16
-_S3_PREFIX = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
-_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+\.json)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,20 +147,20 @@ class Settings:
     @property
     def feedback_s3_location(self) -> tuple[str, str]:
         """(bucket, prefix) of EDGE_FEEDBACK_S3_URI."""
-        match = _S3_PREFIX.match(self.feedback_s3_uri or "")
+        match = S3_PREFIX.match(self.feedback_s3_uri or "")
         assert match is not None
         return match["bucket"], (match["prefix"] or "").strip("/")
 
     @property
     def s3_location(self) -> tuple[str, str]:
         """(bucket, key of latest.json)."""
-        match = _S3_URI.match(self.s3_latest_uri or "")
+        match = S3_URI.match(self.s3_latest_uri or "")
         assert match is not None
         return match["bucket"], match["key"]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = _Env(os.environ if environ is None else environ)
+        env = EdgeEnv(os.environ if environ is None else environ)
         d = cls()  # defaults live on the fields above, in one place
         settings = cls(**_service(env, d), **_routing(env, d), **_batching(env, d), **_cloud(env, d),
                        **_limits(env, d), **_models(env, d), **_feedback(env, d), **_debug(env))
@@ -181,7 +174,7 @@ class Settings:
         return settings
 
 
-def _service(env: _Env, d: Settings) -> dict[str, Any]:
+def _service(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """Where the model is and how the service listens and logs."""
     return {
         "model_dir": Path(env.text("EDGE_MODEL_DIR", str(d.model_dir))),
@@ -197,7 +190,7 @@ def _service(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _connections(env: _Env, d: Settings) -> dict[str, Any]:
+def _connections(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """What a client connection may hold (edge_container.http_limits)."""
     total = env.integer("EDGE_MAX_CONNECTIONS", d.max_connections, low=1, high=1_000_000)
     per_client = env.integer("EDGE_MAX_CONNECTIONS_PER_CLIENT", min(d.max_connections_per_client, total), low=1)
@@ -214,7 +207,7 @@ def _connections(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _routing(env: _Env, d: Settings) -> dict[str, Any]:
+def _routing(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """Which policy routes, and its knobs."""
     return {
         "policy": env.choice("EDGE_POLICY", POLICY_NAMES, default=d.policy),
@@ -230,7 +223,7 @@ def _routing(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _batching(env: _Env, d: Settings) -> dict[str, Any]:
+def _batching(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """The batcher and the interpreter pool."""
     return {
         "max_batch_size": env.integer("EDGE_MAX_BATCH_SIZE", d.max_batch_size, low=1, high=4096),
@@ -242,7 +235,7 @@ def _batching(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _processes(env: _Env, d: Settings) -> dict[str, Any]:
+def _processes(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     processes = env.integer("EDGE_PROCESSES", d.processes, low=1, high=64)
     index = env.int_or_none("EDGE_PROCESS_INDEX")
     raw_dir = env.opt_text("EDGE_PEERS_DIR")
@@ -254,7 +247,7 @@ def _processes(env: _Env, d: Settings) -> dict[str, Any]:
             "peers_dir": Path(raw_dir) if raw_dir is not None and index is not None else None}
 
 
-def _cloud(env: _Env, d: Settings) -> dict[str, Any]:
+def _cloud(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """The cloud tier: where, how to authenticate, timeouts, retries, limits, breaker."""
     return {
         "cloud_url": env.opt_url("EDGE_CLOUD_URL"),
@@ -274,7 +267,7 @@ def _cloud(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _limits(env: _Env, d: Settings) -> dict[str, Any]:
+def _limits(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """Request limits and who may call."""
     return {
         "max_texts": env.integer("EDGE_MAX_TEXTS", d.max_texts, low=1),
@@ -287,7 +280,7 @@ def _limits(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _models(env: _Env, d: Settings) -> dict[str, Any]:
+def _models(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """Model management: admin, reloads, S3, the device's rollout id."""
     return {
         "admin_token": env.secret("EDGE_ADMIN_TOKEN", "EDGE_ADMIN_TOKEN_FILE"),
@@ -298,7 +291,7 @@ def _models(env: _Env, d: Settings) -> dict[str, Any]:
     }
 
 
-def _debug(env: _Env) -> dict[str, Any]:
+def _debug(env: EdgeEnv) -> dict[str, Any]:
     """The mutual-TLS debug listener: with EDGE_DEBUG_PORT, its certificate, key and client CA must exist."""
     port = env.int_or_none("EDGE_DEBUG_PORT")
     if port is not None and not 0 <= port <= 65535:
@@ -314,11 +307,11 @@ def _debug(env: _Env) -> dict[str, Any]:
     return {"debug_port": port, "debug_host": env.opt_text("EDGE_DEBUG_HOST"), **files}
 
 
-def _feedback_s3(env: _Env, path: str | None) -> str | None:
+def _feedback_s3(env: EdgeEnv, path: str | None) -> str | None:
     uri = env.opt_text("EDGE_FEEDBACK_S3_URI")
     if uri is None:
         return None
-    if not _S3_PREFIX.match(uri):
+    if not S3_PREFIX.match(uri):
         raise env.bad("EDGE_FEEDBACK_S3_URI", uri, "must be s3://<bucket>[/<prefix>]")
     if path is None:
         raise ConfigurationError("EDGE_FEEDBACK_S3_URI ships the feedback store: set EDGE_FEEDBACK_PATH too",
@@ -326,7 +319,7 @@ def _feedback_s3(env: _Env, path: str | None) -> str | None:
     return uri
 
 
-def _feedback(env: _Env, d: Settings) -> dict[str, Any]:
+def _feedback(env: EdgeEnv, d: Settings) -> dict[str, Any]:
     """The feedback store (off unless EDGE_FEEDBACK_PATH is set)."""
     path = env.opt_text("EDGE_FEEDBACK_PATH")
     return {
@@ -337,95 +330,3 @@ def _feedback(env: _Env, d: Settings) -> dict[str, Any]:
         "feedback_s3_uri": _feedback_s3(env, path),
         "feedback_ship_s": env.number("EDGE_FEEDBACK_SHIP_S", d.feedback_ship_s, low=0.05),
     }
-
-
-class _Env(EnvReader):
-    """The shared reader, plus the edge's bounds (worded `must be in [low, high]`) and its own kinds."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        super().__init__(environ, ConfigurationError)
-
-    def integer(self, key: str, default: int, *, low: int, high: int | None = None) -> int:
-        value = self.int_or_none(key)
-        if value is None:
-            return default
-        if value < low or (high is not None and value > high):
-            raise self._out_of_range(key, low, high)
-        return value
-
-    def number(self, key: str, default: float, *, low: float, high: float | None = None) -> float:
-        value = self.opt_number(key, low=low, high=high)
-        return default if value is None else value
-
-    def opt_number(self, key: str, *, low: float, high: float | None = None) -> float | None:
-        value = self.float_or_none(key)
-        if value is not None and not (low <= value <= (high if high is not None else float("inf"))):
-            raise self._out_of_range(key, low, high)
-        return value
-
-    def _out_of_range(self, key: str, low: float, high: float | None) -> Exception:
-        return self.bad(key, self.raw(key), f"must be in [{low}, {high if high is not None else '∞'}]")
-
-    def opt_url(self, key: str) -> str | None:
-        raw = self.raw(key)
-        if not raw:
-            return None
-        parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise self.bad(key, raw, "must be an http(s) base URL without query or fragment")
-        return raw
-
-    def client_keys(self, key: str, file_key: str) -> tuple[ClientKey, ...]:
-        """`client_id:key` entries, comma-separated in `key` or one per line in the file `file_key` names
-        (blank lines and # comments skipped). A file keeps keys out of the process environment."""
-        raw, path = self.raw(key), self.raw(file_key)
-        if raw and path:
-            raise ConfigurationError(f"set {key} or {file_key}, not both", key=key)
-        if path:
-            try:
-                lines = Path(path).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigurationError(f"{file_key}={path!r} cannot be read: {exc}", key=file_key) from None
-            entries, where = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")], file_key
-        else:
-            entries, where = [e.strip() for e in raw.split(",") if e.strip()], key
-        keys: list[ClientKey] = []
-        for n, entry in enumerate(entries, 1):
-            client_id, sep, secret = entry.partition(":")
-            client_id, secret = client_id.strip(), secret.strip()
-            # The message names the entry by position and id only: a key must never reach a log.
-            if not sep or not _CLIENT_ID.match(client_id):
-                raise ConfigurationError(f"{where}: entry {n} is not client_id:key (id of letters, digits, . _ -)",
-                                         key=where)
-            if len(secret) < MIN_KEY_CHARS:
-                raise ConfigurationError(f"{where}: the key of client {client_id!r} is shorter than "
-                                         f"{MIN_KEY_CHARS} characters", key=where)
-            if any(k.client_id == client_id for k in keys):
-                raise ConfigurationError(f"{where}: client {client_id!r} appears twice", key=where)
-            if any(k.key == secret for k in keys):
-                raise ConfigurationError(f"{where}: client {client_id!r} reuses another client's key", key=where)
-            keys.append(ClientKey(client_id, secret))
-        return tuple(keys)
-
-    def secret(self, key: str, file_key: str) -> str | None:
-        """A secret from `key`, or from the file `file_key` names (its content, stripped): a file keeps it out
-        of the process environment (a Kubernetes Secret volume, a Greengrass-written file). Not both."""
-        raw, path = self.opt_text(key), self.opt_text(file_key)
-        if raw and path:
-            raise ConfigurationError(f"set {key} or {file_key}, not both", key=key)
-        if path is None:
-            return raw
-        try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"{file_key}={path!r} cannot be read: {type(exc).__name__}", key=file_key) \
-                from None
-        if not value:
-            raise ConfigurationError(f"{file_key}={path!r} is empty", key=file_key)
-        return value
-
-    def opt_s3_uri(self, key: str) -> str | None:
-        raw = self.raw(key)
-        if raw and not _S3_URI.match(raw):
-            raise self.bad(key, raw, "must be s3://<bucket>/<prefix>/latest.json")
-        return raw or None

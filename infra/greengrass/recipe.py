@@ -49,7 +49,7 @@ _PUBLIC_ECR = re.compile(rf"^public\.ecr\.aws/{_REPO_PATH}{_REFERENCE}$")
 _SECRET_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov)?:secretsmanager:[a-z]{2}(?:-[a-z]+)+-\d:\d{12}:secret:"
                          r"[A-Za-z0-9/_+=.@-]+$")
 _S3_ARTIFACT = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/(?:[^\s]+/)?" + re.escape(LAUNCHER_FILE) + "$")
-_S3_LATEST = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+\.json$")  # settings.py's _S3_URI
+_S3_LATEST = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+\.json$")  # the edge's S3_URI (edge_container/_env.py)
 _COMPONENT_NAME = re.compile(r"^[a-zA-Z0-9-_.]{1,128}$")  # the recipe schema's pattern and length
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
