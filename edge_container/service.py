@@ -25,7 +25,8 @@ from edge_container.auth import EscalationLimiter
 from edge_container.batcher import Batcher, BatchInfo
 from edge_container.errors import CloudFailure, RateLimited
 from edge_container.escalation import Escalation
-from edge_container.feedback import FeedbackRecord, FeedbackWriter
+from edge_container.feedback import FeedbackRecord
+from edge_container.feedback_writer import FeedbackWriter
 from edge_container.logs import log_answers
 from edge_container.metrics import Metrics
 from edge_container.pacing import PRIORITIES, Priority

@@ -15,7 +15,8 @@ from edge_container.breaker import CircuitBreaker
 from edge_container.cloud import CloudClient, SigV4Signer
 from edge_container.errors import ConfigurationError
 from edge_container.escalation import Escalation
-from edge_container.feedback import FeedbackShipper, FeedbackStore, FeedbackWriter
+from edge_container.feedback import FeedbackStore
+from edge_container.feedback_writer import FeedbackShipper, FeedbackWriter
 from edge_container.metrics import Metrics
 from edge_container.peers import Peers
 from edge_container.policies import Policy, make_policy

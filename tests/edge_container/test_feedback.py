@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, FeedbackWriter, read_export
+from edge_container.feedback import FORMAT, FeedbackError, FeedbackRecord, FeedbackStore, read_export
+from edge_container.feedback_writer import FeedbackWriter
 from edge_container.metrics import Metrics
 from infra.moto_server import SerialisedMotoServer
 from modelpack.feedback import read_feedback
