@@ -18,9 +18,10 @@ from edge_container.escalation import Escalation
 from edge_container.feedback import FeedbackStore
 from edge_container.feedback_writer import FeedbackShipper, FeedbackWriter
 from edge_container.metrics import Metrics
+from edge_container.model_sources import FolderSource, Reloader, S3Source
 from edge_container.peers import Peers
 from edge_container.policies import Policy, make_policy
-from edge_container.reload import FolderSource, ModelManager, Reloader, S3Source
+from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
 from edge_container.service import EdgeService
 from edge_container.settings import Settings

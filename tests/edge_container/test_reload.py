@@ -20,7 +20,8 @@ from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
 from edge_container.errors import ModelSourceUnavailable, ReloadRefused
-from edge_container.reload import ModelManager, S3Source
+from edge_container.model_sources import S3Source
+from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
 from edge_container.wiring import EdgeStack
 from model_build.publish import publish
