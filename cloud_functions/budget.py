@@ -1,6 +1,7 @@
 """Per-tenant daily budgets in one DynamoDB table.
 
-The table's items and conditional writes are `cloud_functions.budget_table`'s.
+The table's items are `cloud_functions.budget_items`'s, its conditional writes
+`cloud_functions.budget_table`'s.
 
 Invariant of a period row: remaining + spent == limit. A charge is ONE conditional write
 (`remaining >= :units`), so concurrent requests can never overspend; the row is created lazily from the
@@ -43,20 +44,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cloud_functions import clients
+from cloud_functions.budget_items import ChargeRecord, PeriodRow, period_of, resets_at
 from cloud_functions.budget_table import (
     AlreadyCharged,
     BudgetTable,
-    ChargeRecord,
     DynamoDBClient,
-    PeriodRow,
     PeriodRowMissing,
     WriteConflict,
-    period_of,
-    resets_at,
 )
 from cloud_functions.errors import BadRequest, BudgetStoreUnavailable, IdempotencyConflict, UnknownTenant
 from cloud_functions.pricing import Pricing  # noqa: F401  (re-exported: the service imports it from here)
-# BudgetStatus: the wire type of GET /v1/budget (`remaining` never negative); the key rule the handler checks too
+# BudgetStatus: the wire type of GET /v1/budget (`remaining` never negative); the key rule, the handler's too
 from modelpack.cloud_api import BudgetStatus, is_idempotency_key
 
 if TYPE_CHECKING:

@@ -1,16 +1,6 @@
-"""The budget table: its item layout, and the conditional writes the ledger (`cloud_functions.budget`) is
-made of. This is the only module that knows DynamoDB's attribute encoding or its error codes.
-
-Items (partition key `tenant_id`, sort key `sk`, all amounts are integer cost units):
-
-    sk = "YYYY-MM-DD"       period row (one per tenant per UTC day): limit, remaining, spent, expires_at
-    sk = "config"           tenant configuration: daily_limit (absent -> the deployment's default)
-    sk = "charge#<key>"     charge record of one idempotency key: period, units (reserved), payload_sha256,
-                            state, settled_units (what the call really cost, once known), expires_at
-
-Invariant of a period row: remaining + spent == limit. A deduction is ONE conditional write
-(`remaining >= :units`), so concurrent requests can never overspend; a keyed deduction is one
-`TransactWriteItems` of the charge record's conditional put and that same update (why: see the ledger).
+"""The budget table's conditional writes, the ledger (`cloud_functions.budget`) is made of: it sends the
+requests `cloud_functions.budget_items` builds and turns DynamoDB's answers into the ledger's outcomes. With
+`budget_items`, the only module that knows DynamoDB's attribute encoding or its error codes.
 
 Failures leave as named errors: `BudgetExhausted` (429), `BudgetStoreUnavailable` (503) when the table
 cannot be reached or refuses for another reason, and three outcomes the ledger acts on —
@@ -20,21 +10,25 @@ back off, retry) and `AlreadyCharged` (the key's charge record exists: replay it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloud_functions.budget_items import (
+    CHARGE_PREFIX,
+    CONFIG_SK,
+    BudgetItems,
+    ChargeRecord,
+    PeriodRow,
+    item_key,
+    period_of,
+    read_charge,
+    read_period_row,
+    resets_at,
+)
 from cloud_functions.errors import BudgetExhausted, BudgetStoreUnavailable
 
-PARTITION_KEY = "tenant_id"
-SORT_KEY = "sk"
-TTL_ATTRIBUTE = "expires_at"
-CONFIG_SK = "config"
-CHARGE_PREFIX = "charge#"
-
-_CHARGED, _REFUNDED = "charged", "refunded"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _UNREACHABLE = "the budget table could not be reached"
 
@@ -46,26 +40,6 @@ class DynamoDBClient(Protocol):
     def put_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def transact_write_items(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodRow:
-    """One tenant's budget for one UTC day, as stored (`remaining` may be negative after a lowered limit)."""
-
-    period: str
-    limit: int
-    remaining: int
-    spent: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeRecord:
-    """What a key was charged: `payload_sha256` is None for a record written without a digest."""
-
-    period: str
-    units: int
-    payload_sha256: str | None
-    settled_units: int | None = None  # what a metered call really cost, once settled
 
 
 class PeriodRowMissing(Exception):
@@ -84,16 +58,6 @@ class AlreadyCharged(Exception):
         self.record = record
 
 
-def period_of(now: datetime) -> str:
-    """The sort key of the period row `now` (UTC) falls in."""
-    return now.date().isoformat()
-
-
-def resets_at(now: datetime) -> datetime:
-    """The next UTC midnight: when the period `now` falls in ends."""
-    return datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-
-
 class BudgetTable:
     def __init__(
         self, name: str, client: DynamoDBClient, *, charge_ttl: timedelta, period_retention: timedelta
@@ -102,14 +66,13 @@ class BudgetTable:
         is kept after its day ends."""
         self.name = name
         self._client = client
-        self._charge_ttl = charge_ttl
-        self._period_retention = period_retention
+        self._items = BudgetItems(name, charge_ttl=charge_ttl, period_retention=period_retention)
 
     # ------------------------------------------------------------------ reads
 
     def period_row(self, tenant: str, period: str) -> PeriodRow | None:
         item = self._get(tenant, period)
-        return None if item is None else _period_row(item)
+        return None if item is None else read_period_row(item)
 
     def configured_limit(self, tenant: str) -> int | None:
         """The tenant's stored daily limit, None when it has no configuration."""
@@ -119,11 +82,7 @@ class BudgetTable:
     # ------------------------------------------------------------------ writes
 
     def put_config(self, tenant: str, limit: int, now: datetime) -> None:
-        self._call(
-            "put_item",
-            TableName=self.name,
-            Item={**_key(tenant, CONFIG_SK), "daily_limit": _n(limit), "updated_at": _s(now.isoformat())},
-        )
+        self._call("put_item", **self._items.config(tenant, limit, now))
 
     def create_period_row(
         self, tenant: str, now: datetime, limit: int, *, failure: str = "the period row could not be created"
@@ -131,7 +90,7 @@ class BudgetTable:
         """Create today's row holding `limit`; False when it exists already (another request made it).
         `failure` is the message of any other refusal."""
         try:
-            self._send("put_item", self._new_period_row(tenant, now, limit))
+            self._send("put_item", self._items.new_period_row(tenant, now, limit))
         except ClientError as exc:
             if _error_code(exc) == _CONDITION_FAILED:
                 return False
@@ -142,28 +101,17 @@ class BudgetTable:
         """Set the row's limit from `old` to `new`, moving `remaining` by the difference (units spent stay
         spent). None when the row's limit was no longer `old`: read it again."""
         try:
-            updated = self._send(
-                "update_item",
-                {
-                    "TableName": self.name,
-                    "Key": _key(tenant, period),
-                    "UpdateExpression": "SET #limit = :new, #remaining = #remaining + :delta",
-                    "ConditionExpression": "#limit = :old",
-                    "ExpressionAttributeNames": {"#limit": "limit", "#remaining": "remaining"},
-                    "ExpressionAttributeValues": {":new": _n(new), ":old": _n(old), ":delta": _n(new - old)},
-                    "ReturnValues": "ALL_NEW",
-                },
-            )
+            updated = self._send("update_item", self._items.limit_move(tenant, period, old, new))
         except ClientError as exc:
             if _error_code(exc) == _CONDITION_FAILED:
                 return None
             raise BudgetStoreUnavailable("the limit could not be written", cause=_error_code(exc)) from exc
-        return _period_row(updated["Attributes"])
+        return read_period_row(updated["Attributes"])
 
     def deduct(self, tenant: str, units: int, now: datetime) -> None:
         """Take `units` from today's row in one conditional update."""
         try:
-            self._send("update_item", self._deduction(tenant, period_of(now), units))
+            self._send("update_item", self._items.deduction(tenant, period_of(now), units))
         except ClientError as exc:
             code = _error_code(exc)
             if code == _CONDITION_FAILED:
@@ -182,8 +130,8 @@ class BudgetTable:
                 "transact_write_items",
                 {
                     "TransactItems": [
-                        {"Put": self._charge_record(tenant, key, period, units, digest, now)},
-                        {"Update": self._deduction(tenant, period, units)},
+                        {"Put": self._items.charge_record(tenant, key, period, units, digest, now)},
+                        {"Update": self._items.deduction(tenant, period, units)},
                     ]
                 },
             )
@@ -206,7 +154,7 @@ class BudgetTable:
     def refund(self, tenant: str, period: str, units: int, key: str | None, now: datetime) -> bool:
         """Give `units` back to `period`; with a key, also mark its charge record refunded, in the same
         transaction. False if there was nothing to refund (a keyed charge already refunded or settled)."""
-        marker = None if key is None else self._mark_refunded(tenant, key, period, units, now)
+        marker = None if key is None else self._items.mark_refunded(tenant, key, period, units, now)
         return self._give_back(tenant, period, units, marker, "the refund could not be written")
 
     def settle(self, tenant: str, period: str, reserved: int, charged: int, key: str | None, now: datetime) -> bool:
@@ -216,15 +164,18 @@ class BudgetTable:
         charge was refunded or settled already)."""
         if charged > reserved:
             raise ValueError("a settlement cannot charge more than was reserved")
-        marker = None if key is None else self._mark_settled(tenant, key, period, reserved, charged, now)
-        return self._give_back(tenant, period, reserved - charged, marker, "the settlement could not be written")
+        marker = None if key is None else \
+            self._items.mark_settled(tenant, key, period, reserved, charged, now)
+        return self._give_back(tenant, period, reserved - charged, marker,
+                               "the settlement could not be written")
 
     def _give_back(
         self, tenant: str, period: str, units: int, marker: dict[str, Any] | None, failure: str
     ) -> bool:
         """Credit `units` to the period row and apply `marker` (an update of the key's charge record, whose
         condition makes it happen once) together: one write, or one transaction of both."""
-        updates = ([] if marker is None else [marker]) + ([self._credit(tenant, period, units)] if units else [])
+        credit = [self._items.credit(tenant, period, units)] if units else []
+        updates = ([] if marker is None else [marker]) + credit
         try:
             if len(updates) == 1:
                 self._send("update_item", updates[0])
@@ -241,109 +192,6 @@ class BudgetTable:
             raise BudgetStoreUnavailable(failure, cause=code) from exc
         return True
 
-    # ------------------------------------------------------------------ request builders
-
-    def _deduction(self, tenant: str, period: str, units: int) -> dict[str, Any]:
-        return {
-            **self._move_units(
-                tenant, period, units,
-                update="SET #remaining = #remaining - :units ADD #spent :units",
-                condition="#remaining >= :units",
-            ),
-            # The old row comes back on failure: present -> exhausted, absent -> create the row first.
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-
-    def _credit(self, tenant: str, period: str, units: int) -> dict[str, Any]:
-        return self._move_units(
-            tenant, period, units,
-            update="SET #remaining = #remaining + :units, #spent = #spent - :units",
-            condition="#spent >= :units",
-        )
-
-    def _move_units(
-        self, tenant: str, period: str, units: int, *, update: str, condition: str
-    ) -> dict[str, Any]:
-        """An update of a period row's `remaining` and `spent` by `units`."""
-        return {
-            "TableName": self.name,
-            "Key": _key(tenant, period),
-            "UpdateExpression": update,
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": {"#remaining": "remaining", "#spent": "spent"},
-            "ExpressionAttributeValues": {":units": _n(units)},
-        }
-
-    def _charge_record(
-        self, tenant: str, key: str, period: str, units: int, digest: str | None, now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "TableName": self.name,
-            "Item": {
-                **_key(tenant, CHARGE_PREFIX + key),
-                "period": _s(period),
-                "units": _n(units),
-                **({} if digest is None else {"payload_sha256": _s(digest)}),
-                "state": _s(_CHARGED),
-                "charged_at": _s(now.isoformat()),
-                TTL_ATTRIBUTE: _n(_epoch(now + self._charge_ttl)),
-            },
-            # DynamoDB deletes expired items lazily (up to days late): treat them as absent here.
-            "ConditionExpression": "attribute_not_exists(#sk) OR #state = :refunded OR #ttl < :now",
-            "ExpressionAttributeNames": {"#sk": SORT_KEY, "#state": "state", "#ttl": TTL_ATTRIBUTE},
-            "ExpressionAttributeValues": {":refunded": _s(_REFUNDED), ":now": _n(_epoch(now))},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-
-    def _mark_settled(
-        self, tenant: str, key: str, period: str, reserved: int, charged: int, now: datetime
-    ) -> dict[str, Any]:
-        return self._charged_record_update(
-            tenant, key, period, reserved, "SET #settled = :settled, settled_at = :now",
-            {":settled": _n(charged), ":now": _s(now.isoformat())},
-        )
-
-    def _mark_refunded(self, tenant: str, key: str, period: str, units: int, now: datetime) -> dict[str, Any]:
-        return self._charged_record_update(
-            tenant, key, period, units, "SET #state = :refunded, refunded_at = :now",
-            {":refunded": _s(_REFUNDED), ":now": _s(now.isoformat())},
-        )
-
-    def _charged_record_update(
-        self, tenant: str, key: str, period: str, units: int, update: str, values: dict[str, Any]
-    ) -> dict[str, Any]:
-        """An update of the key's charge record, only while it is this charge, charged and not settled: a
-        refunded charge is neither refunded nor settled again, a settled one is spent (never refunded)."""
-        return {
-            "TableName": self.name,
-            "Key": _key(tenant, CHARGE_PREFIX + key),
-            "UpdateExpression": update,
-            "ConditionExpression": (
-                "#state = :charged AND #period = :period AND #units = :units AND attribute_not_exists(#settled)"
-            ),
-            "ExpressionAttributeNames": {
-                "#state": "state", "#period": "period", "#units": "units", "#settled": "settled_units",
-            },
-            "ExpressionAttributeValues": {
-                ":charged": _s(_CHARGED), ":period": _s(period), ":units": _n(units), **values,
-            },
-        }
-
-    def _new_period_row(self, tenant: str, now: datetime, limit: int) -> dict[str, Any]:
-        return {
-            "TableName": self.name,
-            "Item": {
-                **_key(tenant, period_of(now)),
-                "limit": _n(limit),
-                "remaining": _n(limit),
-                "spent": _n(0),
-                "created_at": _s(now.isoformat()),
-                TTL_ATTRIBUTE: _n(_epoch(resets_at(now) + self._period_retention)),
-            },
-            "ConditionExpression": "attribute_not_exists(#sk)",
-            "ExpressionAttributeNames": {"#sk": SORT_KEY},
-        }
-
     # ------------------------------------------------------------------ calls
 
     def _existing_charge(self, tenant: str, key: str, item: dict[str, Any] | None) -> ChargeRecord:
@@ -351,13 +199,10 @@ class BudgetTable:
             item = self._get(tenant, CHARGE_PREFIX + key)
             if item is None:
                 raise BudgetStoreUnavailable("the charge record vanished while being replayed")
-        digest = item.get("payload_sha256", {}).get("S")
-        settled = item.get("settled_units", {}).get("N")
-        return ChargeRecord(period=item["period"]["S"], units=int(item["units"]["N"]), payload_sha256=digest,
-                            settled_units=None if settled is None else int(settled))
+        return read_charge(item)
 
     def _get(self, tenant: str, sk: str) -> dict[str, Any] | None:
-        response = self._call("get_item", TableName=self.name, Key=_key(tenant, sk), ConsistentRead=True)
+        response = self._call("get_item", TableName=self.name, Key=item_key(tenant, sk), ConsistentRead=True)
         return response.get("Item")
 
     def _call(self, method: str, **request: Any) -> dict[str, Any]:
@@ -376,14 +221,6 @@ class BudgetTable:
         return result
 
 
-def _period_row(item: dict[str, Any]) -> PeriodRow:
-    return PeriodRow(
-        period=item[SORT_KEY]["S"],
-        limit=int(item["limit"]["N"]),
-        remaining=int(item["remaining"]["N"]),
-        spent=int(item["spent"]["N"]),
-    )
-
 
 def _cancellation_reasons(exc: ClientError) -> tuple[dict[str, Any], dict[str, Any]]:
     """(charge-record reason, period-row reason) of a cancelled two-item transaction."""
@@ -393,19 +230,3 @@ def _cancellation_reasons(exc: ClientError) -> tuple[dict[str, Any], dict[str, A
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _epoch(moment: datetime) -> int:
-    return int(moment.timestamp())
-
-
-def _key(tenant: str, sk: str) -> dict[str, Any]:
-    return {PARTITION_KEY: _s(tenant), SORT_KEY: _s(sk)}
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
-
-
-def _s(value: str) -> dict[str, str]:
-    return {"S": value}

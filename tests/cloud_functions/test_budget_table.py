@@ -12,16 +12,8 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from cloud_functions.budget_table import (
-    AlreadyCharged,
-    BudgetTable,
-    ChargeRecord,
-    PeriodRow,
-    PeriodRowMissing,
-    WriteConflict,
-    period_of,
-    resets_at,
-)
+from cloud_functions.budget_items import ChargeRecord, PeriodRow, period_of, resets_at
+from cloud_functions.budget_table import AlreadyCharged, BudgetTable, PeriodRowMissing, WriteConflict
 from cloud_functions.errors import BudgetExhausted, BudgetStoreUnavailable
 
 from .conftest import Aws

@@ -21,7 +21,7 @@ from cfnlint.api import ManualArgs, lint, lint_file
 from moto import mock_aws
 from samtranslator.translator.transform import transform
 
-from cloud_functions.budget_table import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+from cloud_functions.budget_items import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 from cloud_functions.settings import Settings
 from infra.moto_server import TEMPLATE_PATH, create_template_resources, load_template
 from modelpack.cloud_api import ErrorBody
