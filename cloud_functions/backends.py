@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from cloud_functions import clients
 from cloud_functions.bedrock_backend import BedrockBackend, BedrockRuntimeClient
 from cloud_functions.errors import ModelUnavailable
+from cloud_functions.http_transport import HttpTransport
 from cloud_functions.inference import BackendError, Inference, InferenceBackend
 from cloud_functions.litert_backend import LiteRTBackend
 from cloud_functions.model_store import CLOUD_PARTS, LocalModel, ModelStore, ModelStoreError, Part
-from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+from cloud_functions.openai_backend import OpenAIBackend
 from cloud_functions.pricing import TokenPrices
 from cloud_functions.secrets import CachedSecret, from_secrets_manager, from_ssm
 from cloud_functions.settings import LLM_BACKENDS

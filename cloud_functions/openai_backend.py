@@ -18,30 +18,29 @@ Confidence: with log-probabilities (most servers give them; `logprobs: true`), a
 the model's own probability of the label it wrote: exp of the summed log-probabilities of the tokens that
 spell it. Without them, the confidence the model states. Neither is fitted like the teacher's temperature.
 
-Why no HTTP library: the standard library's http.client does everything this needs (one kept-alive
-connection per execution environment, TLS with the system's CAs, a hard deadline), so the Lambda package
-gains no dependency, and the behaviour tested is this module's, not a library default.
+The HTTP itself (one kept-alive connection, the hard deadline, no library): `cloud_functions.http_transport`.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import math
 import random
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from cloud_functions import zero_shot
+from cloud_functions.http_transport import (
+    MIN_ATTEMPT_S,
+    HttpReply,
+    HttpTransport,
+    TransportError,
+    TransportTimeout,
+)
 from cloud_functions.inference import BackendError, Inference
 from cloud_functions.pricing import TokenPrices
 from cloud_functions.secrets import CachedSecret
@@ -53,125 +52,7 @@ CHAT_COMPLETIONS = "/chat/completions"
 OPTIONAL_FIELDS = ("logprobs", "response_format")  # dropped for good when a server refuses them
 _MAX_RETRY_AFTER_S = 60.0  # as the openai client: a longer wait is not honoured
 _BACKOFF_S, _MAX_BACKOFF_S = 0.5, 8.0
-_MIN_ATTEMPT_S = 0.05
 _MAX_ERROR_CHARS = 300
-_BROKEN = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-
-
-# --------------------------------------------------------------------------- transport
-
-
-@dataclass(frozen=True, slots=True)
-class HttpReply:
-    status: int
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes
-
-
-class TransportError(Exception):
-    """No HTTP answer: the connection failed or broke."""
-
-
-class TransportTimeout(TransportError):
-    """No complete HTTP answer before the deadline."""
-
-
-class HttpTransport:
-    """POSTs to one base URL over one kept-alive connection, each request ending by its deadline.
-
-    Not thread-safe: a Lambda execution environment runs one invocation at a time."""
-
-    def __init__(self, base_url: str, *, connect_timeout_s: float = 3.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._prefix = parts.path.rstrip("/")
-        self._connect_timeout_s = connect_timeout_s
-        self._ssl_context = ssl_context
-        self._connection: http.client.HTTPConnection | None = None
-
-    def post(self, path: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float) -> HttpReply:
-        deadline = time.monotonic() + timeout_s
-        for fresh in (self._connection is None, True):
-            try:
-                return self._post(path, body, headers, deadline)
-            except _BROKEN as exc:
-                # A kept-alive connection the server closed while idle fails at once: one fresh try.
-                if fresh or time.monotonic() >= deadline - _MIN_ATTEMPT_S:
-                    raise TransportError(f"the connection broke: {type(exc).__name__}") from None
-        raise AssertionError("unreachable")  # the second pass always returns or raises
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-    def _post(self, path: str, body: bytes, headers: Mapping[str, str], deadline: float) -> HttpReply:
-        aborted = threading.Event()
-        connection = self._connect(deadline)
-        sock = connection.sock
-
-        def abort() -> None:  # the hard deadline: a server trickling bytes never resets it
-            aborted.set()
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), abort)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            connection.request("POST", self._prefix + path, body=body, headers=dict(headers))
-            response = connection.getresponse()
-            data = response.read()
-            reply = HttpReply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-            if response.will_close:
-                self.close()
-            return reply
-        except (TimeoutError, socket.timeout):
-            self.close()
-            raise TransportTimeout("no answer before the deadline") from None
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            if aborted.is_set():
-                raise TransportTimeout("no complete answer before the deadline") from None
-            if isinstance(exc, _BROKEN):
-                raise
-            raise TransportError(f"the request failed: {type(exc).__name__}") from None
-        finally:
-            watchdog.cancel()
-
-    def _connect(self, deadline: float) -> http.client.HTTPConnection:
-        left = deadline - time.monotonic()
-        if left < _MIN_ATTEMPT_S:
-            raise TransportTimeout("no time left to connect")
-        if self._connection is None:
-            timeout = min(self._connect_timeout_s, left)
-            connection: http.client.HTTPConnection
-            if self._https:
-                if self._ssl_context is None:  # the system's CAs, loaded once per execution environment
-                    self._ssl_context = ssl.create_default_context()
-                connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout, context=self._ssl_context)
-            else:
-                connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-            try:
-                connection.connect()
-            except (TimeoutError, socket.timeout):
-                connection.close()
-                raise TransportTimeout(f"no connection within {timeout:.1f} s") from None
-            except OSError as exc:
-                connection.close()
-                raise TransportError(f"cannot connect: {type(exc).__name__}") from None
-            self._connection = connection
-        assert self._connection.sock is not None
-        self._connection.sock.settimeout(max(_MIN_ATTEMPT_S, deadline - time.monotonic()))
-        return self._connection
 
 
 # --------------------------------------------------------------------------- backend
@@ -275,7 +156,7 @@ class OpenAIBackend:
         attempts, key_refreshed = 0, False
         while True:
             left = deadline - self._clock()
-            if left < _MIN_ATTEMPT_S:
+            if left < MIN_ATTEMPT_S:
                 raise BackendError(f"no answer from the LLM within {self._timeout_s:g} s")
             attempts += 1
             body = json.dumps(self.request(texts), ensure_ascii=False).encode("utf-8")
@@ -304,7 +185,7 @@ class OpenAIBackend:
             if not retryable or attempts >= self._max_attempts:
                 raise BackendError(failure)
             delay = retry_after if retry_after is not None else self._backoff(attempts)
-            if self._clock() + delay + _MIN_ATTEMPT_S >= deadline:
+            if self._clock() + delay + MIN_ATTEMPT_S >= deadline:
                 raise BackendError(f"{failure} (no time left to retry)")
             logger.info("retrying the LLM call in %.2f s: %s", delay, failure)
             self._sleep(delay)

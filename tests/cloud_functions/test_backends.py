@@ -50,7 +50,8 @@ def test_the_openai_loader_reads_its_key_from_secrets_manager_and_answers(
 ) -> None:
     from moto import mock_aws
 
-    from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+    from cloud_functions.http_transport import HttpTransport
+    from cloud_functions.openai_backend import OpenAIBackend
 
     from .chat_server import ChatServer
 

@@ -649,7 +649,8 @@ def test_an_llm_call_the_budget_cannot_cover_at_its_bound_is_refused_before_it_i
 def test_an_openai_compatible_llm_answers_through_the_handler_and_is_charged_its_tokens(
     install: Install, invoke: Invoke, ledger: BudgetLedger
 ) -> None:
-    from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+    from cloud_functions.http_transport import HttpTransport
+    from cloud_functions.openai_backend import OpenAIBackend
     from cloud_functions.pricing import TokenPrices
     from cloud_functions.secrets import CachedSecret
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from cloud_functions.http_transport import HttpTransport
 from cloud_functions.inference import BackendError
-from cloud_functions.openai_backend import HttpTransport, OpenAIBackend
+from cloud_functions.openai_backend import OpenAIBackend
 from cloud_functions.pricing import TokenPrices
 from cloud_functions.secrets import CachedSecret
 
