@@ -27,10 +27,10 @@ data = load_dataset(m.data["path"], seed=0)
 oos = m.oos_index
 edge, cloud = Classifier(m, art, "edge"), Classifier(m, art, "cloud")
 ev, et = edge.probabilities(list(data.val.texts)), edge.probabilities(list(data.test.texts))
-cv, ct = cloud.probabilities(list(data.val.texts)), cloud.probabilities(list(data.test.texts))
+zv, zt = cloud.logits(list(data.val.texts)), cloud.logits(list(data.test.texts))
+cv, ct = cloud.calibrate(zv), cloud.calibrate(zt)
 yv, yt = np.asarray(data.val.labels), np.asarray(data.test.labels)
-thr = m.cloud.oos_threshold
-tv, tt = cloud_answer(cv, thr, oos), cloud_answer(ct, thr, oos)
+tv, tt = cloud_answer(cv, m.cloud, oos, logits=zv), cloud_answer(ct, m.cloud, oos, logits=zt)
 frac = float((yt == oos).mean())
 wv = traffic_weights(yv == oos, frac)
 lv = np.array([len(t.split()) for t in data.val.texts]); lt = np.array([len(t.split()) for t in data.test.texts])

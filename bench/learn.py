@@ -52,8 +52,10 @@ def cloud_answers(manifest: Any, folder: Path, texts: list[str]) -> tuple[np.nda
     from modelpack.classifier import Classifier
     from modelpack.routing import cloud_answer
 
-    probs = Classifier(manifest, folder, "cloud").probabilities(texts)
-    return cloud_answer(probs, manifest.cloud.oos_threshold, manifest.oos_index), probs.max(axis=1)
+    model = Classifier(manifest, folder, "cloud")
+    logits = model.logits(texts)
+    probs = model.calibrate(logits)
+    return cloud_answer(probs, manifest.cloud, manifest.oos_index, logits=logits), probs.max(axis=1)
 
 
 def record(model_dir: Path, store_path: Path) -> dict[str, Any]:

@@ -57,8 +57,10 @@ def load_traffic(model_dir: Path, seed: int) -> Traffic:
     order = np.random.default_rng(seed).permutation(len(data.test.texts))
     texts = [data.test.texts[i] for i in order]
     edge = Classifier(manifest, model_dir, "edge").probabilities(texts)
-    cloud = Classifier(manifest, model_dir, "cloud").probabilities(texts)
-    cloud_pred = cloud_answer(cloud, manifest.cloud.oos_threshold, manifest.oos_index)
+    cloud_model = Classifier(manifest, model_dir, "cloud")
+    cloud_logits = cloud_model.logits(texts)
+    cloud_pred = cloud_answer(cloud_model.calibrate(cloud_logits), manifest.cloud, manifest.oos_index,
+                              logits=cloud_logits)
     return Traffic(edge, edge.argmax(axis=1), cloud_pred, data.test.labels[order], manifest.routing,
                    manifest.oos_index)
 

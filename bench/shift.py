@@ -52,24 +52,25 @@ class Half:
         return float((self.gold == self.oos_index).mean())
 
 
-def _probabilities(manifest: Any, folder: Path, tier: str, texts: list[str], tag: str) -> np.ndarray:
-    """Calibrated probabilities, cached by the model file's digest, the temperature and the texts."""
+def _logits(manifest: Any, folder: Path, tier: str, texts: list[str], tag: str) -> np.ndarray:
+    """Raw logits, cached by the model file's digest and the texts."""
     from modelpack.classifier import Classifier
 
     entry = manifest.model(tier)
-    digest = hashlib.sha256(f"{entry.sha256}|{entry.temperature}|{len(texts)}|{texts[:3]}".encode()).hexdigest()
-    path = CACHE / f"{tag}-{tier}-{digest[:16]}.npy"
+    digest = hashlib.sha256(f"{entry.sha256}|{len(texts)}|{texts[:3]}".encode()).hexdigest()
+    path = CACHE / f"{tag}-{tier}-logits-{digest[:16]}.npy"
     if path.is_file():
         return np.load(path)
-    probs = Classifier(manifest, folder, tier, num_threads=2).probabilities(texts)
+    logits = Classifier(manifest, folder, tier, num_threads=2).logits(texts)
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.save(path, probs)
-    return probs
+    np.save(path, logits)
+    return logits
 
 
 def load_halves(model_dir: Path, seed: int) -> tuple[Any, list[Half]]:
     from model_build.data import load_dataset
     from modelpack.manifest import load_manifest
+    from modelpack.classifier import calibrated
     from modelpack.routing import cloud_answer
 
     manifest = load_manifest(model_dir)
@@ -78,9 +79,12 @@ def load_halves(model_dir: Path, seed: int) -> tuple[Any, list[Half]]:
     for name, split in (("val", data.val), ("test", data.test)):
         order = np.random.default_rng(seed).permutation(len(split.texts))
         texts = [split.texts[i] for i in order]
-        edge = _probabilities(manifest, model_dir, "edge", texts, name)
-        cloud = _probabilities(manifest, model_dir, "cloud", texts, name)
-        halves.append(Half(name, edge, cloud_answer(cloud, manifest.cloud.oos_threshold, manifest.oos_index),
+        oos = manifest.oos_index
+        edge = calibrated(_logits(manifest, model_dir, "edge", texts, name), manifest.edge, oos)
+        cloud_logits = _logits(manifest, model_dir, "cloud", texts, name)
+        cloud_probs = calibrated(cloud_logits, manifest.cloud, oos)
+        cloud = cloud_answer(cloud_probs, manifest.cloud, oos, logits=cloud_logits)
+        halves.append(Half(name, edge, cloud,
                            np.asarray(split.labels)[order], manifest.oos_index))
     return manifest, halves
 

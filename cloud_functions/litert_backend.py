@@ -12,7 +12,7 @@ from cloud_functions.inference import BackendError, Inference
 from cloud_functions.model_store import LocalModel
 from modelpack.cloud_api import Answer, TextResult
 from modelpack.errors import ArtifactError
-from modelpack.routing import cloud_answer
+from modelpack.routing import CloudRule, cloud_answer
 
 if TYPE_CHECKING:
     from modelpack.classifier import Classifier
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 class LiteRTBackend:
     """The teacher of the artifact through `modelpack.Classifier` (calibrated by the manifest's
-    temperature), with the cloud's out-of-scope rule: below `cloud.oos_threshold`, answer `oos_label`."""
+    temperature), with the cloud's out-of-scope rule: its oos score below `cloud.oos_threshold`, answer
+    `oos_label`."""
 
     def __init__(self, classifier: Classifier, *, top_k: int = 3) -> None:
         if top_k < 1:
@@ -32,7 +33,7 @@ class LiteRTBackend:
         # The out-of-scope rule is the build's (modelpack.routing.cloud_answer): its threshold was fit
         # with it.
         self._oos_index = manifest.oos_index
-        self._threshold = manifest.cloud.oos_threshold if manifest.oos_label is not None else None
+        self._rule = manifest.cloud if manifest.oos_label is not None else CloudRule(None)
         self._k = min(top_k, len(manifest.labels))
 
     @classmethod
@@ -58,12 +59,13 @@ class LiteRTBackend:
 
     def infer(self, texts: Sequence[str]) -> Inference:
         try:
-            probs = self._classifier.probabilities(texts)
+            logits = self._classifier.logits(texts)
+            probs = self._classifier.calibrate(logits)
         except (ArtifactError, ValueError, RuntimeError) as exc:
             raise BackendError(f"the cloud model failed: {exc}") from exc
         if probs.shape != (len(texts), len(self._labels)) or not np.isfinite(probs).all():
             raise BackendError(f"the cloud model returned unusable scores of shape {probs.shape}")
-        answers = cloud_answer(probs, self._threshold, self._oos_index)
+        answers = cloud_answer(probs, self._rule, self._oos_index, logits=logits)
         return Inference(tuple(self._result(row, int(i)) for row, i in zip(probs, answers)))
 
     def _result(self, probs: np.ndarray, answer: int) -> TextResult:

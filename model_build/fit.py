@@ -21,8 +21,8 @@ from model_build.routing import apply_deferral
 from model_build.shift_table import shift_table
 from model_build.thresholds import OosChoice, RoutingChoice, ScoreComparison, choose_oos_threshold, compare_scores
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
-from modelpack.routing import cloud_answer, decide
-from modelpack.scores import SCORES, band_score, softmax
+from modelpack.routing import CloudRule, cloud_answer, decide
+from modelpack.scores import SCORES, band_score, neg_energy, softmax
 
 BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalation score itself, or on this
 # Biases on the edge's oos logit (after its temperature) the fit tries besides none. The student under-states
@@ -31,6 +31,9 @@ BAND_SCORES = (None, "in_scope_max_prob")  # the edge's oos band: on the escalat
 # alike. The bias that lets the routing meet its target with the fewest escalations on validation ships.
 OOS_BIAS_GRID = tuple(round(0.25 * i, 2) for i in range(1, 21))  # 0.25 .. 5.0
 BACKGROUND_BIAS_GRID = tuple(-b for b in reversed(OOS_BIAS_GRID)) + OOS_BIAS_GRID  # -5.0 .. 5.0, not 0
+# With a background class, the share of the false-reject budget spent on the edge's band (the rest on the
+# cloud's threshold, counted on the texts it is asked).
+EDGE_BUDGET_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Fitted:
     routing: RoutingEntry
     validation: ValidationReport
     edge_oos_bias: float = 0.0
+    cloud_oos_score: str | None = None  # models.cloud.oos_score (None: max_prob)
 
     def apply(self, manifest: Manifest) -> Manifest:
         """``manifest`` with these temperatures and thresholds."""
@@ -84,7 +88,8 @@ class Fitted:
             edge=dataclasses.replace(manifest.edge, temperature=self.edge_temperature,
                                      oos_logit_bias=self.edge_oos_bias),
             cloud=dataclasses.replace(manifest.cloud, temperature=self.cloud_temperature,
-                                      oos_threshold=self.cloud_oos_threshold),
+                                      oos_threshold=self.cloud_oos_threshold,
+                                      oos_score=self.cloud_oos_score),
             routing=self.routing,
         )
 
@@ -115,21 +120,11 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     t_cloud = calibration.fit_temperature(cloud_logits, y, weights=w)
     cloud_probs = softmax(cloud_logits, t_cloud)
 
-    # A background class (--negatives) gives validation no real out-of-scope traffic to measure what a
-    # refusal buys: the user's false-reject budget is then spent, half at the edge's band, half in the cloud.
     budget = config.false_reject_budget(dataset.background)
-    cloud_oos, oos_threshold = None, None
-    if has_oos:
-        cloud_oos = choose_oos_threshold(cloud_probs, y, oos, weights=w,
-                                         min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
-        if dataset.background and budget is not None:
-            # Its validation negatives are not the traffic's: spend the cloud's half of the budget (on every
-            # text while the edge's rule is fit; on the escalated ones once it is, below)
-            oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, budget / 2)
-        elif cloud_oos.feasible and np.isfinite(cloud_oos.threshold):
-            oos_threshold = float(cloud_oos.threshold) if budget is None else \
-                cap_false_reject(cloud_probs, y, oos, float(cloud_oos.threshold), budget)
-    cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
+    spent = bool(dataset.background and has_oos and budget)
+    cloud = _CloudFit.of(config, cloud_logits, cloud_probs, y, w, oos if has_oos else None,
+                         budget * (1 - EDGE_BUDGET_SHARE) if spent else None, budget)
+    cloud_pred = cloud.answers()
     split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction, budget)
     edge = _fit_edge(config, edge_logits, split, 0.0)
     search = None
@@ -144,25 +139,69 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         if bias:
             edge = _fit_edge(config, edge_logits, split, bias)
     entry = edge.entry
-    if dataset.background and has_oos and budget:
-        entry = spend_band(entry, edge.probs, split, budget / 2)
-        # The cloud's half counted on what it is asked: the escalated texts (its refusals of the rest never
+    if spent:
+        entry = spend_band(entry, edge.probs, split, budget * EDGE_BUDGET_SHARE)
+        # The cloud's share counted on what it is asked: the escalated texts (its refusals of the rest never
         # happen), so it may refuse a larger share of those
-        escalated = decide(edge.probs, entry, oos).escalate
-        oos_threshold = cap_false_reject(cloud_probs, y, oos, 1.0, budget / 2, among=escalated)
-        cloud_pred = cloud_answer(cloud_probs, oos_threshold, oos)
+        cloud = cloud.spent_on(decide(edge.probs, entry, oos).escalate)
+        cloud_pred = cloud.answers()
     if has_oos:  # the shipped rule's per-group rates: a runtime re-derives the threshold at its own mix
         entry = dataclasses.replace(entry, shift=shift_table(edge.probs, cloud_pred, y, oos, entry))
     deferrals = edge.deferrals
     validation = ValidationReport(
         traffic_oos_fraction=fraction, edge_temperature=edge.temperature, cloud_temperature=t_cloud,
-        cloud_oos=cloud_oos, routing_choices=edge.comparison.choices, routing_best=edge.comparison.best,
+        cloud_oos=cloud.choice, routing_choices=edge.comparison.choices, routing_best=edge.comparison.best,
         deferral_choices=None if deferrals is None else {
             f"{name}/{band_name or name}": c for (name, band_name), c in deferrals.items()},
         deferral_shipped=None if deferrals is None else entry.oos_threshold is not None,
         edge_oos_bias=edge.oos_bias, oos_bias_search=search,
     )
-    return Fitted(edge.temperature, t_cloud, oos_threshold, entry, validation, edge_oos_bias=edge.oos_bias)
+    return Fitted(edge.temperature, t_cloud, cloud.rule.oos_threshold, entry, validation,
+                  edge_oos_bias=edge.oos_bias, cloud_oos_score=cloud.rule.oos_score)
+
+
+@dataclass(frozen=True, eq=False)
+class _CloudFit:
+    """The cloud's oos rule on validation. With real oos texts: the threshold on its max probability that
+    keeps its in-scope accuracy (`choose_oos_threshold`), capped by the false-reject budget if one is given.
+    With a background class (`spent`: its validation negatives are not the traffic's, so nothing measures
+    what a refusal buys): its share of the user's budget, cut on its energy score, which ranks unseen
+    out-of-domain text below the intents better than its max probability does (bench/results/open_set.md)."""
+
+    logits: np.ndarray
+    probs: np.ndarray
+    y: np.ndarray
+    oos: int | None
+    rule: CloudRule
+    choice: OosChoice | None
+    spent: float | None  # the cloud's share of a spent budget; None: not spent
+
+    @classmethod
+    def of(cls, config: BuildConfig, logits: np.ndarray, probs: np.ndarray, y: np.ndarray, w: np.ndarray,
+           oos: int | None, spent: float | None, budget: float | None) -> _CloudFit:
+        fit = cls(logits, probs, y, oos, CloudRule(None), None, spent)
+        if oos is None:
+            return fit
+        choice = choose_oos_threshold(probs, y, oos, weights=w,
+                                      min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
+        fit = dataclasses.replace(fit, choice=choice)
+        if spent is not None:  # on every text while the edge's rule is fit; on the escalated ones once it is
+            return fit.spent_on(None)
+        if not (choice.feasible and np.isfinite(choice.threshold)):
+            return fit
+        threshold = float(choice.threshold) if budget is None else \
+            cap_false_reject(probs, y, oos, float(choice.threshold), budget)
+        return dataclasses.replace(fit, rule=CloudRule(threshold))
+
+    def spent_on(self, asked: np.ndarray | None) -> _CloudFit:
+        """The spent budget's threshold, counted on the texts the cloud is `asked` (None: all)."""
+        assert self.oos is not None and self.spent is not None
+        threshold = cap_false_reject(self.probs, self.y, self.oos, ESCALATE_ALL, self.spent, among=asked,
+                                     score=neg_energy(self.logits, self.oos))
+        return dataclasses.replace(self, rule=CloudRule(threshold, "neg_energy"))
+
+    def answers(self) -> np.ndarray:
+        return cloud_answer(self.probs, self.rule, self.oos, logits=self.logits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -294,16 +333,17 @@ def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: floa
 
 
 def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,
-                     max_false_reject: float, *, among: np.ndarray | None = None) -> float:
-    """`threshold` (the cloud's: max probability below it → `oos`), lowered so that the cloud refuses at
+                     max_false_reject: float, *, among: np.ndarray | None = None,
+                     score: np.ndarray | None = None) -> float:
+    """`threshold` (the cloud's: its oos score below it → `oos`), lowered so that the cloud refuses at
     most `max_false_reject` of the in-scope texts (`labels` != `oos_index`): an argmax on `oos` counts as a
     refusal that no threshold undoes. `among`: the texts the cloud is asked about (the escalated ones; default
-    all): the share still counts every in-scope text, as the cascade's refusals do. Placed midway between
-    neighbouring scores, as every threshold is."""
+    all): the share still counts every in-scope text, as the cascade's refusals do. `score`: the per-text oos
+    score (default: the max probability). Placed midway between neighbouring scores, as every threshold is."""
     p = np.asarray(probs, dtype=np.float64)
     in_scope = np.asarray(labels) != oos_index
     asked = in_scope if among is None else in_scope & among
-    top = p[asked].max(axis=1)
+    top = (p.max(axis=1) if score is None else np.asarray(score, dtype=np.float64))[asked]
     argmax_oos = p[asked].argmax(axis=1) == oos_index
     allowed = int(np.floor(max_false_reject * int(in_scope.sum()) + 1e-9)) - int(argmax_oos.sum())
     scores = np.sort(top[~argmax_oos])

@@ -28,7 +28,7 @@ from model_build.evaluate import built_from, classifier_logits, oos_auroc
 from model_build.transfer import load_unlabeled
 from modelpack.classifier import Classifier
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest
-from modelpack.routing import cascade
+from modelpack.routing import Route, cascade, cloud_oos_score
 from modelpack.scores import in_scope_max_prob
 
 CURVE_FALSE_REJECTS = (0.01, 0.02, 0.05, 0.10)
@@ -82,6 +82,14 @@ def rejection_score(probs: np.ndarray, oos_index: int | None) -> np.ndarray:
     return probs.max(axis=-1) if oos_index is None else in_scope_max_prob(probs, oos_index)
 
 
+def cloud_rejection_score(probs: np.ndarray, logits: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """The score the cloud refuses on: its manifest oos score when it reads logits (`neg_energy`), else as
+    `rejection_score`."""
+    if manifest.cloud.oos_score in (None, "max_prob"):
+        return rejection_score(probs, manifest.oos_index)
+    return cloud_oos_score(probs, manifest.cloud, manifest.oos_index, logits)
+
+
 def auroc(in_scope: np.ndarray, ood: np.ndarray) -> float:
     """P(score of an in-scope text > score of an out-of-domain one), ties counted half."""
     flags = np.r_[np.zeros(in_scope.size, dtype=bool), np.ones(ood.size, dtype=bool)]
@@ -99,18 +107,27 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
     if not ood_texts:
         raise DataError("--ood: no texts in it")
     oos = manifest.oos_index
+    logits: dict[str, dict[str, np.ndarray]] = {}
     probs: dict[str, dict[str, np.ndarray]] = {}
     for tier in ("edge", "cloud"):
         model = Classifier(manifest, folder, tier)  # type: ignore[arg-type]
-        probs[tier] = {"in": _probabilities(model, in_scope_texts), "ood": _probabilities(model, ood_texts)}
-    answers_in, route_in = cascade(probs["edge"]["in"], probs["cloud"]["in"], manifest)
-    answers_ood, route_ood = cascade(probs["edge"]["ood"], probs["cloud"]["ood"], manifest)
+        logits[tier] = {"in": _logits(model, in_scope_texts), "ood": _logits(model, ood_texts)}
+        probs[tier] = {part: model.calibrate(z) for part, z in logits[tier].items()}
+
+    def routed(part: str, m: Manifest) -> tuple[np.ndarray, Route]:
+        return cascade(probs["edge"][part], probs["cloud"][part], m, cloud_logits=logits["cloud"][part])
+
+    answers_in, route_in = routed("in", manifest)
+    answers_ood, route_ood = routed("ood", manifest)
     refused_in = answers_in == oos if oos is not None else np.zeros(len(answers_in), dtype=bool)
     refused_ood = answers_ood == oos if oos is not None else np.zeros(len(answers_ood), dtype=bool)
-    cloud_alone, _ = cascade(probs["edge"]["in"], probs["cloud"]["in"], _escalate_all(manifest))
+    cloud_alone, _ = routed("in", _escalate_all(manifest))
     y = np.asarray(in_scope_labels)
     joint, cloud_acc = float((answers_in == y).mean()), float((cloud_alone == y).mean())
-    scores = {tier: {part: rejection_score(p, oos) for part, p in parts.items()} for tier, parts in probs.items()}
+    # Each tier's curve on the score it refuses on: the edge's best intent, the cloud's manifest oos score
+    scores = {"edge": {part: rejection_score(p, oos) for part, p in probs["edge"].items()},
+              "cloud": {part: cloud_rejection_score(p, logits["cloud"][part], manifest)
+                        for part, p in probs["cloud"].items()}}
     return OodReport(
         n_ood=len(ood_texts), n_in_scope=len(in_scope_texts),
         ood_refused_by_edge=float((~route_ood.escalate & refused_ood).mean()),
@@ -144,8 +161,8 @@ def in_scope_test(dataset: Dataset) -> Split:
     return Split(tuple(t for t, k in zip(dataset.test.texts, keep) if k), dataset.test.labels[keep])
 
 
-def _probabilities(model: Classifier, texts: Sequence[str]) -> np.ndarray:
-    return model.calibrate(classifier_logits(model, texts, desc=f"{model.tier} {len(texts)} texts"))
+def _logits(model: Classifier, texts: Sequence[str]) -> np.ndarray:
+    return classifier_logits(model, texts, desc=f"{model.tier} {len(texts)} texts")
 
 
 def _escalate_all(manifest: Manifest) -> Manifest:

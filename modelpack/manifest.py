@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from modelpack._fields import Reader, require_finite
 from modelpack.errors import ChecksumMismatch, ManifestError
+from modelpack.scores import CLOUD_OOS_SCORES
 from modelpack.shift import ShiftTable, read_shift_table
 
 FORMAT_VERSION = 1
@@ -35,6 +36,10 @@ _SCORES = frozenset(SCORE_RANGES)
 ESCALATE_NONE, ESCALATE_ALL = -1e9, 1e9
 # Scores the edge's oos band may be cut on (modelpack.scores.band_score; all in [0, 1]).
 BAND_SCORES = frozenset(SCORE_RANGES) | {"in_scope_max_prob"}
+# The range of the cloud's oos threshold on each of its scores (modelpack.scores.CLOUD_OOS_SCORES; None:
+# max_prob): a probability, or logit units for neg_energy (any finite number).
+_OOS_THRESHOLD_RANGE: Mapping[str | None, dict[str, float]] = {
+    None: {"low": 0.0, "high": 1.0}, "max_prob": {"low": 0.0, "high": 1.0}, "neg_energy": {}}
 # Scores are computed in float64: neg_entropy of a uniform answer comes out at about -1e-16, not 0.
 _SCORE_SLACK = 1e-9
 
@@ -68,11 +73,14 @@ class ModelEntry:
     inputs: tuple[TensorSpec, ...]
     output: OutputSpec
     temperature: float
-    # Cloud only: below this calibrated confidence the cloud answers the out-of-scope label.
+    # Cloud only: below this score (`oos_score`) the cloud answers the out-of-scope label.
     oos_threshold: float | None = None
     # Added to the out-of-scope label's logit after the temperature (modelpack.scores.softmax); fitted on
     # validation with it. Absent (0) in manifests that have none.
     oos_logit_bias: float = 0.0
+    # Cloud only: the score `oos_threshold` is cut on (modelpack.scores.CLOUD_OOS_SCORES): None or max_prob,
+    # the calibrated max probability; neg_energy, the log-sum-exp of the raw logits over the intents.
+    oos_score: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,8 @@ class Manifest:
         for entry in out["models"].values():  # manifests without a bias read exactly as before it existed
             if not entry["oos_logit_bias"]:
                 del entry["oos_logit_bias"]
+            if entry["oos_score"] is None:  # max_prob: manifests read exactly as before the choice existed
+                del entry["oos_score"]
         if self.routing.oos_threshold is None:  # a two-way manifest reads exactly as before the edge's oos band
             del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
         if self.routing.oos_score is None:
@@ -173,6 +183,9 @@ class Manifest:
         for tier in ("edge", "cloud"):
             if manifest.model(tier).oos_logit_bias and oos_label is None:
                 raise ManifestError(f"manifest.models.{tier}.oos_logit_bias is set, but there is no oos_label")
+        if manifest.edge.oos_score is not None:
+            raise ManifestError("manifest.models.edge.oos_score is set, but only the cloud has an oos threshold "
+                                "(the edge's band is routing.oos_score)")
         shift = manifest.routing.shift
         if shift is not None and shift.oos_index != manifest.oos_index:
             raise ManifestError(f"manifest.routing.shift.oos_index is {shift.oos_index}, but oos_label "
@@ -294,6 +307,9 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
         raise ManifestError(f"{o.where}.shape ends in {output.shape[-1]}, but there are {n_labels} labels")
     if output.dtype in ("int8", "uint8") and (output.scale is None or output.zero_point is None):
         raise ManifestError(f"{o.where}: a quantized output needs scale and zero_point")
+    oos_score = r.opt_str("oos_score")
+    if oos_score is not None and oos_score not in CLOUD_OOS_SCORES:
+        raise r.fail("oos_score", f"one of {sorted(CLOUD_OOS_SCORES)}")
     return ModelEntry(
         file=r.file("file"),
         sha256=r.sha256("sha256"),
@@ -302,8 +318,9 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
         inputs=tuple(inputs),
         output=output,
         temperature=r.float("temperature", low=1e-3, high=100.0),
-        oos_threshold=r.opt_float("oos_threshold", low=0.0, high=1.0),
+        oos_threshold=r.opt_float("oos_threshold", **_OOS_THRESHOLD_RANGE[oos_score]),
         oos_logit_bias=r.opt_float("oos_logit_bias", low=-50.0, high=50.0) or 0.0,
+        oos_score=oos_score,
     )
 
 

@@ -54,6 +54,23 @@ def in_scope_max_prob(probs: np.ndarray, oos_index: int) -> np.ndarray:
     return np.delete(probs, oos_index, axis=-1).max(axis=-1)
 
 
+def neg_energy(logits: np.ndarray, oos_index: int | None) -> np.ndarray:
+    """The negative free energy of raw `logits` over the intents (the oos column left out): their log-sum-exp
+    (Liu et al. 2020, "Energy-based out-of-distribution detection"). Unlike a probability it keeps how
+    strongly *any* intent is supported, which softmax normalises away; unbounded, in logit units. The
+    cloud's oos threshold can be cut on it (`models.cloud.oos_score`)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if oos_index is not None:
+        z = np.delete(z, oos_index, axis=-1)
+    top = z.max(axis=-1)
+    return top + np.log(np.exp(z - top[..., None]).sum(axis=-1))
+
+
+# Scores the cloud's oos threshold may be cut on (`models.cloud.oos_score`; None reads as max_prob):
+# max_prob on its calibrated probabilities, in [0, 1]; neg_energy on its raw logits, unbounded.
+CLOUD_OOS_SCORES = frozenset({"max_prob", "neg_energy"})
+
+
 def band_score(name: str, probs: np.ndarray, oos_index: int) -> np.ndarray:
     """The score the edge's `oos` band is cut on (manifest routing.oos_score; modelpack.manifest.BAND_SCORES)."""
     return in_scope_max_prob(probs, oos_index) if name == "in_scope_max_prob" else SCORES[name](probs)

@@ -14,16 +14,17 @@ from cloud_functions.litert_backend import LiteRTBackend
 from cloud_functions.model_store import ModelStore
 from modelpack.classifier import Classifier
 from modelpack.manifest import load_manifest
+from modelpack.scores import neg_energy
 
 LABELS = ("balance", "greeting", "timer", "weather", "oos")
 TEXTS = ["what is my account balance", "set a timer for five minutes", "hello there"]
 
 
-def _classifier(folder: Path, *, oos_threshold: float | None = None) -> Classifier:
+def _classifier(folder: Path, *, oos_threshold: float | None = None, oos_score: str | None = None) -> Classifier:
     manifest = load_manifest(folder)
     if oos_threshold is not None:
         manifest = dataclasses.replace(
-            manifest, cloud=dataclasses.replace(manifest.cloud, oos_threshold=oos_threshold)
+            manifest, cloud=dataclasses.replace(manifest.cloud, oos_threshold=oos_threshold, oos_score=oos_score)
         )
     return Classifier(manifest, folder, "cloud")
 
@@ -55,6 +56,20 @@ def test_litert_answers_oos_below_the_calibrated_threshold(tiny_artifact: Path) 
     assert unsure.label == "oos" and unsure.confidence == pytest.approx(low)
     assert unsure.top_k[0].label != "oos"  # the distribution still shows what the model leaned to
     assert sure.label == sure.top_k[0].label and sure.label != "oos"
+
+
+def test_litert_answers_oos_below_an_energy_threshold_on_its_raw_logits(tiny_artifact: Path) -> None:
+    model = Classifier.from_folder(tiny_artifact, "cloud")
+    oos = model.manifest.oos_index
+    energy = neg_energy(model.logits(TEXTS), oos)
+    order = np.argsort(energy)
+    # Between the least and the next supported text: exactly the least supported one becomes oos
+    threshold = float(energy[order[:2]].mean())
+    backend = LiteRTBackend(_classifier(tiny_artifact, oos_threshold=threshold, oos_score="neg_energy"))
+
+    labels = [r.label for r in backend.infer(TEXTS).results]
+
+    assert [i for i, label in enumerate(labels) if label == "oos"] == [int(order[0])]
 
 
 def test_litert_top_k_is_capped_by_the_label_count(tiny_artifact: Path) -> None:

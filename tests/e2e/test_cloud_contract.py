@@ -66,9 +66,10 @@ def test_an_escalation_round_trips_every_field_of_request_and_reply(
     reply = infer(stack, ASKED, "contract-roundtrip-1", request_id="contract-req-1", edge=edge)
 
     reference = references[reply.model_version]  # the version the cloud says answered, loaded directly
-    probs = reference.cloud.probabilities(ASKED)
+    logits = reference.cloud.logits(ASKED)
+    probs = reference.cloud.calibrate(logits)
     manifest = reference.manifest
-    expected = cloud_answer(probs, manifest.cloud.oos_threshold, manifest.oos_index)
+    expected = cloud_answer(probs, manifest.cloud, manifest.oos_index, logits=logits)
     assert [r.label for r in reply.results] == [manifest.labels[i] for i in expected]
     assert [r.confidence for r in reply.results] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-6)
     for result, row in zip(reply.results, probs, strict=True):

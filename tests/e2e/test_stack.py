@@ -25,6 +25,7 @@ import pytest
 
 from infra.processes import REPO_ROOT
 from infra.stack import DEFAULT_EDGE_PORT, LocalStack
+from modelpack.routing import cloud_answer
 from modelpack.scores import SCORES
 from tests.e2e.conftest import EDGE_ENV, Reference
 from tests.fixtures.tiny_artifact import TEXTS
@@ -133,11 +134,12 @@ def test_answers_match_the_models_run_directly(stack: LocalStack, references: di
             assert (result["label"], result["reason"]) == (result["edge"]["label"], "confident")
         else:
             cloud = references[result["model_versions"]["cloud"]]
-            cloud_probs = cloud.cloud.probabilities([text])[0]
+            cloud_logits = cloud.cloud.logits([text])
+            cloud_probs = cloud.cloud.calibrate(cloud_logits)[0]
             best = int(cloud_probs.argmax())
-            expected = cloud.manifest.labels[best]
-            if cloud_probs[best] < cloud.manifest.cloud.oos_threshold:
-                expected = cloud.manifest.oos_label
+            answer = cloud_answer(cloud_probs[np.newaxis], cloud.manifest.cloud, cloud.manifest.oos_index,
+                                  logits=cloud_logits)
+            expected = cloud.manifest.labels[int(answer[0])]
             assert (result["label"], result["reason"]) == (expected, "low_confidence"), text
             assert result["confidence"] == pytest.approx(float(cloud_probs[best]), abs=1e-6), text
 

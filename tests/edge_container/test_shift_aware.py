@@ -162,8 +162,10 @@ def artifact_with_table(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFa
     texts = [t for label in LABELS for t in TEXTS[label]]
     labels = np.array([LABELS.index(label) for label in LABELS for _ in TEXTS[label]])
     edge = Classifier(manifest, folder, "edge").probabilities(texts)
-    cloud = cloud_answer(Classifier(manifest, folder, "cloud").probabilities(texts),
-                             manifest.cloud.oos_threshold, manifest.oos_index)
+    cloud_model = Classifier(manifest, folder, "cloud")
+    cloud_logits = cloud_model.logits(texts)
+    cloud = cloud_answer(cloud_model.calibrate(cloud_logits), manifest.cloud, manifest.oos_index,
+                         logits=cloud_logits)
     table = shift_table(edge, cloud, labels, manifest.oos_index, manifest.routing, split="fixture")
     write_manifest(dataclasses.replace(manifest, routing=dataclasses.replace(manifest.routing, shift=table)), folder)
     return folder

@@ -130,7 +130,8 @@ def open_set_build(other_build: Path) -> Path:
 def test_negatives_give_data_without_oos_an_oos_answer_on_both_tiers(open_set_build: Path) -> None:
     manifest = load_manifest(open_set_build)
     assert manifest.labels[-1] == manifest.oos_label == "oos" and set(manifest.labels[:-1]) == set(TEMPLATES)
-    assert manifest.cloud.oos_threshold is not None
+    # The cloud refuses on its energy score (raw logits), the edge's band on its best intent's probability
+    assert manifest.cloud.oos_threshold is not None and manifest.cloud.oos_score == "neg_energy"
     assert manifest.routing.oos_threshold is not None and manifest.routing.oos_score == "in_scope_max_prob"
     assert manifest.build["config"]["negatives"].endswith("negatives.txt")
     # A background class may make the student over-state oos: the fit tries negative biases on it too

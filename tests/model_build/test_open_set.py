@@ -74,6 +74,15 @@ def test_the_clouds_oos_threshold_is_capped_at_the_false_reject_rate() -> None:
     assert refused(among, asked[:100]) == 5 and among > capped
 
 
+def test_the_cloud_cap_cuts_any_score_it_is_given() -> None:
+    # Energy-like scores in logit units (unbounded): the cap counts refusals on them, not on probabilities
+    probs = np.tile([0.6, 0.3, 0.1], (100, 1))
+    labels = np.zeros(100, dtype=int)
+    energy = np.linspace(-3.0, 12.0, 100)
+    cut = cap_false_reject(probs, labels, 2, 1e9, max_false_reject=0.03, score=energy)
+    assert (energy < cut).sum() == 3 and energy[2] < cut < energy[3]  # midway, as every threshold is
+
+
 def test_the_edges_band_holds_at_most_the_false_reject_rate_of_in_scope_texts() -> None:
     rng = np.random.default_rng(0)
     y = np.r_[rng.integers(0, 5, 400), np.full(100, 9)]

@@ -9,6 +9,7 @@ import pytest
 from model_build.curves import escalation_curve
 from model_build.routing import SCORES, apply_threshold, cloud_answer
 from model_build.thresholds import choose_oos_threshold, choose_threshold, compare_scores
+from modelpack.routing import CloudRule
 from tests.model_build.hand_made import EDGE, LABELS, SCORE, TEACHER
 
 # ---------------------------------------------------------------------------------- choose_threshold
@@ -150,7 +151,7 @@ def test_oos_threshold_on_synthetic_data_is_the_best_recall_meeting_the_floor() 
     # and no threshold on a fine grid gets more recall while keeping the loose floor
     is_oos = labels == classes
     for t in np.linspace(0.0, 1.0, 501):
-        pred = cloud_answer(probs, t, classes)
+        pred = cloud_answer(probs, CloudRule(t), classes)
         if np.mean(pred[~is_oos] == labels[~is_oos]) >= loose.in_scope_floor:
             assert np.mean(pred[is_oos] == classes) <= loose.oos_recall + 1e-12
 
@@ -182,7 +183,7 @@ def test_oos_threshold_needs_oos_examples() -> None:
 
 
 def test_cloud_answer_replaces_unconfident_answers() -> None:
-    np.testing.assert_array_equal(cloud_answer(HAND_OOS_PROBS, 0.5, OOS), [OOS, OOS, OOS, 1, 0, 3])
+    np.testing.assert_array_equal(cloud_answer(HAND_OOS_PROBS, CloudRule(0.5), OOS), [OOS, OOS, OOS, 1, 0, 3])
 
 
 # ---------------------------------------------------------------------------------- compare_scores

@@ -270,3 +270,27 @@ def test_an_oos_logit_bias_needs_an_oos_label(artifact):
     bad.pop("oos_label")
     with pytest.raises(ManifestError, match="oos_logit_bias is set, but there is no oos_label"):
         Manifest.from_dict(bad)
+
+
+def test_the_clouds_oos_score_round_trips_and_is_absent_for_max_prob(artifact):
+    _, raw = artifact
+    assert Manifest.from_dict(raw).cloud.oos_score is None
+    assert "oos_score" not in Manifest.from_dict(raw).to_dict()["models"]["cloud"]
+    energy = copy.deepcopy(raw)
+    energy["models"]["cloud"].update(oos_score="neg_energy", oos_threshold=7.25)  # logit units: above 1
+    manifest = Manifest.from_dict(energy)
+    assert (manifest.cloud.oos_score, manifest.cloud.oos_threshold) == ("neg_energy", 7.25)
+    assert Manifest.from_dict(manifest.to_dict()) == manifest
+
+
+@pytest.mark.parametrize(("tier", "change", "message"), [
+    ("cloud", {"oos_score": "margin"}, r"cloud\.oos_score must be one of \['max_prob', 'neg_energy'\]"),
+    ("cloud", {"oos_score": "max_prob", "oos_threshold": 7.25}, r"cloud\.oos_threshold must be .*1"),
+    ("edge", {"oos_score": "neg_energy"}, r"edge\.oos_score is set, but only the cloud has an oos threshold"),
+])
+def test_a_bad_oos_score_is_named(artifact, tier, change, message):
+    _, raw = artifact
+    bad = copy.deepcopy(raw)
+    bad["models"][tier].update(change)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(bad)

@@ -12,8 +12,8 @@ import pytest
 from edge_container.policies import EdgeOnlyPolicy, ThresholdPolicy
 from model_build.routing import apply_deferral
 from modelpack.manifest import RoutingEntry
-from modelpack.routing import cascade, decide
-from modelpack.scores import SCORES, manifest_band_score
+from modelpack.routing import CloudRule, cascade, cloud_answer, cloud_oos_score, decide
+from modelpack.scores import SCORES, manifest_band_score, neg_energy
 
 OOS = 3
 
@@ -79,20 +79,32 @@ def test_baseline_policies_skip_the_band() -> None:
 
 def test_cascade_answers_with_oos_from_either_tier() -> None:
     @dataclasses.dataclass
-    class Cloud:
-        oos_threshold: float | None
-
-    @dataclasses.dataclass
     class Manifest:
         routing: RoutingEntry
-        cloud: Cloud
+        cloud: CloudRule
         oos_index: int | None = OOS
 
     edge = np.array([[0.90, 0.05, 0.03, 0.02], [0.50, 0.40, 0.05, 0.05], [0.20, 0.10, 0.05, 0.65],
                      [0.50, 0.40, 0.05, 0.05]])
     cloud = np.array([[0.1, 0.8, 0.05, 0.05], [0.1, 0.8, 0.05, 0.05], [0.9, 0.05, 0.03, 0.02],
                       [0.4, 0.3, 0.2, 0.1]])
-    answers, route = cascade(edge, cloud, Manifest(_routing(), Cloud(oos_threshold=0.5)))
+    answers, route = cascade(edge, cloud, Manifest(_routing(), CloudRule(oos_threshold=0.5)))
     # edge keeps row 0; the cloud answers row 1 (intent 1) and refuses row 3 (0.4 < 0.5); row 2 is the edge's oos
     assert answers.tolist() == [0, 1, OOS, OOS]
     assert route.escalate.tolist() == [False, True, False, True]
+
+
+def test_the_clouds_energy_rule_reads_its_raw_logits() -> None:
+    # Two rows with the same calibrated answer (softmax forgets a shift of every logit), one with strong
+    # support for its intents and one with weak: only the energy tells them apart
+    logits = np.array([[8.0, 6.0, 5.0, 0.0], [3.0, 1.0, 0.0, 0.0]])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    energy = neg_energy(logits, OOS)
+    np.testing.assert_allclose(energy, np.log(np.exp(logits[:, :OOS]).sum(1)))
+    rule = CloudRule(oos_threshold=float(energy.mean()), oos_score="neg_energy")
+    assert cloud_answer(probs, rule, OOS, logits=logits).tolist() == [0, OOS]
+    assert cloud_answer(probs, CloudRule(0.5), OOS).tolist() == [0, 0]  # max_prob: 0.84 and 0.84
+    np.testing.assert_allclose(cloud_oos_score(probs, rule, OOS, logits), energy)
+    with pytest.raises(ValueError, match="raw logits"):
+        cloud_answer(probs, rule, OOS)
