@@ -22,6 +22,13 @@ _FLAGS = {"model_dir": "EDGE_MODEL_DIR", "host": "EDGE_HOST", "port": "EDGE_PORT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "feedback":
+        return _export_feedback(args)
+    return _serve(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edge_container", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("edge_container"))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--store", required=True, help="the store file (EDGE_FEEDBACK_PATH)")
     export.add_argument("--out", help="output file (default: stdout)")
     export.add_argument("--after-id", type=int, default=0, help="only records after this id (incremental)")
-    args = parser.parse_args(argv)
-    if args.command == "feedback":
-        return _export_feedback(args)
+    return parser
 
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError as exc:  # the package installed without its edge extra

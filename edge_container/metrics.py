@@ -20,6 +20,17 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
+        self._requests(r)
+        self._routing(r)
+        self._cloud(r)
+        self._model(r)
+        self._device(r)
+        self._feedback(r)
+        # Pre-bound children for the per-request hot path (a .labels() lookup costs a lock and a dict).
+        self.stage = {s: self.stage_seconds.labels(s) for s in ("queue", "tokenize", "infer", "cloud")}
+
+    def _requests(self, r: CollectorRegistry) -> None:
+        """What the HTTP API answers, how long each stage takes, and its listeners' connections."""
         self.request_seconds = Histogram(
             "edge_request_duration_seconds", "Request latency by endpoint and answer source",
             ["endpoint", "source"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -29,12 +40,27 @@ class Metrics:
                                        ["stage"], buckets=_STAGE_BUCKETS, registry=r)
         self.batch_size = Histogram("edge_batch_size", "Texts per model batch", buckets=_BATCH_BUCKETS, registry=r)
         self.texts = Counter("edge_texts_total", "Texts answered by source", ["source"], registry=r)
+        self.queue_depth = Gauge("edge_queue_depth", "Requests waiting for an interpreter", registry=r)
+        self.listeners = _Listeners()  # edge_http_connections, edge_http_rejected_total: read at scrape time
+        r.register(self.listeners)
+
+    def _routing(self, r: CollectorRegistry) -> None:
+        """What the routing sends up, and what comes back answered by the edge instead."""
         self.escalations = Counter("edge_escalations_total", "Texts sent to the cloud by routing reason",
                                    ["reason"], registry=r)
         self.priority_escalations = Counter("edge_escalations_by_priority_total",
                                             "Texts sent to the cloud by request priority", ["priority"], registry=r)
         self.fallbacks = Counter("edge_fallbacks_total", "Escalated texts answered by the edge, by reason",
                                  ["reason"], registry=r)
+        self.recent_escalation = Gauge("edge_recent_escalation_ratio",
+                                       "Share of the last ~1,000 auto-routed texts sent to the cloud", registry=r)
+        self.estimated_oos_share = Gauge(
+            "edge_estimated_oos_share", "Out-of-scope share of recent traffic, estimated by EM from the edge's "
+            "calibrated outputs (EDGE_POLICY=shift_aware); NaN until estimated or under another policy", registry=r)
+        self.estimated_oos_share.set_function(lambda: float("nan"))
+
+    def _cloud(self, r: CollectorRegistry) -> None:
+        """The calls to the cloud, its circuit breaker and the budget it last reported."""
         self.cloud_errors = Counter("edge_cloud_errors_total", "Failed cloud attempts by kind", ["kind"], registry=r)
         self.cloud_calls = Counter("edge_cloud_calls_total", "Cloud calls by outcome", ["outcome"], registry=r)
         self.circuit = Enum("edge_cloud_circuit_state", "Circuit breaker state towards the cloud",
@@ -43,36 +69,17 @@ class Metrics:
                                       registry=r)
         self.budget_limit = Gauge("edge_cloud_budget_limit", "Budget units per period, as last reported",
                                   registry=r)
+        self.cloud_bytes = Counter("edge_cloud_bytes_total", "Body bytes sent to / received from the cloud",
+                                   ["direction"], registry=r)
+
+    def _model(self, r: CollectorRegistry) -> None:
+        """The model served, its loads and reload failures, and a rollback's pin."""
         self.model_info = Info("edge_model", "The edge model version being served", registry=r)
         # Its labels name the failure, not the moment: a timestamp label would make a new series per failure.
         self.last_reload_error = Info("edge_reload_last_error",
                                       "The last reload failure (reason none after a successful load)", registry=r)
         self.last_reload_error_at = Gauge("edge_reload_last_error_timestamp_seconds",
                                           "When the last reload failure happened (0: none since start)", registry=r)
-        # `device_id`, not `device`: the scrape config labels each target `device`, and Prometheus would rename
-        # a clashing label of the metric's own to `exported_device`.
-        self.device = Info("edge_device", "This device's rollout id (device_id), cohort (stable/canary) and target "
-                           "version", registry=r)
-        self.recent_escalation = Gauge("edge_recent_escalation_ratio",
-                                       "Share of the last ~1,000 auto-routed texts sent to the cloud", registry=r)
-        self.cloud_bytes = Counter("edge_cloud_bytes_total", "Body bytes sent to / received from the cloud",
-                                   ["direction"], registry=r)
-        # The device: memory and CPU of this process (process_* on Linux), and the CPU temperature where
-        # the kernel exposes one (/sys/class/thermal); NaN where it does not (most containers and VMs).
-        ProcessCollector(registry=r)
-        self.cpu_temperature = Gauge("edge_cpu_temperature_celsius", "Hottest thermal zone (/sys/class/thermal); "
-                                     "NaN when the device exposes none", registry=r)
-        self.cpu_temperature.set_function(lambda: _or_nan(cpu_temperature_c()))
-        self.feedback_shipped = Counter("edge_feedback_shipped_total", "Feedback records shipped to S3 (shipped), "
-                                        "failed shipping rounds (error)", ["outcome"], registry=r)
-        self.feedback_records = Counter(
-            "edge_feedback_records_total", "Feedback records by outcome: ok (written), error (a write that failed), "
-            "dropped (not tried: the store is failing and backing off)", ["outcome"], registry=r)
-        self.feedback_write_errors = Counter("edge_feedback_write_errors_total",
-                                             "Feedback store writes that failed (a full disk, an I/O error)", registry=r)
-        self.feedback_store_healthy = Gauge("edge_feedback_store_healthy", "1 while the feedback store takes writes, "
-                                            "0 while it fails (backing off); NaN with no store", registry=r)
-        self.feedback_store_healthy.set(float("nan"))
         self.model_pinned = Gauge("edge_model_pinned", "1 while a rollback pins the version serving: the model "
                                   "watchers install nothing until POST /admin/reload or a newly published version",
                                   registry=r)
@@ -84,15 +91,31 @@ class Metrics:
             "edge_reload_failures_total", "Candidate models refused or not fetched, by reason "
             "(manifest, checksum, load, smoke, io, internal: refused; unavailable: retried later)",
             ["reason"], registry=r)
-        self.queue_depth = Gauge("edge_queue_depth", "Requests waiting for an interpreter", registry=r)
-        self.estimated_oos_share = Gauge(
-            "edge_estimated_oos_share", "Out-of-scope share of recent traffic, estimated by EM from the edge's "
-            "calibrated outputs (EDGE_POLICY=shift_aware); NaN until estimated or under another policy", registry=r)
-        self.estimated_oos_share.set_function(lambda: float("nan"))
-        self.listeners = _Listeners()  # edge_http_connections, edge_http_rejected_total: read at scrape time
-        r.register(self.listeners)
-        # Pre-bound children for the per-request hot path (a .labels() lookup costs a lock and a dict).
-        self.stage = {s: self.stage_seconds.labels(s) for s in ("queue", "tokenize", "infer", "cloud")}
+
+    def _device(self, r: CollectorRegistry) -> None:
+        # `device_id`, not `device`: the scrape config labels each target `device`, and Prometheus would rename
+        # a clashing label of the metric's own to `exported_device`.
+        self.device = Info("edge_device", "This device's rollout id (device_id), cohort (stable/canary) and target "
+                           "version", registry=r)
+        # The device: memory and CPU of this process (process_* on Linux), and the CPU temperature where
+        # the kernel exposes one (/sys/class/thermal); NaN where it does not (most containers and VMs).
+        ProcessCollector(registry=r)
+        self.cpu_temperature = Gauge("edge_cpu_temperature_celsius", "Hottest thermal zone (/sys/class/thermal); "
+                                     "NaN when the device exposes none", registry=r)
+        self.cpu_temperature.set_function(lambda: _or_nan(cpu_temperature_c()))
+
+    def _feedback(self, r: CollectorRegistry) -> None:
+        """The feedback store's writes and its shipping to S3."""
+        self.feedback_shipped = Counter("edge_feedback_shipped_total", "Feedback records shipped to S3 (shipped), "
+                                        "failed shipping rounds (error)", ["outcome"], registry=r)
+        self.feedback_records = Counter(
+            "edge_feedback_records_total", "Feedback records by outcome: ok (written), error (a write that failed), "
+            "dropped (not tried: the store is failing and backing off)", ["outcome"], registry=r)
+        self.feedback_write_errors = Counter("edge_feedback_write_errors_total",
+                                             "Feedback store writes that failed (a full disk, an I/O error)", registry=r)
+        self.feedback_store_healthy = Gauge("edge_feedback_store_healthy", "1 while the feedback store takes writes, "
+                                            "0 while it fails (backing off); NaN with no store", registry=r)
+        self.feedback_store_healthy.set(float("nan"))
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
