@@ -3,16 +3,20 @@
     keys = load_api_keys(keys_file, os.environ)       # KEY=TENANT entries: a file, or $LOCAL_API_KEYS
     event = proxy_event(method=..., path=..., query=..., headers=..., body=..., api_key=key, source_ip=...)
     response = gateway_response(result, starlette.responses.Response)
+    refused = GatewayResponses.from_template().response(Refusal("INVALID_API_KEY", 403, "Forbidden"),
+                                                        request_id, starlette.responses.Response)
 
 A known key becomes the event's `requestContext.identity.apiKeyId` (the tenant, as in AWS); the request a
 REST proxy event (payload format 1.0: path, method, headers, query, body, a fresh requestId); the function's
-statusCode, headers and body go back unchanged. Keys never come from a command line: `ps` shows those to
-every user.
+statusCode, headers and body go back unchanged. A request it answers itself (`Refusal`: no such route,
+a bad key or signature, a body over 10 MB) gets the body template.yaml's GatewayResponses give it. Keys
+never come from a command line: `ps` shows those to every user.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -170,3 +174,55 @@ def gateway_response(result: Mapping[str, Any], response_class: Any) -> Any:
         (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
     ]
     return response
+
+
+# --------------------------------------------------------------------------- the answers it gives itself
+
+
+class Refusal(Exception):
+    """A request API Gateway answers itself: `response_type` is its gateway response type."""
+
+    def __init__(self, response_type: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.response_type, self.status, self.message = response_type, status, message
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayResponses:
+    """template.yaml's GatewayResponses (their mapping templates) and the API's routes, rendered here as
+    API Gateway renders them."""
+
+    templates: Mapping[str, str]  # response type (or DEFAULT_4XX / DEFAULT_5XX) -> application/json template
+    routes: frozenset[tuple[str, str]]  # (METHOD, path)
+
+    @classmethod
+    def from_template(cls, template: Mapping[str, Any] | None = None) -> GatewayResponses:
+        from infra.moto_server import load_template
+
+        api = (template or load_template())["Resources"]["InferenceApi"]["Properties"]
+        templates = {kind: spec["ResponseTemplates"]["application/json"]
+                     for kind, spec in api.get("GatewayResponses", {}).items()}
+        routes = frozenset((verb.upper(), path) for path, verbs in api["DefinitionBody"]["paths"].items()
+                           for verb in verbs)
+        return cls(templates, routes)
+
+    def body(self, refusal: Refusal, request_id: str) -> bytes:
+        fallback = "DEFAULT_5XX" if refusal.status >= 500 else "DEFAULT_4XX"
+        template = self.templates.get(refusal.response_type) or self.templates.get(fallback)
+        if template is None:  # no gateway response configured: API Gateway's own shape
+            return json.dumps({"message": refusal.message}).encode()
+        rendered = (template.replace("$context.error.messageString", json.dumps(refusal.message))
+                    .replace("$context.error.responseType", refusal.response_type)
+                    .replace("$context.requestId", request_id))
+        return rendered.encode()
+
+    def response(self, refusal: Refusal, request_id: str, response_class: Any) -> Any:
+        return response_class(
+            content=self.body(refusal, request_id), status_code=refusal.status, media_type="application/json",
+            headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": _ERROR_TYPES.get(
+                refusal.response_type, "ForbiddenException")},
+        )
+
+
+_ERROR_TYPES = {"MISSING_AUTHENTICATION_TOKEN": "MissingAuthenticationTokenException",
+                "INVALID_SIGNATURE": "InvalidSignatureException", "REQUEST_TOO_LARGE": "RequestTooLongException"}

@@ -17,16 +17,16 @@ ACCESS_KEY_ID:SECRET_ACCESS_KEY:PRINCIPAL_ARN; local stand-ins, the environment 
 Like API Gateway, in front of the function: a route the API does not have (template.yaml's paths) is
 403 MISSING_AUTHENTICATION_TOKEN; with API keys, a request without an `x-api-key` header, or with a key
 not in the map, is 403 INVALID_API_KEY; with IAM, an unsigned request is 403 MISSING_AUTHENTICATION_TOKEN
-and one whose SigV4 signature does not verify (unknown key, wrong signature, more than 5 minutes off) 403
-INVALID_SIGNATURE; a body over 10 MB is 413 REQUEST_TOO_LARGE. None reaches the function, and each body is
-what template.yaml's GatewayResponses make of it: {"error": {"code", "message", "request_id"}}, the
-template read at start-up, so the two cannot drift. A known key becomes the event's
-`requestContext.identity.apiKeyId`; a verified signature the identity's `userArn`, `accessKey`,
-`accountId`, `caller` (the tenant follows AUTH_MODE, set from --auth, as in AWS), and the request a REST proxy event
-(`infra.api_gateway`) handed to `cloud_functions.handler.lambda_handler` in one of `--concurrency`
-execution environments (`infra.lambda_pool`: processes, each running one invocation at a time with a
-runtime of its own, as Lambda runs them side by side; `$LOCAL_CLOUD_CONCURRENCY` sets the default).
-Requests beyond them wait in arrival order. Its statusCode, headers and body go back unchanged.
+and one whose SigV4 signature does not verify (`infra.sigv4`: unknown key, wrong signature, more than 5
+minutes off) 403 INVALID_SIGNATURE; a body over 10 MB is 413 REQUEST_TOO_LARGE. None reaches the function,
+and each body is what template.yaml's GatewayResponses make of it (`infra.api_gateway.GatewayResponses`):
+{"error": {"code", "message", "request_id"}}, the template read at start-up, so the two cannot drift. A
+known key becomes the event's `requestContext.identity.apiKeyId`; a verified signature the identity's
+`userArn`, `accessKey`, `accountId`, `caller` (the tenant follows AUTH_MODE, set from --auth, as in AWS),
+and the request a REST proxy event (`infra.api_gateway`) handed to `cloud_functions.handler.lambda_handler`
+in one of `--concurrency` execution environments (`infra.lambda_pool`: processes, each running one
+invocation at a time with a runtime of its own, as Lambda runs them side by side; `$LOCAL_CLOUD_CONCURRENCY`
+sets the default). Requests beyond them wait in arrival order. Its statusCode, headers and body go back unchanged.
 Everything else comes from the environment, as in Lambda (COST_PER_TEXT, DEFAULT_DAILY_BUDGET, ...);
 --budget-table/--idempotency-table default to what --create-tables makes.
 
@@ -39,24 +39,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
-import json
 import os
-import re
 import socket
 import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from infra.api_gateway import (
     API_KEYS_ENV,
     MAX_BODY_BYTES,
     ApiKey,
+    GatewayResponses,
+    Refusal,
     gateway_response,
     load_api_keys,
     proxy_event,
@@ -64,11 +61,11 @@ from infra.api_gateway import (
 from infra.budget_admin import non_negative_int
 from infra.lambda_pool import EnvironmentPool
 from infra.local_function import PRELOAD, FunctionSetup, powertools_environ, resolve_tables
+from infra.sigv4 import IAM_CREDENTIALS_ENV, IamCredential, load_iam_credentials, verify_sigv4
 
 PROG = "python -m infra.local_api"
 READY_PREFIX = "READY "
 CONCURRENCY_ENV = "LOCAL_CLOUD_CONCURRENCY"
-IAM_CREDENTIALS_ENV = "LOCAL_IAM_CREDENTIALS"
 AUTH_MODES = ("apikey", "iam")
 # One environment per core, at most 4: beyond the cores they only compete for CPU, and all of them queue at the
 # one serialised moto (2 cores: 19.4 / 19.3 / 18.1 / 15.5 calls/s with 1 / 2 / 4 / 8 environments).
@@ -102,8 +99,8 @@ def create_app(
 
     if auth_mode not in AUTH_MODES:
         raise ValueError(f"auth_mode must be one of {AUTH_MODES}")
-    keys = {key.value: key for key in api_keys}
-    principals = {credential.access_key_id: credential for credential in iam_credentials}
+    caller = _Caller(auth_mode, {key.value: key for key in api_keys},
+                     {credential.access_key_id: credential for credential in iam_credentials}, region, clock)
     responses = gateway or GatewayResponses.from_template()
 
     async def proxy(request: Request) -> Response:
@@ -113,35 +110,41 @@ def create_app(
                                       request_id, Response)
         body = await request.body()
         try:
-            if auth_mode == "iam":
-                credential = verify_sigv4(request.method, request.scope.get("raw_path", b"").decode("latin-1")
-                                          or request.url.path, request.url.query, request.headers.items(), body,
-                                          principals, region=region, now=clock())
-                api_key = ApiKey(value="", key_id="")
-            else:
-                credential = None
-                found = keys.get(request.headers.get("x-api-key", ""))
-                if found is None:
-                    raise Refusal("INVALID_API_KEY", 403, "Forbidden")
-                api_key = found
+            api_key, credential = caller.identify(request, body)
             if len(body) > MAX_BODY_BYTES:
                 raise Refusal("REQUEST_TOO_LARGE", 413, "Request Too Long")
         except Refusal as refusal:
             return responses.response(refusal, request_id, Response)
-        event = proxy_event(
-            method=request.method,
-            path=request.url.path,
-            query=request.query_params.multi_items(),
-            headers=request.headers.items(),
-            body=body,
-            api_key=api_key,
-            source_ip=request.client.host if request.client else "127.0.0.1",
-            stage=stage,
-            request_id=request_id,
-        )
-        if credential is not None:
-            event["requestContext"]["identity"].update(credential.identity())
+        event = _event(request, body, api_key, credential, stage=stage, request_id=request_id)
         return gateway_response(await environments.invoke(event), Response)
+
+    return Starlette(routes=[Route("/{path:path}", proxy, methods=_METHODS)],
+                     lifespan=_lifespan(environments, on_ready))
+
+
+def _event(request: Any, body: bytes, api_key: ApiKey, credential: IamCredential | None, *, stage: str,
+           request_id: str) -> dict[str, Any]:
+    """The REST proxy event API Gateway hands the function for this (Starlette) request."""
+    event = proxy_event(
+        method=request.method,
+        path=request.url.path,
+        query=request.query_params.multi_items(),
+        headers=request.headers.items(),
+        body=body,
+        api_key=api_key,
+        source_ip=request.client.host if request.client else "127.0.0.1",
+        stage=stage,
+        request_id=request_id,
+    )
+    if credential is not None:
+        event["requestContext"]["identity"].update(credential.identity())
+    return event
+
+
+def _lifespan(
+    environments: EnvironmentPool, on_ready: Callable[[], None] | None
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the execution environments start with it (then `on_ready`) and stop with it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -153,167 +156,28 @@ def create_app(
         finally:
             await environments.stop()
 
-    return Starlette(routes=[Route("/{path:path}", proxy, methods=_METHODS)], lifespan=lifespan)
+    return lifespan
 
 
-# --------------------------------------------------------------------------- API Gateway's own answers
+class _Caller:
+    """Who a request comes from, checked as API Gateway checks it before the function: its x-api-key
+    (AuthMode=ApiKey) or its SigV4 signature (AuthMode=Iam); `Refusal` otherwise."""
 
+    def __init__(self, auth_mode: str, keys: Mapping[str, ApiKey], principals: Mapping[str, IamCredential],
+                 region: str, clock: Callable[[], datetime]) -> None:
+        self._auth_mode, self._keys, self._principals, self._region, self._clock = (
+            auth_mode, keys, principals, region, clock)
 
-class Refusal(Exception):
-    """A request API Gateway answers itself: `response_type` is its gateway response type."""
-
-    def __init__(self, response_type: str, status: int, message: str) -> None:
-        super().__init__(message)
-        self.response_type, self.status, self.message = response_type, status, message
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayResponses:
-    """template.yaml's GatewayResponses (their mapping templates) and the API's routes, rendered here as
-    API Gateway renders them."""
-
-    templates: Mapping[str, str]  # response type (or DEFAULT_4XX / DEFAULT_5XX) -> application/json template
-    routes: frozenset[tuple[str, str]]  # (METHOD, path)
-
-    @classmethod
-    def from_template(cls, template: Mapping[str, Any] | None = None) -> GatewayResponses:
-        from infra.moto_server import load_template
-
-        api = (template or load_template())["Resources"]["InferenceApi"]["Properties"]
-        templates = {kind: spec["ResponseTemplates"]["application/json"]
-                     for kind, spec in api.get("GatewayResponses", {}).items()}
-        routes = frozenset((verb.upper(), path) for path, verbs in api["DefinitionBody"]["paths"].items()
-                           for verb in verbs)
-        return cls(templates, routes)
-
-    def body(self, refusal: Refusal, request_id: str) -> bytes:
-        fallback = "DEFAULT_5XX" if refusal.status >= 500 else "DEFAULT_4XX"
-        template = self.templates.get(refusal.response_type) or self.templates.get(fallback)
-        if template is None:  # no gateway response configured: API Gateway's own shape
-            return json.dumps({"message": refusal.message}).encode()
-        rendered = (template.replace("$context.error.messageString", json.dumps(refusal.message))
-                    .replace("$context.error.responseType", refusal.response_type)
-                    .replace("$context.requestId", request_id))
-        return rendered.encode()
-
-    def response(self, refusal: Refusal, request_id: str, response_class: Any) -> Any:
-        return response_class(
-            content=self.body(refusal, request_id), status_code=refusal.status, media_type="application/json",
-            headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": _ERROR_TYPES.get(
-                refusal.response_type, "ForbiddenException")},
-        )
-
-
-_ERROR_TYPES = {"MISSING_AUTHENTICATION_TOKEN": "MissingAuthenticationTokenException",
-                "INVALID_SIGNATURE": "InvalidSignatureException", "REQUEST_TOO_LARGE": "RequestTooLongException"}
-
-
-# --------------------------------------------------------------------------- SigV4, as API Gateway checks it
-
-
-@dataclass(frozen=True, slots=True)
-class IamCredential:
-    access_key_id: str
-    secret_access_key: str
-    principal_arn: str  # what API Gateway puts in identity.userArn, e.g. an assumed-role session's ARN
-
-    def identity(self) -> dict[str, Any]:
-        """The requestContext.identity fields API Gateway fills for a verified SigV4 caller."""
-        account = self.principal_arn.split(":")[4] if self.principal_arn.count(":") >= 5 else None
-        resource = self.principal_arn.rsplit(":", 1)[-1]
-        kind, _, rest = resource.partition("/")
-        unique = hashlib.sha256(self.principal_arn.encode()).hexdigest()[:16].upper()
-        caller = f"AROA{unique}:{rest.rsplit('/', 1)[-1]}" if kind == "assumed-role" else f"AIDA{unique}"
-        return {"apiKey": None, "apiKeyId": None, "accessKey": self.access_key_id, "accountId": account,
-                "caller": caller, "user": caller, "userArn": self.principal_arn}
-
-
-def parse_iam_credentials(entries: Sequence[str]) -> list[IamCredential]:
-    """ACCESS_KEY_ID:SECRET:PRINCIPAL_ARN entries; blanks and # comments skipped. Never echoes an entry."""
-    credentials = []
-    for n, entry in enumerate((e.strip() for e in entries), start=1):
-        if not entry or entry.startswith("#"):
-            continue
-        key_id, secret, arn = (entry.split(":", 2) + ["", ""])[:3]
-        if not key_id or not secret or not arn.startswith("arn:"):
-            raise ValueError(f"entry {n}: not ACCESS_KEY_ID:SECRET_ACCESS_KEY:PRINCIPAL_ARN")
-        credentials.append(IamCredential(key_id, secret, arn))
-    return credentials
-
-
-def load_iam_credentials(environ: Mapping[str, str]) -> list[IamCredential]:
-    """$LOCAL_IAM_CREDENTIALS (comma-separated): local stand-ins for the devices' IAM credentials."""
-    try:
-        credentials = parse_iam_credentials(environ.get(IAM_CREDENTIALS_ENV, "").split(","))
-    except ValueError as exc:
-        raise ValueError(f"${IAM_CREDENTIALS_ENV}: {exc}") from None
-    if not credentials:
-        raise ValueError(f"${IAM_CREDENTIALS_ENV}: no credentials (ACCESS_KEY_ID:SECRET:PRINCIPAL_ARN)")
-    return credentials
-
-
-_AUTHORIZATION = re.compile(
-    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
-    r"/aws4_request,\s*SignedHeaders=(?P<signed>[a-z0-9;-]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
-)
-_SKEW = timedelta(minutes=5)  # API Gateway refuses a signature more than 5 minutes off its clock
-
-
-def verify_sigv4(
-    method: str,
-    path: str,
-    query: str,
-    headers: Sequence[tuple[str, str]],
-    body: bytes,
-    credentials: Mapping[str, IamCredential],
-    *,
-    region: str,
-    now: datetime,
-    service: str = "execute-api",
-) -> IamCredential:
-    """The credential whose SigV4 signature `headers` carry, recomputed over this very request (the
-    signed headers, the path, the query and the body's hash) with botocore's signer; `Refusal` otherwise."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    lowered: dict[str, str] = {}
-    for name, value in headers:
-        lowered[name.lower()] = value
-    authorization = lowered.get("authorization")
-    if not authorization:
-        raise Refusal("MISSING_AUTHENTICATION_TOKEN", 403, "Missing Authentication Token")
-    match = _AUTHORIZATION.match(authorization)
-    if match is None:
-        raise Refusal("INVALID_SIGNATURE", 403, "Authorization header requires 'Credential', 'Signature' and "
-                      "'SignedHeaders' parameters.")
-    credential = credentials.get(match["key"])
-    if credential is None:
-        raise Refusal("INVALID_SIGNATURE", 403, "The security token included in the request is invalid.")
-    amz_date = lowered.get("x-amz-date", "")
-    try:
-        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        raise Refusal("INVALID_SIGNATURE", 403, "Authorization header requires existence of either a "
-                      "'X-Amz-Date' or a 'Date' header.") from None
-    if abs(now - signed_at) > _SKEW:
-        raise Refusal("INVALID_SIGNATURE", 403, f"Signature expired: {amz_date} is now earlier than "
-                      f"{(now - _SKEW).strftime('%Y%m%dT%H%M%SZ')}")
-    if (match["date"], match["region"], match["service"]) != (amz_date[:8], region, service):
-        raise Refusal("INVALID_SIGNATURE", 403, "Credential should be scoped to a valid region and service.")
-    signed = match["signed"].split(";")
-    if "host" not in signed or any(name not in lowered for name in signed):
-        raise Refusal("INVALID_SIGNATURE", 403, "The request signature we calculated does not match the "
-                      "signature you provided.")
-    url = f"http://{lowered['host']}{path}" + (f"?{query}" if query else "")
-    request = AWSRequest(method=method, url=url, data=body, headers={name: lowered[name] for name in signed})
-    request.context["timestamp"] = amz_date
-    signer = SigV4Auth(Credentials(credential.access_key_id, credential.secret_access_key), service, region)
-    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
-    if not hmac.compare_digest(expected, match["signature"]):
-        raise Refusal("INVALID_SIGNATURE", 403, "The request signature we calculated does not match the "
-                      "signature you provided. Check your AWS Secret Access Key and signing method.")
-    return credential
+    def identify(self, request: Any, body: bytes) -> tuple[ApiKey, IamCredential | None]:
+        if self._auth_mode == "iam":
+            path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+            credential = verify_sigv4(request.method, path, request.url.query, request.headers.items(), body,
+                                      self._principals, region=self._region, now=self._clock())
+            return ApiKey(value="", key_id=""), credential
+        found = self._keys.get(request.headers.get("x-api-key", ""))
+        if found is None:
+            raise Refusal("INVALID_API_KEY", 403, "Forbidden")
+        return found, None
 
 
 # --------------------------------------------------------------------------- command line

@@ -1,14 +1,16 @@
-"""infra.api_gateway: the API keys the local gateway accepts, and the proxy event it hands the function."""
+"""infra.api_gateway: the API keys the local gateway accepts, the proxy event it hands the function, and the
+refusals it answers itself."""
 
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from infra.api_gateway import ApiKey, gateway_response, load_api_keys, proxy_event
+from infra.api_gateway import ApiKey, GatewayResponses, Refusal, gateway_response, load_api_keys, proxy_event
 
 
 def test_the_function_sees_an_api_gateway_proxy_event() -> None:
@@ -65,3 +67,14 @@ def test_the_functions_result_goes_back_as_it_is_with_headers_merged() -> None:
     assert response.status_code == 429 and response.body == b"\xff"
     assert response.raw_headers == [(b"content-length", b"1"), (b"retry-after", b"7"), (b"x-extra", b"a"),
                                     (b"x-extra", b"b")]
+
+
+def test_gateway_refusals_are_rendered_from_the_templates_gateway_responses() -> None:
+    """Issue 24 #3: the local adapter wrote {"message": ...} of its own; now it renders template.yaml's."""
+    gateway = GatewayResponses.from_template()
+
+    for refusal in (Refusal("INVALID_API_KEY", 403, "Forbidden"), Refusal("REQUEST_TOO_LARGE", 413, "Request Too Long"),
+                    Refusal("INTEGRATION_TIMEOUT", 504, "Endpoint request timed out")):
+        body = json.loads(gateway.body(refusal, "rid-1"))
+        assert body == {"error": {"code": refusal.response_type, "message": refusal.message, "request_id": "rid-1"}}
+    assert gateway.routes == {("POST", "/v1/infer"), ("GET", "/v1/budget")}

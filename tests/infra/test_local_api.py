@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import queue
 import socket
@@ -28,9 +27,10 @@ from cloud_functions.backends import Inference
 from cloud_functions.budget import BudgetLedger
 from infra.api_gateway import ApiKey
 from infra.lambda_pool import EnvironmentPool, Handler
-from infra.local_api import READY_PREFIX, GatewayResponses, IamCredential, Refusal, create_app
+from infra.local_api import READY_PREFIX, create_app
 from infra.local_function import FunctionSetup, powertools_environ, resolve_tables
 from infra.moto_server import SerialisedMotoServer
+from infra.sigv4 import IamCredential
 from modelpack.classifier import Classifier
 from modelpack.cloud_api import BudgetStatus, ErrorBody, ErrorCode, InferReply, TextResult
 
@@ -128,17 +128,6 @@ def test_a_route_the_api_does_not_have_is_api_gateways_403(local_api: str) -> No
 
     assert response.status_code == 403
     assert ErrorBody.from_json(response.json()).code == "MISSING_AUTHENTICATION_TOKEN"
-
-
-def test_gateway_refusals_are_rendered_from_the_templates_gateway_responses() -> None:
-    """Issue 24 #3: the local adapter wrote {"message": ...} of its own; now it renders template.yaml's."""
-    gateway = GatewayResponses.from_template()
-
-    for refusal in (Refusal("INVALID_API_KEY", 403, "Forbidden"), Refusal("REQUEST_TOO_LARGE", 413, "Request Too Long"),
-                    Refusal("INTEGRATION_TIMEOUT", 504, "Endpoint request timed out")):
-        body = json.loads(gateway.body(refusal, "rid-1"))
-        assert body == {"error": {"code": refusal.response_type, "message": refusal.message, "request_id": "rid-1"}}
-    assert gateway.routes == {("POST", "/v1/infer"), ("GET", "/v1/budget")}
 
 
 def test_an_exhausted_budget_is_429_with_its_reset_time(local_api: str, ledger: BudgetLedger) -> None:
