@@ -4,6 +4,7 @@
   (TensorFlow), infra/ (the local stack) or bench/.
 - modelpack/ is the contract both deployables import: it imports none of the rooms above.
 - No import loop between modules through their top-level imports.
+- No module over 400 lines and no function over 60 outside tests/ and bench/ (issue 23's limits).
 
 Every import counts, top-level or inside a function: a function-local import still needs the package at
 run time (and a deployable's package does not carry the others).
@@ -94,3 +95,33 @@ def test_the_checker_sees_a_forbidden_import_and_a_loop(tmp_path: Path) -> None:
     rel.write_text("from . import other\nfrom .sub import thing\ndef f():\n    import json\n")
     assert {"pkg", "pkg.other", "pkg.sub", "pkg.sub.thing", "json"} <= imports("pkg.mod", rel)
     assert "json" not in imports("pkg.mod", rel, top_level_only=True)
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def oversized(name: str, path: Path) -> list[str]:
+    """What in one module is over the limits: the module itself, or a function (its decorators aside)."""
+    text = path.read_text(encoding="utf-8")
+    found = [f"{name}: {n} lines"] if (n := len(text.splitlines())) > MAX_MODULE_LINES else []
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{name}.{node.name} (line {node.lineno}): {length} lines")
+    return found
+
+
+def test_no_module_or_function_outgrows_its_limit() -> None:
+    rooms = [room for room in ROOMS if room != "bench"]
+    broken = [line for room in rooms for name, path in modules(room) for line in oversized(name, path)]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_size_check_sees_a_long_function_and_a_long_module(tmp_path: Path) -> None:
+    long_function = tmp_path / "long_function.py"
+    long_function.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "\n\ndef g():\n    pass\n")
+    assert oversized("m", long_function) == [f"m.f (line 1): {MAX_FUNCTION_LINES + 1} lines"]
+    long_module = tmp_path / "long_module.py"
+    long_module.write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    assert oversized("m", long_module) == [f"m: {MAX_MODULE_LINES + 1} lines"]
