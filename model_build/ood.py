@@ -51,6 +51,7 @@ class OodReport:
     joint_over_cloud: float
     auroc: dict[str, float]  # per tier: the rejection score's, in-scope vs out-of-domain
     curves: dict[str, dict[str, float]]  # tier -> {false reject: out-of-domain caught}
+    scores: dict[str, str]  # tier -> the score it refuses on (the curves' and AUROCs')
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,8 +73,8 @@ class OodReport:
         ]
         for tier, curve in self.curves.items():
             shown = ", ".join(f"{pct(float(fr))} -> {pct(caught)}" for fr, caught in curve.items())
-            lines.append(f"{tier} rejection curve (in-scope refused -> out-of-domain caught; AUROC "
-                         f"{self.auroc[tier]:.4f}): {shown}")
+            lines.append(f"{tier} rejection curve on {self.scores[tier]} (in-scope refused -> out-of-domain "
+                         f"caught; AUROC {self.auroc[tier]:.4f}): {shown}")
         return "\n".join(lines)
 
 
@@ -142,6 +143,9 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
         joint_over_cloud=joint / cloud_acc if cloud_acc > 0 else float("nan"),
         auroc={tier: auroc(s["in"], s["ood"]) for tier, s in scores.items()},
         curves={tier: rejection_curve(s["in"], s["ood"]) for tier, s in scores.items()},
+        scores={"edge": "in_scope_max_prob" if oos is not None else "max_prob",
+                "cloud": manifest.cloud.oos_score if manifest.cloud.oos_score not in (None, "max_prob")
+                else "in_scope_max_prob" if oos is not None else "max_prob"},
     )
 
 

@@ -153,3 +153,5 @@ def test_out_of_domain_requests_are_refused_and_in_scope_ones_answered(open_set_
     assert report["in_scope_refused"] <= 0.2  # a toy model on 6 intents: a loose bound, but far from refusing all
     assert report["in_scope_joint_accuracy"] > 0.5
     assert set(report["curves"]) == {"edge", "cloud"} and 0.0 <= report["auroc"]["cloud"] <= 1.0
+    # each tier's curve is on the score it refuses by: the cloud's energy, the edge's best intent
+    assert report["scores"] == {"edge": "in_scope_max_prob", "cloud": "neg_energy"}
