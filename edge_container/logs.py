@@ -1,7 +1,7 @@
 """The edge's log lines: text (the default) or JSON, one object a line (EDGE_LOG_FORMAT=json).
 
     configure(level, log_format)   the root handler, once, by the entry point (uvicorn's loggers go through it)
-    log_answers(prediction)        one line per answer: INFO when it was escalated, DEBUG for the edge's own
+    answers_log                    the logger of the service's answers (`edge_container.service.log_answers`)
 
 A JSON line carries `time` (UTC), `level`, `logger`, `pid`, `message`, and every field the call passed in
 `extra` (`request_id`, `model_version`, `source`, `reason`, ...), so a log store searches it by field; an
@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from edge_container.service import Prediction
+from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -70,23 +67,3 @@ def uvicorn_log_config(log_format: LogFormat) -> dict[str, Any] | None:
     from uvicorn.config import LOGGING_CONFIG
 
     return LOGGING_CONFIG
-
-
-def log_answers(prediction: Prediction) -> None:
-    """An escalated answer (the cloud's, or the edge's because the cloud gave none) at INFO: they are few,
-    and each is an event someone may have to follow into the cloud's log. The edge's own answers, most of the
-    traffic, at DEBUG (EDGE_LOG_LEVEL=debug): checked once per request, not formatted unless enabled."""
-    everything = answers_log.isEnabledFor(logging.DEBUG)
-    if not everything and not answers_log.isEnabledFor(logging.INFO):
-        return
-    request_id = prediction.request_id
-    for index, result in enumerate(prediction.results):
-        if result.source == "edge" and not everything:
-            continue
-        answers_log.log(
-            logging.DEBUG if result.source == "edge" else logging.INFO,
-            "request %s text %d: %s %s (%s, %.3f)", request_id, index, result.source, result.label,
-            result.reason, result.confidence,
-            extra={"event": "answer", "request_id": request_id, "index": index, "source": result.source,
-                   "reason": result.reason, "label": result.label, "confidence": round(result.confidence, 4),
-                   "model_version": result.edge_model_version, "cloud_model_version": result.cloud_model_version})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 from collections import Counter
@@ -27,7 +28,7 @@ from edge_container.errors import CloudFailure, RateLimited
 from edge_container.escalation import Escalation
 from edge_container.feedback import FeedbackRecord
 from edge_container.feedback_writer import FeedbackWriter
-from edge_container.logs import log_answers
+from edge_container.logs import answers_log
 from edge_container.metrics import Metrics
 from edge_container.pacing import PRIORITIES, Priority
 from edge_container.policies import Policy
@@ -60,6 +61,26 @@ class Prediction:
     results: tuple[Result, ...]
     latency_ms: float
     priority: Priority = "normal"
+
+
+def log_answers(prediction: Prediction) -> None:
+    """An escalated answer (the cloud's, or the edge's because the cloud gave none) at INFO: they are few,
+    and each is an event someone may have to follow into the cloud's log. The edge's own answers, most of the
+    traffic, at DEBUG (EDGE_LOG_LEVEL=debug): checked once per request, not formatted unless enabled."""
+    everything = answers_log.isEnabledFor(logging.DEBUG)
+    if not everything and not answers_log.isEnabledFor(logging.INFO):
+        return
+    request_id = prediction.request_id
+    for index, result in enumerate(prediction.results):
+        if result.source == "edge" and not everything:
+            continue
+        answers_log.log(
+            logging.DEBUG if result.source == "edge" else logging.INFO,
+            "request %s text %d: %s %s (%s, %.3f)", request_id, index, result.source, result.label,
+            result.reason, result.confidence,
+            extra={"event": "answer", "request_id": request_id, "index": index, "source": result.source,
+                   "reason": result.reason, "label": result.label, "confidence": round(result.confidence, 4),
+                   "model_version": result.edge_model_version, "cloud_model_version": result.cloud_model_version})
 
 
 @dataclass(frozen=True, slots=True)
