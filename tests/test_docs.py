@@ -97,7 +97,7 @@ def _options(parser: argparse.ArgumentParser) -> frozenset[str]:
 def cli_options() -> dict[str, frozenset[str]]:
     """Each documented command's options, from the parsers the modules build."""
     from edge_container.__main__ import main as edge_main
-    from infra.stack_cli import _parser as stack_parser
+    from infra.stack.__main__ import _parser as stack_parser
     from model_build.cli import _parser as build_parser
 
     build = build_parser()

@@ -148,3 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                     help="logs and model caches (default: .cache/local-stack)")
     return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
     python -m infra.stack up [--model-dir DIR] [--preset full|quick] [--edge-port 8080] [--cloud-port 8081]
                              [--moto-port 5000] [--daily-budget N] [--tenant demo] [--api-key KEY]
-                             [--cloud-concurrency 4]        # the command line: infra.stack_cli
+                             [--cloud-concurrency 4]        # the command line: infra/stack/__main__.py
 
     with LocalStack(artifact_dir) as stack:         # tests and the demo: free ports unless given
         httpx.post(stack.edge_url + "/v1/predict", json={"text": "hello"})
@@ -387,9 +387,3 @@ class LocalStack:
         from cloud_functions.budget import BudgetLedger
 
         return BudgetLedger(self.budget_table, dynamodb_client=self.client("dynamodb"), default_limit=None)
-
-
-if __name__ == "__main__":
-    from infra.stack_cli import main
-
-    raise SystemExit(main())
