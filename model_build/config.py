@@ -1,16 +1,88 @@
-"""Build configuration: one frozen object, from a named preset plus a few CLI overrides."""
+"""Build configuration: one frozen object, from a named preset plus a few CLI overrides.
+
+Every setting of a build is here, each room's part included (TeacherConfig, StudentConfig,
+TransformerStudentConfig, TransferConfig, DistillConfig, Gates): reading a configuration imports no
+Keras, and the rooms read their part from here. Stage keys hash these classes' reprs (their names and
+fields, not the module they live in)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from model_build.errors import BuildError
-from model_build.student_config import StudentConfig, TransformerStudentConfig
-from model_build.teacher import TeacherConfig
-from model_build.transfer import TransferConfig
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    train_from_layer: int = 4  # 0 = full fine-tuning (embeddings stay frozen either way)
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+    max_steps: int | None = None  # cap on optimiser steps (quick preset)
+    precision: str = "fp32"  # of the exported TFLite model: fp32 | dynamic_range
+
+
+Architecture = Literal["bag", "cnn", "transformer"]
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Architecture of a student. ``bag``: masked mean of embeddings + MLP. ``cnn``: 1-D convolutions of
+    several widths over the embeddings + global max pool + MLP. The defaults are the recommended student
+    (bench/results/student_search.md): embed_dim 384 takes the teacher's word embeddings unprojected."""
+
+    architecture: Architecture = "cnn"
+    embed_dim: int = 384
+    kernel_sizes: tuple[int, ...] = (1, 2, 3)  # cnn only
+    filters: int = 128  # cnn only: channels per kernel size
+    conv_layers: int = 1  # cnn only: stacked convs per branch (the extra ones are width 3)
+    hidden: tuple[int, ...] = (256,)  # MLP widths after pooling
+    dropout: float = 0.2  # before each Dense
+    embed_dropout: float = 0.1  # drops whole token vectors of the embedded sequence
+    seq_len: int = 32  # longest sequence served (tokenizer truncation); the bag's reciprocal table size
+    max_tokens: int | None = None  # ids kept by build_vocab_map (None: every id seen in training)
+
+
+@dataclass(frozen=True)
+class TransformerStudentConfig:
+    """A transformer student cut from the teacher's own pretrained MiniLM (model_build.transformer_student):
+    ``layers`` of its 6 blocks in order, at its width (384), keeping ``heads`` of the 12 attention heads and
+    ``intermediate`` of the 1,536 feed-forward units of each block (the ones with the largest weight norms).
+    A class of its own, not more fields on StudentConfig: the CNN's student cache key (the config's repr)
+    stays what it was."""
+
+    architecture: Literal["transformer"] = "transformer"
+    layers: tuple[int, ...] = (0, 1)
+    heads: int = 12
+    intermediate: int = 1536
+    # Added to the attention scores of pad keys. Not BERT's -1e4: the int8 score tensor's range covers this
+    # value, so a huge one would leave the real scores a handful of int8 steps. exp(-12) ~ 6e-6 per pad key.
+    pad_score: float = -12.0
+    dropout: float = 0.1  # attention probabilities, block outputs and the pooled sentence
+    seq_len: int = 32  # longest sequence served (tokenizer truncation); the pooling's reciprocal table size
+    max_tokens: int | None = None  # ids kept by build_vocab_map (None: every id seen in training)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    augment_copies: int = 0  # augmented copies of each training text (0: none)
+    word_dropout: float = 0.2  # dropout copies: each word dropped with this probability (one always kept)
+    splice_share: float = 0.5  # of the augmented copies, the share that splices two texts of different labels
+    unlabeled_weight: float = 1.0  # loss weight of a teacher-labelled text, against 1 for a labelled one
+    max_unlabeled: int | None = None  # keep at most this many unlabelled texts (a seeded sample)
+
+    def __post_init__(self) -> None:
+        if self.augment_copies < 0 or not 0.0 <= self.word_dropout < 1.0 or not 0.0 <= self.splice_share <= 1.0:
+            raise ValueError(f"bad transfer settings: {self}")
+        if not self.unlabeled_weight >= 0.0 or (self.max_unlabeled is not None and self.max_unlabeled < 1):
+            raise ValueError(f"bad transfer settings: {self}")
 
 
 @dataclass(frozen=True)

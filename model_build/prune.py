@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from model_build.student_config import StudentConfig
+from model_build.config import StudentConfig
 
 
 def keep_count(n: int, fraction: float) -> int:

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from model_build.student_config import Architecture, StudentConfig  # noqa: F401  (re-exported)
+from model_build.config import StudentConfig
 
 BERT_VOCAB_SIZE = 30522
 PAD_ID = 0

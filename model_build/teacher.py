@@ -10,25 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    train_from_layer: int = 4  # 0 = full fine-tuning (embeddings stay frozen either way)
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.06
-    dropout: float = 0.1
-    label_smoothing: float = 0.0
-    max_steps: int | None = None  # cap on optimiser steps (quick preset)
-    precision: str = "fp32"  # of the exported TFLite model: fp32 | dynamic_range
+from model_build.config import TeacherConfig
 
 
 def minilm_dir() -> Path:
@@ -144,9 +131,6 @@ class Teacher:
     def logits(self, ids: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         model = self.export_model(ids.shape[1])
         return np.asarray(model.predict(ids, batch_size=batch_size, verbose=0), dtype=np.float32)
-
-
-
 
 
 def _length_grouped_plan(groups, batch_size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:

@@ -23,22 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model_build.config import TransferConfig
 from model_build.errors import DataError
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    augment_copies: int = 0  # augmented copies of each training text (0: none)
-    word_dropout: float = 0.2  # dropout copies: each word dropped with this probability (one always kept)
-    splice_share: float = 0.5  # of the augmented copies, the share that splices two texts of different labels
-    unlabeled_weight: float = 1.0  # loss weight of a teacher-labelled text, against 1 for a labelled one
-    max_unlabeled: int | None = None  # keep at most this many unlabelled texts (a seeded sample)
-
-    def __post_init__(self) -> None:
-        if self.augment_copies < 0 or not 0.0 <= self.word_dropout < 1.0 or not 0.0 <= self.splice_share <= 1.0:
-            raise ValueError(f"bad transfer settings: {self}")
-        if not self.unlabeled_weight >= 0.0 or (self.max_unlabeled is not None and self.max_unlabeled < 1):
-            raise ValueError(f"bad transfer settings: {self}")
 
 
 @dataclass(frozen=True)

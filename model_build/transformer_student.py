@@ -46,7 +46,7 @@ from model_build.student import (
     TokenRemap,
     _gather,
 )
-from model_build.student_config import TransformerStudentConfig
+from model_build.config import TransformerStudentConfig
 
 UNK_ID = 100  # [UNK] in the BERT uncased vocabulary: the UNK row starts as its vector
 

@@ -12,7 +12,7 @@ import pytest
 from model_build.cloud_precision import CLOUD_DYNAMIC_FILE, MEASURES_FILE, choose
 from model_build.config import Gates, preset
 from model_build.errors import BuildError
-from model_build.teacher import TeacherConfig
+from model_build.config import TeacherConfig
 
 
 def _measured(folder: Path, fp32_val: float, int8_val: float) -> Path:

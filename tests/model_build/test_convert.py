@@ -23,7 +23,8 @@ from model_build.convert import (  # noqa: E402
     to_tflite_int8,
 )
 from model_build.errors import ConversionError  # noqa: E402
-from model_build.student import StudentConfig, build_student, build_vocab_map  # noqa: E402
+from model_build.config import StudentConfig  # noqa: E402
+from model_build.student import build_student, build_vocab_map  # noqa: E402
 
 DATA = Path(os.environ.get("CLINC150_PATH", Path(__file__).parents[2] / "data/clinc150/data_full.json"))
 BUCKETS = (8, 16, 32)

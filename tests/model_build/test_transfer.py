@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from model_build.errors import DataError
-from model_build.transfer import TransferConfig, build_transfer_set, load_unlabeled
+from model_build.config import TransferConfig
+from model_build.transfer import build_transfer_set, load_unlabeled
 
 TRAIN = ("set a timer for ten minutes", "what is my bank balance", "play some jazz music", "wake me up at six")
 LABELS = (0, 1, 2, 3)

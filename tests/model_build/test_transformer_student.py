@@ -17,7 +17,7 @@ keras = pytest.importorskip("keras")
 from model_build.convert import float_ops, graph_ops, to_tflite_fp32, to_tflite_int8  # noqa: E402
 from model_build.encoder import EncoderConfig  # noqa: E402
 from model_build.student import BERT_VOCAB_SIZE, build_vocab_map  # noqa: E402
-from model_build.student_config import TransformerStudentConfig  # noqa: E402
+from model_build.config import TransformerStudentConfig  # noqa: E402
 from model_build.transformer_student import (  # noqa: E402
     build_transformer_student,
     equalize,
