@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from modelpack.manifest import load_manifest
+from model_build.calibration import traffic_weights
+from model_build.data.dataset import load_dataset
+from model_build.deferral import choose_deferral
 from modelpack.classifier import Classifier
+from modelpack.manifest import load_manifest
 from modelpack.routing import cloud_answer
 from modelpack.scores import SCORES, in_scope_max_prob
-from model_build.data import load_dataset
-from model_build.deferral import choose_deferral
-from model_build.calibration import traffic_weights
 
 art = Path(sys.argv[1] if len(sys.argv) > 1 else "artifacts/latest")
 m = load_manifest(art)

@@ -31,7 +31,7 @@ TARGET = 0.99
 
 
 def halves(manifest: Any) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
-    from model_build.data import load_dataset
+    from model_build.data.dataset import load_dataset
 
     data = load_dataset(manifest.data["path"], seed=0)
     order = np.random.default_rng(0).permutation(len(data.test.texts))

@@ -47,7 +47,7 @@ class Traffic:
 
 def load_traffic(model_dir: Path, seed: int) -> Traffic:
     sys.path.insert(0, str(REPO_ROOT))
-    from model_build.data import load_dataset
+    from model_build.data.dataset import load_dataset
     from modelpack.classifier import Classifier
     from modelpack.manifest import load_manifest
     from modelpack.routing import cloud_answer

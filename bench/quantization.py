@@ -36,7 +36,7 @@ def main() -> int:
     from model_build.cache import StageCache
     from model_build.config import preset
     from model_build.convert import float_ops, output_quantization
-    from model_build.data import default_data_path
+    from model_build.data.dataset import default_data_path
     from model_build.evaluate import EDGE_FP32_FILE, latency_inputs, median_latency_ms, model_logits
     from model_build.pipeline import EDGE_DYNAMIC_FILE, EDGE_FILE, train_stages
     from model_build.progress import StageTimer

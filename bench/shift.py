@@ -68,9 +68,9 @@ def _logits(manifest: Any, folder: Path, tier: str, texts: list[str], tag: str) 
 
 
 def load_halves(model_dir: Path, seed: int) -> tuple[Any, list[Half]]:
-    from model_build.data import load_dataset
-    from modelpack.manifest import load_manifest
+    from model_build.data.dataset import load_dataset
     from modelpack.classifier import calibrated
+    from modelpack.manifest import load_manifest
     from modelpack.routing import cloud_answer
 
     manifest = load_manifest(model_dir)

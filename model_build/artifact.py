@@ -14,7 +14,7 @@ from typing import Any
 
 from model_build.cache import stage_key
 from model_build.config import BuildConfig
-from model_build.data import Dataset
+from model_build.data.dataset import Dataset
 from model_build.metrics import jsonable
 from modelpack.manifest import (
     Manifest,

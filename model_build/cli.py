@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "data":
-        from model_build.fetch import CLINC150_WIKI_NAME, fetch_clinc150, fetch_clinc150_wiki
+        from model_build.data.fetch import CLINC150_WIKI_NAME, fetch_clinc150, fetch_clinc150_wiki
 
         path = fetch_clinc150(args.out)
         wiki = fetch_clinc150_wiki(args.out.parent / CLINC150_WIKI_NAME)

@@ -25,7 +25,7 @@ import numpy as np
 from model_build.artifact import CLOUD_FILE, model_entry
 from model_build.cache import StageCache, stage_key
 from model_build.config import BuildConfig
-from model_build.data import Dataset
+from model_build.data.dataset import Dataset
 from model_build.errors import BuildError
 from model_build.progress import StageTimer
 

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from model_build.config import BuildConfig
-from model_build.data import Dataset
+from model_build.data.dataset import Dataset
 from model_build.progress import keras_progress
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from model_build import calibration
 from model_build.artifact import EDGE_FP32_FILE
 from model_build.curves import SplitCurves, escalation_curve
-from model_build.data import Dataset, Split, default_data_path, load_dataset, subset
+from model_build.data.dataset import Dataset, Split, default_data_path, load_dataset, subset
 from model_build.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
 from model_build.routing import RoutedMetrics, apply_deferral
 from modelpack.classifier import Classifier, calibrated

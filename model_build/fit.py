@@ -14,7 +14,7 @@ import numpy as np
 from model_build import calibration
 from model_build.config import BuildConfig
 from model_build.curves import cut_thresholds
-from model_build.data import Dataset
+from model_build.data.dataset import Dataset
 from model_build.deferral import DeferralChoice, choose_deferral
 from model_build.evaluate import ArtifactRunner
 from model_build.routing import apply_deferral

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from model_build.data import Dataset, Split
+from model_build.data.dataset import Dataset, Split
+from model_build.data.unlabeled import load_unlabeled
 from model_build.errors import DataError
 from model_build.evaluate import built_from, classifier_logits, oos_auroc
-from model_build.transfer import load_unlabeled
 from modelpack.classifier import Classifier
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest
 from modelpack.routing import Route, cascade, cloud_oos_score

@@ -33,7 +33,7 @@ from model_build.cache import StageCache
 from model_build.cloud_precision import PrecisionChoice, choose, measure_stage
 from model_build.config import BuildConfig
 from model_build.curves import SplitCurves
-from model_build.data import Dataset, default_data_path
+from model_build.data.dataset import Dataset, default_data_path
 from model_build.errors import BuildError, GateError
 from model_build.evaluate import (
     ArtifactRunner,

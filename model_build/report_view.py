@@ -10,7 +10,7 @@ import numpy as np
 from model_build.cloud_precision import PrecisionChoice
 from model_build.config import BuildConfig
 from model_build.curves import TABLE_RATES, CurvePoint
-from model_build.data import Dataset, Split
+from model_build.data.dataset import Dataset, Split
 from model_build.metrics import BuildMetrics, jsonable
 from modelpack.manifest import Manifest
 

@@ -25,7 +25,8 @@ from model_build.artifact import (
 )
 from model_build.cache import StageCache, stage_key
 from model_build.config import BuildConfig
-from model_build.data import Dataset, load_dataset, subset, with_background
+from model_build.data.background import with_background
+from model_build.data.dataset import Dataset, load_dataset, subset
 from model_build.errors import DataError
 from model_build.progress import StageTimer
 from modelpack.tokenizer import TextTokenizer
@@ -59,7 +60,7 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
         dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
         negatives_digest = None
         if config.negatives:
-            from model_build.transfer import file_digest, load_unlabeled
+            from model_build.data.unlabeled import file_digest, load_unlabeled
 
             dataset = with_background(dataset, load_unlabeled(config.negatives), seed=config.seed)
             negatives_digest = file_digest(config.negatives)
@@ -105,7 +106,7 @@ def _transfer_stage(
     extra: dict[str, Any] = {}
     transfer_dir: Path | None = None
     if config.transfer.augment_copies or config.unlabeled or config.feedback:
-        from model_build.transfer import file_digest, load_feedback, texts_digest
+        from model_build.data.unlabeled import file_digest, load_feedback, texts_digest
 
         # Feedback enters the key by its texts only when given: keys of builds without it stay as they were.
         feedback = {} if not config.feedback else {"feedback": texts_digest(load_feedback(config.feedback)[0])}
@@ -144,8 +145,9 @@ def _check_calibration_inputs(data_path: Path, n_train: int, transfer_dir: Path 
 def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, teacher_dir: Path,
                         folder: Path) -> None:
     """The teacher's logits on the transfer set (augmented and unlabelled texts), through LiteRT."""
+    from model_build.data.unlabeled import load_feedback, load_unlabeled
     from model_build.evaluate import model_logits
-    from model_build.transfer import build_transfer_set, load_feedback, load_unlabeled
+    from model_build.transfer import build_transfer_set
     from modelpack.litert import LiteRTModel
 
     unlabeled = load_unlabeled(config.unlabeled) if config.unlabeled else ()

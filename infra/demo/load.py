@@ -25,7 +25,7 @@ SHUFFLE_SEED = 0
 def load_samples(data: Path, *, limit: int | None) -> list[Sample]:
     """The test split (in-scope test + oos_test), shuffled with a fixed seed (the file is grouped by
     intent; a prefix of it would be a few intents only), then cut to `limit`."""
-    from model_build.data import load_dataset
+    from model_build.data.dataset import load_dataset
 
     dataset = load_dataset(data)
     split = dataset.test

@@ -133,7 +133,7 @@ def _stderr(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from model_build.data import DATA_ENV_VAR, DEFAULT_DATA_PATH
+    from model_build.data.dataset import DATA_ENV_VAR, DEFAULT_DATA_PATH
 
     parser = argparse.ArgumentParser(prog=PROG, description="Replay the CLINC150 test split through the local "
                                      "stack's edge and report what the edge-cloud split bought.")

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_build.data import Dataset, Split, default_data_path, load_dataset
+from model_build.data.dataset import Dataset, Split, default_data_path, load_dataset
 from model_build.errors import BuildError, DataError
 
 CLINC = Path(__file__).resolve().parents[2] / "data" / "clinc150" / "data_full.json"

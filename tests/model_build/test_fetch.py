@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from model_build.data.fetch import CLINC150_SHA256, fetch_clinc150
 from model_build.errors import FetchError
-from model_build.fetch import CLINC150_SHA256, fetch_clinc150
 
 PAYLOAD = b'{"train": [["hello", "greet"]]}\n' * 1000
 

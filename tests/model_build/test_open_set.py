@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_build.data import OOS_LABEL, Dataset, Split, with_background
+from model_build.data.background import with_background
+from model_build.data.dataset import OOS_LABEL, Dataset, Split
 from model_build.deferral import choose_deferral
 from model_build.errors import DataError
 from model_build.fit import cap_false_reject

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from model_build.errors import DataError
 from model_build.config import TransferConfig
-from model_build.transfer import build_transfer_set, load_unlabeled
+from model_build.data.unlabeled import load_unlabeled
+from model_build.errors import DataError
+from model_build.transfer import build_transfer_set
 
 TRAIN = ("set a timer for ten minutes", "what is my bank balance", "play some jazz music", "wake me up at six")
 LABELS = (0, 1, 2, 3)
@@ -92,7 +93,7 @@ def test_bad_settings_are_refused(bad: dict) -> None:
 def test_feedback_texts_join_the_transfer_set_deduplicated_and_hash_only_records_are_counted(
         tmp_path: Path) -> None:
     from edge_container.feedback import FeedbackRecord, FeedbackStore
-    from model_build.transfer import load_feedback
+    from model_build.data.unlabeled import load_feedback
 
     def rec(text: str) -> FeedbackRecord:
         return FeedbackRecord(text, "a", 0.4, {}, "b", 0.9, "e", "c", "low_confidence")

@@ -1,0 +1,3 @@
+"""The data room: labelled data sets (CLINC150's layout, CSV, JSON Lines) into index-ordered splits
+(`dataset`), a background class from negatives (`background`), texts without labels (`unlabeled`), and the
+checked download of public data (`fetch`). Imports nothing of the build but its errors."""
