@@ -268,7 +268,7 @@ def _variants(model_dir: Path, cloud_files: Sequence[Path], with_int8: bool, scr
     cloud = json.loads((model_dir / "manifest.json").read_text())["models"]["cloud"]
     variants, files = {cloud["precision"]: model_dir}, list(cloud_files)
     if with_int8:
-        from model_build.dynamic_range import dynamic_range_from_fp32  # model_build, but no TensorFlow
+        from model_build.tflite.dynamic_range import dynamic_range_from_fp32  # model_build, but no TensorFlow
 
         if cloud["precision"] != "fp32":
             raise SystemExit(f"--with-int8: the artifact's cloud model is {cloud['precision']} already; pass the "

@@ -42,7 +42,7 @@ def row(folder: Path) -> dict:
 def side_by_side(folders: list[Path], *, repeats: int) -> dict[int, dict[str, float]]:
     sys.path.insert(0, str(REPO_ROOT))
     from model_build.data.dataset import load_dataset
-    from model_build.evaluate import latency_inputs, median_latency_ms
+    from model_build.tflite.run import latency_inputs, median_latency_ms
     from modelpack.litert import LiteRTModel
     from modelpack.manifest import load_manifest
     from modelpack.tokenizer import TextTokenizer

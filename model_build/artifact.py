@@ -1,5 +1,6 @@
 """The artifact folder: its file names, the manifest entries read from the .tflite files themselves, the
-draft manifest a build starts from, and the provenance it records (version, git commit, machine)."""
+draft manifest a build starts from, the provenance it records (version, git commit, machine), and its
+models ready to run on a data set (`ArtifactRunner`: what the fit, the evaluation and the report measure)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model_build.cache import stage_key
 from model_build.config import BuildConfig
-from model_build.data.dataset import Dataset
-from model_build.metrics import jsonable
+from model_build.data.dataset import Dataset, Split
+from model_build.jsonable import jsonable
+from model_build.tflite.graph import input_details, output_details, size_breakdown
+from model_build.tflite.run import classifier_logits, model_logits
+from modelpack.classifier import Classifier
+from modelpack.litert import LiteRTModel
 from modelpack.manifest import (
     Manifest,
     ModelEntry,
@@ -35,8 +42,6 @@ EDGE_DYNAMIC_FILE = "edge_dynamic.tflite"  # in the student stage only, for benc
 
 def model_entry(folder: Path, file: str, precision: str, n_labels: int) -> ModelEntry:
     """The manifest entry of a .tflite file, read from the file itself (tensors, quantization, digest)."""
-    from model_build.convert import input_details, output_details
-
     tflite = (folder / file).read_bytes()
     inputs = tuple(TensorSpec(t.name, t.dtype.lower(), t.shape_signature) for t in input_details(tflite))
     (out,) = output_details(tflite)
@@ -60,8 +65,6 @@ def with_cloud_model(artifact: Path, tflite: Path, folder: Path) -> Manifest:
     """A copy of `artifact` in `folder` whose cloud model is the file `tflite` (e.g. the teacher at another
     precision), its manifest entry read from that file; the calibration (temperature, oos threshold) stays
     the artifact's. For side-by-side measurements (bench/lambda_handler.py), not for shipping."""
-    from model_build.convert import size_breakdown
-
     manifest = load_manifest(artifact)
     shutil.copytree(artifact, folder)
     shutil.copyfile(tflite, folder / manifest.cloud.file)
@@ -128,3 +131,42 @@ def git_commit() -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+class ArtifactRunner:
+    """The models of one artifact folder, ready to run on a data set: the manifest's two tiers as calibrated
+    classifiers, and the float student (a file beside them no manifest entry describes) when it is there."""
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        self.folder, self.manifest = folder, manifest
+        self.edge = Classifier(manifest, folder, "edge")
+        self.cloud = Classifier(manifest, folder, "cloud")
+        self.tokenizer = self.edge.tokenizer
+        fp32 = folder / EDGE_FP32_FILE
+        self.edge_fp32 = _load_fp32(fp32, manifest.edge) if fp32.exists() else None
+
+    def logits(self, which: str, split: Split) -> np.ndarray:
+        desc = f"{which} {len(split)} texts"
+        if which == "edge_fp32":
+            assert self.edge_fp32 is not None, f"no {which} model in {self.folder}"
+            return model_logits(self.edge_fp32, self.tokenizer, split.texts, desc=desc)
+        return classifier_logits({"edge": self.edge, "cloud": self.cloud}[which], split.texts, desc=desc)
+
+    def timed_models(self) -> dict[str, LiteRTModel]:
+        """The interpreters whose latency metrics.json reports, by their metrics name."""
+        timed = {"edge_int8": self.edge.model}
+        if self.edge_fp32 is not None:
+            timed["edge_fp32"] = self.edge_fp32
+        timed["teacher"] = self.cloud.model
+        return timed
+
+
+def _load_fp32(path: Path, int8_entry: ModelEntry) -> LiteRTModel:
+    entry = dataclasses.replace(
+        int8_entry,
+        file=path.name,
+        precision="fp32",
+        output=dataclasses.replace(int8_entry.output, dtype="float32", scale=None, zero_point=None),
+    )
+    return LiteRTModel(path.read_bytes(), entry)
+

@@ -83,9 +83,9 @@ def measure_stage(config: BuildConfig, dataset: Dataset, teacher_dir: Path, teac
 
 
 def _measure(config: BuildConfig, dataset: Dataset, teacher_dir: Path, folder: Path) -> None:
-    from model_build.dynamic_range import dynamic_range_from_fp32
-    from model_build.evaluate import model_logits
     from model_build.stages import build_tokenizer
+    from model_build.tflite.dynamic_range import dynamic_range_from_fp32
+    from model_build.tflite.run import model_logits
     from modelpack.litert import LiteRTModel
 
     (folder / CLOUD_DYNAMIC_FILE).write_bytes(dynamic_range_from_fp32((teacher_dir / CLOUD_FILE).read_bytes()))

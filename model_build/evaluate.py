@@ -1,4 +1,4 @@
-"""Everything measured through the real LiteRT interpreter: logits, accuracy, ECE, latency, routing.
+"""The test split measured through the real LiteRT interpreter: accuracy, ECE, latency, routing.
 
 `evaluate_artifact` recomputes the test-split metrics of an artifact folder from its files alone (manifest,
 tokenizer, .tflite files and the data), so a report can always be checked against the artifact it describes.
@@ -7,79 +7,27 @@ tokenizer, .tflite files and the data), so a report can always be checked agains
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from model_build import calibration
-from model_build.artifact import EDGE_FP32_FILE
+from model_build.artifact import EDGE_FP32_FILE, ArtifactRunner
 from model_build.curves import SplitCurves, escalation_curve
-from model_build.data.dataset import Dataset, Split, default_data_path, load_dataset, subset
+from model_build.data.dataset import Dataset, default_data_path, load_dataset, subset
 from model_build.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
 from model_build.routing import RoutedMetrics, apply_deferral
-from modelpack.classifier import Classifier, calibrated
-from modelpack.litert import LiteRTModel
+from model_build.tflite.graph import size_metrics
+from model_build.tflite.run import latency_inputs, median_latency_ms
+from modelpack.classifier import calibrated
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
 from modelpack.routing import cloud_answer
 from modelpack.scores import SCORES, manifest_band_score, softmax
-from modelpack.tokenizer import TextTokenizer
 
 LATENCY_BATCHES = (1, 32)
-
-
-def _batched(infer: Callable[[list[str]], np.ndarray], tokenizer: TextTokenizer, texts: Sequence[str], *,
-             batch_size: int, desc: str) -> np.ndarray:
-    """Logits for all texts, batched the way serving batches: sorted by length, padded to a bucket."""
-    lengths = np.asarray(tokenizer.lengths(texts))
-    order = np.argsort(lengths, kind="stable")
-    out: np.ndarray | None = None
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=desc or "infer", unit="batch", leave=False, disable=not desc):
-        rows = order[start : start + batch_size]
-        logits = infer([texts[i] for i in rows])
-        if out is None:
-            out = np.empty((len(texts), logits.shape[1]), dtype=np.float32)
-        out[rows] = logits
-    assert out is not None, "no texts"
-    return out
-
-
-def model_logits(
-    model: LiteRTModel, tokenizer: TextTokenizer, texts: Sequence[str], *, batch_size: int = 64, desc: str = ""
-) -> np.ndarray:
-    """A bare LiteRT model's logits (a file no manifest describes yet), batched as serving batches."""
-    return _batched(lambda batch: model.logits(tokenizer.encode(batch)), tokenizer, texts,
-                    batch_size=batch_size, desc=desc)
-
-
-def classifier_logits(classifier: Classifier, texts: Sequence[str], *, batch_size: int = 64,
-                      desc: str = "") -> np.ndarray:
-    """An artifact model's raw logits (before its temperature), batched as serving batches."""
-    return _batched(classifier.logits, classifier.tokenizer, texts, batch_size=batch_size, desc=desc)
-
-
-def median_latency_ms(models: dict[str, LiteRTModel], ids: np.ndarray, *, repeats: int) -> dict[str, float]:
-    """Median wall time of one invoke per model, interleaved so machine noise hits all models alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for model in models.values():  # warm-up: first invoke plans the graph
-        model.logits(ids)
-    for _ in range(repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.logits(ids)
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def latency_inputs(tokenizer: TextTokenizer, texts: Sequence[str], batch: int) -> np.ndarray:
-    """A real batch of `batch` texts at the bucket of the longest: what serving would invoke."""
-    return tokenizer.encode(list(texts[:batch]))
 
 
 def classification_metrics(
@@ -97,16 +45,6 @@ def classification_metrics(
                         oos_recall=recall, oos_auroc=auroc, ece=calibration.ece(probs, labels, n_bins=15))
 
 
-def size_metrics(int8_file: Path, fp32_file: Path) -> dict[str, float]:
-    """The int8 gate's figure, the quantized weights against the float ones, and the fixed bytes beside it."""
-    from model_build.convert import size_breakdown, weight_size_ratio
-
-    int8, fp32 = size_breakdown(int8_file.read_bytes()), size_breakdown(fp32_file.read_bytes())
-    return {"weight_size_ratio_vs_fp32": weight_size_ratio(int8, fp32),
-            "weight_bytes": int8.quantized_weight_bytes + int8.float_weight_bytes,
-            "fixed_bytes": int8.other_constant_bytes + int8.overhead_bytes}
-
-
 def oos_auroc(confidence: np.ndarray, is_oos: np.ndarray) -> float:
     """How well a confidence separates in-scope from out-of-scope texts: the probability that a random
     in-scope text scores above a random oos one (ties count half); 0.5 is chance, 1.0 perfect."""
@@ -119,44 +57,6 @@ def oos_auroc(confidence: np.ndarray, is_oos: np.ndarray) -> float:
     ranks = (sums / counts)[inverse]
     n_in, n_oos = int((~is_oos).sum()), int(is_oos.sum())
     return float((ranks[~is_oos].sum() - n_in * (n_in + 1) / 2) / (n_in * n_oos))
-
-
-class ArtifactRunner:
-    """The models of one artifact folder, ready to run on a data set: the manifest's two tiers as calibrated
-    classifiers, and the float student (a file beside them no manifest entry describes) when it is there."""
-
-    def __init__(self, folder: Path, manifest: Manifest):
-        self.folder, self.manifest = folder, manifest
-        self.edge = Classifier(manifest, folder, "edge")
-        self.cloud = Classifier(manifest, folder, "cloud")
-        self.tokenizer = self.edge.tokenizer
-        fp32 = folder / EDGE_FP32_FILE
-        self.edge_fp32 = _load_fp32(fp32, manifest.edge) if fp32.exists() else None
-
-    def logits(self, which: str, split: Split) -> np.ndarray:
-        desc = f"{which} {len(split)} texts"
-        if which == "edge_fp32":
-            assert self.edge_fp32 is not None, f"no {which} model in {self.folder}"
-            return model_logits(self.edge_fp32, self.tokenizer, split.texts, desc=desc)
-        return classifier_logits({"edge": self.edge, "cloud": self.cloud}[which], split.texts, desc=desc)
-
-    def timed_models(self) -> dict[str, LiteRTModel]:
-        """The interpreters whose latency metrics.json reports, by their metrics name."""
-        timed = {"edge_int8": self.edge.model}
-        if self.edge_fp32 is not None:
-            timed["edge_fp32"] = self.edge_fp32
-        timed["teacher"] = self.cloud.model
-        return timed
-
-
-def _load_fp32(path: Path, int8_entry: ModelEntry) -> LiteRTModel:
-    entry = dataclasses.replace(
-        int8_entry,
-        file=path.name,
-        precision="fp32",
-        output=dataclasses.replace(int8_entry.output, dtype="float32", scale=None, zero_point=None),
-    )
-    return LiteRTModel(path.read_bytes(), entry)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,14 +12,20 @@ from typing import Any
 import numpy as np
 
 from model_build import calibration
+from model_build.artifact import ArtifactRunner
 from model_build.config import BuildConfig
 from model_build.curves import cut_thresholds
 from model_build.data.dataset import Dataset
 from model_build.deferral import DeferralChoice, choose_deferral
-from model_build.evaluate import ArtifactRunner
 from model_build.routing import apply_deferral
 from model_build.shift_table import shift_table
-from model_build.thresholds import OosChoice, RoutingChoice, ScoreComparison, choose_oos_threshold, compare_scores
+from model_build.thresholds import (
+    OosChoice,
+    RoutingChoice,
+    ScoreComparison,
+    choose_oos_threshold,
+    compare_scores,
+)
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
 from modelpack.routing import CloudRule, cloud_answer, decide
 from modelpack.scores import SCORES, band_score, neg_energy, softmax

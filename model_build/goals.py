@@ -59,7 +59,7 @@ def gate_result(config: BuildConfig, metrics: TestMetrics) -> GateResult:
 
 def size_gate(config: BuildConfig, student_dir: Path) -> list[str]:
     """The int8 size gate, checked as soon as the student is converted (seconds, not after evaluation)."""
-    from model_build.evaluate import size_metrics
+    from model_build.tflite.graph import size_metrics
 
     ratio = size_metrics(student_dir / EDGE_FILE, student_dir / EDGE_FP32_FILE)["weight_size_ratio_vs_fp32"]
     return _size_failures(ratio, config.gates)

@@ -2,7 +2,7 @@
 
 :class:`TestMetrics` is the test-split part an artifact's files alone reproduce (``evaluate``);
 :class:`BuildMetrics` adds what only the build knows (validation choices, goals, gates, curves, timings).
-Each ``to_dict`` gives exactly metrics.json's keys and nesting; :func:`jsonable` makes it JSON (NaN and
+Each ``to_dict`` gives exactly metrics.json's keys and nesting; `model_build.jsonable` makes it JSON (NaN and
 infinities become null).
 """
 
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from model_build.curves import CurvePoint, SplitCurves, curve_at_rates
+from model_build.jsonable import jsonable
 from model_build.thresholds import RoutingChoice
 
 if TYPE_CHECKING:
@@ -229,21 +228,3 @@ class BuildMetrics:
 
 def _points(points: tuple[CurvePoint, ...]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(p) for p in points]
-
-
-def jsonable(value: Any) -> Any:
-    """Dataclasses, numpy scalars, tuples → JSON types, recursively; NaN and infinities → None."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if np.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

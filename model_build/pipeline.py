@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 # EDGE_DYNAMIC_FILE and model_entry are imported from here by bench/ and tests/fixtures.
+from model_build.artifact import ArtifactRunner
 from model_build.artifact import (  # noqa: F401
     CLOUD_FILE,
     EDGE_DYNAMIC_FILE,
@@ -36,7 +37,6 @@ from model_build.curves import SplitCurves
 from model_build.data.dataset import Dataset, default_data_path
 from model_build.errors import BuildError, GateError
 from model_build.evaluate import (
-    ArtifactRunner,
     EdgeReliability,
     edge_reliability,
     routing_curves,

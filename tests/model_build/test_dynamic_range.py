@@ -17,9 +17,15 @@ import pytest
 keras = pytest.importorskip("keras")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from model_build.convert import _model, graph_ops, input_details, output_details, size_breakdown  # noqa: E402
-from model_build.dynamic_range import dynamic_range_from_fp32  # noqa: E402
 from model_build.errors import ConversionError  # noqa: E402
+from model_build.tflite.dynamic_range import dynamic_range_from_fp32  # noqa: E402
+from model_build.tflite.graph import (  # noqa: E402
+    graph_ops,
+    input_details,
+    output_details,
+    size_breakdown,
+    unpack as _model,
+)
 
 pytestmark = pytest.mark.slow
 VOCAB, SEQ, LABELS = 3000, 16, 5
@@ -48,7 +54,7 @@ def _tiny_teacher() -> Any:
 
 @pytest.fixture(scope="module")
 def converted() -> dict[str, bytes]:
-    from model_build.convert import to_tflite_dynamic_range, to_tflite_fp32
+    from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32
 
     model = _tiny_teacher()
     return {"fp32": to_tflite_fp32(model), "converter": to_tflite_dynamic_range(model)}
@@ -106,7 +112,7 @@ def test_a_shared_table_and_a_shared_weight_are_quantized_once_for_every_reader(
     """One embedding table read by two GATHERs and one Dense applied twice: both readers of each get the
     same int8 tensor and the logits are the converter's (which dequantizes a shared table once up front,
     where each lookup here dequantizes its own rows: the same numbers)."""
-    from model_build.convert import to_tflite_dynamic_range, to_tflite_fp32
+    from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32
 
     keras.utils.set_random_seed(4)
     ids = keras.Input(shape=(SEQ,), dtype="int32")

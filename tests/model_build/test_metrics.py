@@ -6,6 +6,7 @@ from pathlib import Path
 
 from model_build.curves import CurvePoint
 from model_build.fit import ValidationReport
+from model_build.jsonable import jsonable
 from model_build.metrics import (
     BuildMetrics,
     GateResult,
@@ -14,7 +15,6 @@ from model_build.metrics import (
     Int8Graph,
     ModelMetrics,
     SampledCurves,
-    jsonable,
 )
 from model_build.thresholds import RoutingChoice
 from tests.model_build.hand_made import split_metrics, summary

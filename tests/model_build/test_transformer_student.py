@@ -14,10 +14,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from model_build.convert import float_ops, graph_ops, to_tflite_fp32, to_tflite_int8  # noqa: E402
+from model_build.config import TransformerStudentConfig  # noqa: E402
 from model_build.encoder import EncoderConfig  # noqa: E402
 from model_build.student import BERT_VOCAB_SIZE, build_vocab_map  # noqa: E402
-from model_build.config import TransformerStudentConfig  # noqa: E402
+from model_build.tflite.convert import to_tflite_fp32, to_tflite_int8  # noqa: E402
+from model_build.tflite.graph import float_ops, graph_ops  # noqa: E402
 from model_build.transformer_student import (  # noqa: E402
     build_transformer_student,
     equalize,
@@ -71,7 +72,7 @@ def _random_student(seed: int = 0) -> keras.Model:
 
 def _run(tflite: bytes, ids: np.ndarray) -> np.ndarray:
     """Logits through the edge runtime's own loader (modelpack.litert), as the edge would read them."""
-    from model_build.convert import output_details
+    from model_build.tflite.graph import output_details
 
     (out,) = output_details(tflite)
     quantized = out.dtype.lower() == "int8"
@@ -135,7 +136,7 @@ def test_logits_do_not_depend_on_the_padding_bucket(tiny):
 
 
 def _output_step(tflite: bytes) -> float:
-    from model_build.convert import output_quantization
+    from model_build.tflite.graph import output_quantization
 
     return output_quantization(tflite)[0]
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import flatbuffers
 import numpy as np
 
-from model_build.convert import _enum_names, _model, _schema
+from model_build.tflite.graph import enum_names, litert_schema, unpack
 from model_build.errors import ConversionError
 
 MIN_ELEMENTS = 1024  # the converter's default floor: smaller weights stay float
@@ -34,10 +35,8 @@ _FILE_IDENTIFIER = b"TFL3"
 def dynamic_range_from_fp32(tflite: bytes) -> bytes:
     """The dynamic-range version of an fp32 model's bytes; raises ConversionError when nothing in it can
     be quantized (then it is no float model of the kind this handles)."""
-    import flatbuffers
-
-    schema = _schema()
-    model = _model(tflite)
+    schema = litert_schema()
+    model = unpack(tflite)
     if any(b.offset for b in model.buffers or []):
         raise ConversionError("buffers stored outside the flatbuffer (models > 2 GB) are not supported")
     rewriter = _Rewriter(model, schema)
@@ -56,7 +55,7 @@ class _Rewriter:
 
     def __init__(self, model: Any, schema: Any):
         self.model, self.schema = model, schema
-        self.op_names = _enum_names(schema.BuiltinOperator)
+        self.op_names = enum_names(schema.BuiltinOperator)
         self.float32 = schema.TensorType.FLOAT32
         self.quantized = 0
 
