@@ -33,13 +33,13 @@ def main() -> int:
     import numpy as np
 
     from model_build import calibration
-    from model_build.artifact import EDGE_FP32_FILE
+    from model_build.artifact import EDGE_DYNAMIC_FILE, EDGE_FILE, EDGE_FP32_FILE
     from model_build.cache import StageCache
     from model_build.config import preset
     from model_build.data.dataset import default_data_path
-    from model_build.pipeline import EDGE_DYNAMIC_FILE, EDGE_FILE, train_stages
     from model_build.progress import StageTimer
-    from model_build.teacher import minilm_dir
+    from model_build.stages import train_stages
+    from model_build.teacher.minilm import minilm_dir
     from model_build.tflite.graph import float_ops, output_quantization
     from model_build.tflite.run import latency_inputs, median_latency_ms, model_logits
     from modelpack.litert import LiteRTModel

@@ -44,10 +44,11 @@ def main() -> int:
 
     import numpy as np
 
+    from model_build.artifact import TOKENIZER_FILE, machine
     from model_build.config import preset
     from model_build.data.dataset import load_dataset
-    from model_build.pipeline import TOKENIZER_FILE, machine
-    from model_build.teacher import Teacher, minilm_dir
+    from model_build.teacher.finetune import Teacher
+    from model_build.teacher.minilm import minilm_dir
     from modelpack.tokenizer import TextTokenizer
 
     config = preset("full")

@@ -37,7 +37,7 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
         load_word_embeddings,
         pack_targets,
     )
-    from model_build.teacher import minilm_dir
+    from model_build.teacher.minilm import minilm_dir
 
     keras.utils.set_random_seed(config.seed)
     cfg, d = config.student, config.distill
@@ -114,9 +114,8 @@ def _distill_transformer(config: BuildConfig, dataset: Dataset, train_ids: np.nd
     the square)."""
     import keras
 
-    from model_build.encoder import EncoderConfig, load_weights
     from model_build.student import build_vocab_map, distillation_loss, pack_targets
-    from model_build.teacher import minilm_dir
+    from model_build.teacher.minilm import EncoderConfig, load_weights, minilm_dir
     from model_build.transformer_student import build_transformer_student, init_from_pretrained
 
     cfg, d = config.student, config.distill

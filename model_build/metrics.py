@@ -20,7 +20,7 @@ from model_build.jsonable import jsonable
 from model_build.thresholds import RoutingChoice
 
 if TYPE_CHECKING:
-    from model_build.cloud_precision import PrecisionChoice
+    from model_build.teacher.cloud_precision import PrecisionChoice
     from model_build.fit import ValidationReport
 
 METRICS_FILE = "metrics.json"

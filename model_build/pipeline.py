@@ -17,21 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-# EDGE_DYNAMIC_FILE and model_entry are imported from here by bench/ and tests/fixtures.
-from model_build.artifact import ArtifactRunner
-from model_build.artifact import (  # noqa: F401
+from model_build.artifact import (
     CLOUD_FILE,
-    EDGE_DYNAMIC_FILE,
     EDGE_FILE,
     EDGE_FP32_FILE,
     TOKENIZER_FILE,
+    ArtifactRunner,
     default_version,
     draft_manifest,
     machine,
-    model_entry,
 )
 from model_build.cache import StageCache
-from model_build.cloud_precision import PrecisionChoice, choose, measure_stage
 from model_build.config import BuildConfig
 from model_build.curves import SplitCurves
 from model_build.data.dataset import Dataset, default_data_path
@@ -48,6 +44,8 @@ from model_build.goals import gate_result, goals, size_gate, warn
 from model_build.metrics import BuildMetrics, GateResult, Goal, Int8Graph, SampledCurves, TestMetrics
 from model_build.progress import StageTimer
 from model_build.stages import Stages, train_stages
+from model_build.teacher.cloud_precision import PrecisionChoice, choose, measure_stage
+from model_build.teacher.minilm import minilm_dir
 from modelpack.manifest import Manifest, write_manifest
 
 
@@ -128,8 +126,6 @@ def _calibrate(config: BuildConfig, stages: Stages, cloud: PrecisionChoice, data
                model_version: str | None) -> tuple[Fitted, Manifest]:
     """Copy the trained models (the cloud one of the chosen precision) and the tokenizer into `folder`,
     fit temperatures and thresholds on validation data, and write the manifest that carries them."""
-    from model_build.teacher import minilm_dir
-
     shutil.copyfile(cloud.source, folder / CLOUD_FILE)
     for src in (stages.student_dir / EDGE_FILE, stages.student_dir / EDGE_FP32_FILE, minilm_dir() / TOKENIZER_FILE):
         shutil.copyfile(src, folder / src.name)

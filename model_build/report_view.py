@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from model_build.cloud_precision import PrecisionChoice
 from model_build.config import BuildConfig
 from model_build.curves import TABLE_RATES, CurvePoint
 from model_build.data.dataset import Dataset, Split
 from model_build.jsonable import jsonable
 from model_build.metrics import BuildMetrics
+from model_build.teacher.cloud_precision import PrecisionChoice
 from modelpack.manifest import Manifest
 
 

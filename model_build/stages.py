@@ -15,20 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from model_build.artifact import (
-    CLOUD_FILE,
-    EDGE_DYNAMIC_FILE,
-    EDGE_FILE,
-    EDGE_FP32_FILE,
-    TOKENIZER_FILE,
-    model_entry,
-)
+from model_build.artifact import CLOUD_FILE, EDGE_DYNAMIC_FILE, EDGE_FILE, EDGE_FP32_FILE, model_entry
 from model_build.cache import StageCache, stage_key
 from model_build.config import BuildConfig
 from model_build.data.background import with_background
 from model_build.data.dataset import Dataset, load_dataset, subset
+from model_build.data.unlabeled import file_digest, load_feedback, load_unlabeled, texts_digest
 from model_build.errors import DataError
 from model_build.progress import StageTimer
+from model_build.teacher.minilm import EncoderConfig, build_tokenizer, minilm_dir
+from model_build.tflite.convert import (
+    MIN_REPRESENTATIVE,
+    to_tflite_dynamic_range,
+    to_tflite_fp32,
+    to_tflite_int8,
+)
+from model_build.tflite.graph import float_ops, graph_ops
+from model_build.tflite.run import model_logits
+from model_build.transfer import build_transfer_set
+from modelpack.litert import LiteRTModel
 from modelpack.tokenizer import TextTokenizer
 
 # Bump when a stage's logic changes in a way that changes its output: invalidates its cache entries.
@@ -46,22 +51,12 @@ class Stages:
     student_key: str
 
 
-def build_tokenizer(config: BuildConfig) -> TextTokenizer:
-    """The tokenizer every stage encodes with (the teacher's, bundled with MiniLM)."""
-    from model_build.teacher import minilm_dir
-
-    return TextTokenizer(minilm_dir() / TOKENIZER_FILE, max_seq_len=config.max_seq_len,
-                         length_buckets=config.length_buckets)
-
-
 def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer: StageTimer) -> Stages:
     """Data, teacher and student: the expensive, cached part of a build (also used by bench/)."""
     with timer.stage("data"):
         dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
         negatives_digest = None
         if config.negatives:
-            from model_build.data.unlabeled import file_digest, load_unlabeled
-
             dataset = with_background(dataset, load_unlabeled(config.negatives), seed=config.seed)
             negatives_digest = file_digest(config.negatives)
         tokenizer = build_tokenizer(config)
@@ -106,8 +101,6 @@ def _transfer_stage(
     extra: dict[str, Any] = {}
     transfer_dir: Path | None = None
     if config.transfer.augment_copies or config.unlabeled or config.feedback:
-        from model_build.data.unlabeled import file_digest, load_feedback, texts_digest
-
         # Feedback enters the key by its texts only when given: keys of builds without it stay as they were.
         feedback = {} if not config.feedback else {"feedback": texts_digest(load_feedback(config.feedback)[0])}
         if config.feedback and config.feedback_copies:
@@ -132,8 +125,6 @@ def _transfer_stage(
 
 def _check_calibration_inputs(data_path: Path, n_train: int, transfer_dir: Path | None) -> None:
     """Enough real inputs for int8 calibration, checked before training the student, not after."""
-    from model_build.tflite.convert import MIN_REPRESENTATIVE
-
     transferred = sum(json.loads((transfer_dir / "transfer.json").read_text())["counts"].values()) \
         if transfer_dir else 0
     if n_train + transferred < MIN_REPRESENTATIVE:
@@ -145,11 +136,6 @@ def _check_calibration_inputs(data_path: Path, n_train: int, transfer_dir: Path 
 def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, teacher_dir: Path,
                         folder: Path) -> None:
     """The teacher's logits on the transfer set (augmented and unlabelled texts), through LiteRT."""
-    from model_build.data.unlabeled import load_feedback, load_unlabeled
-    from model_build.tflite.run import model_logits
-    from model_build.transfer import build_transfer_set
-    from modelpack.litert import LiteRTModel
-
     unlabeled = load_unlabeled(config.unlabeled) if config.unlabeled else ()
     feedback, textless = load_feedback(config.feedback) if config.feedback else ((), 0)
     in_test = len(set(feedback) & set(dataset.test.texts))
@@ -177,8 +163,7 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
 
 
 def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):
-    from model_build.teacher import Teacher
-    from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32
+    from model_build.teacher.finetune import Teacher  # Keras: imported when the teacher trains, not on a cache hit
 
     teacher = Teacher(config.teacher, dataset.num_labels, seed=config.seed)
     teacher.train(train_ids, np.asarray(dataset.train.labels))
@@ -192,9 +177,7 @@ def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokeniz
 
 def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path,
                    transfer_dir: Path | None = None):
-    from model_build.distill import TransferData, distill_student
-    from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32, to_tflite_int8
-    from model_build.tflite.graph import float_ops, graph_ops
+    from model_build.distill import TransferData, distill_student  # Keras: only when the student trains
 
     transfer = None
     if transfer_dir is not None:
@@ -228,10 +211,7 @@ def _transformer_int8(config: BuildConfig, model, representative: np.ndarray, fo
     model_build.transformer_student.equalize), calibrated on the same texts padded as serving pads them (each
     cut to its own length bucket: attention's int8 ranges depend on how much of a row is padding). The
     trained float model is kept beside it (student.keras) so conversion can be redone without training."""
-    from model_build.distill import bucket_rows
-    from model_build.encoder import EncoderConfig
-    from model_build.teacher import minilm_dir
-    from model_build.tflite.convert import to_tflite_int8
+    from model_build.distill import bucket_rows  # Keras, as the caller's: only when the student trains
     from model_build.transformer_student import equalize
 
     model.save(folder / "student.keras")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from model_build.cloud_precision import CLOUD_DYNAMIC_FILE, MEASURES_FILE, choose
-from model_build.config import Gates, preset
+from model_build.config import Gates, TeacherConfig, preset
 from model_build.errors import BuildError
-from model_build.config import TeacherConfig
+from model_build.teacher.cloud_precision import CLOUD_DYNAMIC_FILE, MEASURES_FILE, choose
 
 
 def _measured(folder: Path, fp32_val: float, int8_val: float) -> Path:

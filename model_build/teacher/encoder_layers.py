@@ -1,4 +1,4 @@
-"""The Keras layers of the BERT encoder port (model_build.encoder): embeddings, post-LN transformer blocks,
+"""The Keras layers of the BERT encoder port (`teacher.encoder`): embeddings, post-LN transformer blocks,
 the padding mask and mean pooling.
 
 The math is BERT's: post-LN blocks, exact (erf) GELU, scaled dot-product attention with an additive mask,
@@ -11,14 +11,13 @@ import it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-if TYPE_CHECKING:
-    from model_build.encoder import EncoderConfig
+from model_build.teacher.minilm import EncoderConfig
 
 PAD_ID = 0
 # Added to attention scores of padded keys. exp(-1e4) underflows to exactly 0 in fp32, and unlike the

@@ -1,7 +1,7 @@
 """The cloud model's precision: the fp32 teacher or its dynamic-range int8 copy, from one trained teacher.
 
 The teacher stage exports fp32 (`cloud.tflite`). The `cloud_precision` stage, cached and keyed on the teacher
-stage, derives the dynamic-range model from that file (:mod:`model_build.dynamic_range`: the converter's
+stage, derives the dynamic-range model from that file (`tflite.dynamic_range`: the converter's
 bytes without the Keras model, so no teacher is re-trained for it) and measures both through LiteRT on the
 validation and test splits. The choice comes after, from those cached figures: int8 ships when its
 validation accuracy is within `Gates.max_cloud_int8_accuracy_drop` of fp32's (or as `--cloud-precision`
@@ -28,6 +28,10 @@ from model_build.config import BuildConfig
 from model_build.data.dataset import Dataset
 from model_build.errors import BuildError
 from model_build.progress import StageTimer
+from model_build.teacher.minilm import build_tokenizer
+from model_build.tflite.dynamic_range import dynamic_range_from_fp32
+from model_build.tflite.run import model_logits
+from modelpack.litert import LiteRTModel
 
 CODE_VERSION = 1  # bump when the measurement or the derived file changes
 CLOUD_DYNAMIC_FILE = "cloud_dynamic.tflite"
@@ -83,11 +87,6 @@ def measure_stage(config: BuildConfig, dataset: Dataset, teacher_dir: Path, teac
 
 
 def _measure(config: BuildConfig, dataset: Dataset, teacher_dir: Path, folder: Path) -> None:
-    from model_build.stages import build_tokenizer
-    from model_build.tflite.dynamic_range import dynamic_range_from_fp32
-    from model_build.tflite.run import model_logits
-    from modelpack.litert import LiteRTModel
-
     (folder / CLOUD_DYNAMIC_FILE).write_bytes(dynamic_range_from_fp32((teacher_dir / CLOUD_FILE).read_bytes()))
     tokenizer = build_tokenizer(config)
     files = {"fp32": teacher_dir / CLOUD_FILE, "dynamic_range": folder / CLOUD_DYNAMIC_FILE}
