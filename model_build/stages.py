@@ -23,6 +23,7 @@ from model_build.data.dataset import Dataset, load_dataset, subset
 from model_build.data.unlabeled import file_digest, load_feedback, load_unlabeled, texts_digest
 from model_build.errors import DataError
 from model_build.progress import StageTimer
+from model_build.student.transfer import build_transfer_set
 from model_build.teacher.minilm import EncoderConfig, build_tokenizer, minilm_dir
 from model_build.tflite.convert import (
     MIN_REPRESENTATIVE,
@@ -32,7 +33,6 @@ from model_build.tflite.convert import (
 )
 from model_build.tflite.graph import float_ops, graph_ops
 from model_build.tflite.run import model_logits
-from model_build.transfer import build_transfer_set
 from modelpack.litert import LiteRTModel
 from modelpack.tokenizer import TextTokenizer
 
@@ -163,7 +163,9 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
 
 
 def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokenizer, train_ids, folder: Path):
-    from model_build.teacher.finetune import Teacher  # Keras: imported when the teacher trains, not on a cache hit
+    # Keras and TensorFlow are imported here, when the teacher trains: a build whose stages are cached never
+    # imports them (nor does `python -m model_build --help`).
+    from model_build.teacher.finetune import Teacher
 
     teacher = Teacher(config.teacher, dataset.num_labels, seed=config.seed)
     teacher.train(train_ids, np.asarray(dataset.train.labels))
@@ -177,7 +179,8 @@ def _train_teacher(config: BuildConfig, dataset: Dataset, tokenizer: TextTokeniz
 
 def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_logits, folder: Path,
                    transfer_dir: Path | None = None):
-    from model_build.distill import TransferData, distill_student  # Keras: only when the student trains
+    # Keras and TensorFlow: imported when the student trains, as for the teacher.
+    from model_build.student.distill import TransferData, distill_student
 
     transfer = None
     if transfer_dir is not None:
@@ -208,11 +211,12 @@ def _train_student(config: BuildConfig, dataset: Dataset, train_ids, teacher_log
 
 def _transformer_int8(config: BuildConfig, model, representative: np.ndarray, folder: Path) -> bytes:
     """The transformer student's int8 file: its channel-equalised twin (the same function in float,
-    model_build.transformer_student.equalize), calibrated on the same texts padded as serving pads them (each
+    student.transformer.equalize), calibrated on the same texts padded as serving pads them (each
     cut to its own length bucket: attention's int8 ranges depend on how much of a row is padding). The
     trained float model is kept beside it (student.keras) so conversion can be redone without training."""
-    from model_build.distill import bucket_rows  # Keras, as the caller's: only when the student trains
-    from model_build.transformer_student import equalize
+    # Keras and TensorFlow: imported when the student trains, as for the teacher.
+    from model_build.student.distill import bucket_rows
+    from model_build.student.transformer import equalize
 
     model.save(folder / "student.keras")
     equalized = equalize(model, config.student, EncoderConfig.from_dir(minilm_dir()), representative)

@@ -15,7 +15,8 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from model_build.config import StudentConfig  # noqa: E402
 from model_build.errors import ConversionError  # noqa: E402
-from model_build.student import build_student, build_vocab_map  # noqa: E402
+from model_build.student.cnn import build_student  # noqa: E402
+from model_build.student.layers import build_vocab_map  # noqa: E402
 from model_build.tflite.convert import to_tflite_dynamic_range, to_tflite_fp32, to_tflite_int8  # noqa: E402
 from model_build.tflite.graph import float_ops, graph_ops, input_details, output_quantization  # noqa: E402
 

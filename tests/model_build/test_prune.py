@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from model_build.prune import keep_count, prune_student
-from model_build.student import build_student, build_vocab_map
 from model_build.config import StudentConfig
+from model_build.student.cnn import build_student
+from model_build.student.layers import build_vocab_map
+from model_build.student.prune import keep_count, prune_student
 
 CONFIG = StudentConfig(embed_dim=8, kernel_sizes=(1, 2), filters=10, hidden=(12,), dropout=0.0, embed_dropout=0.0)
 

@@ -6,18 +6,17 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from model_build.student import (  # noqa: E402
+from model_build.config import StudentConfig  # noqa: E402
+from model_build.student.cnn import build_student  # noqa: E402
+from model_build.student.layers import (  # noqa: E402
     BERT_VOCAB_SIZE,
     PAD_ROW,
     UNK_ROW,
-    StudentConfig,
-    build_student,
     build_vocab_map,
-    distillation_loss,
     embedding_init,
     load_word_embeddings,
-    pack_targets,
 )
+from model_build.student.loss import distillation_loss, pack_targets  # noqa: E402
 
 TOKENS = [[101, 2054, 2003, 1996, 4633, 102], [101, 2054, 2051, 102], [101, 4633, 4633, 102]]
 

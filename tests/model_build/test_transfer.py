@@ -7,7 +7,7 @@ import pytest
 from model_build.config import TransferConfig
 from model_build.data.unlabeled import load_unlabeled
 from model_build.errors import DataError
-from model_build.transfer import build_transfer_set
+from model_build.student.transfer import build_transfer_set
 
 TRAIN = ("set a timer for ten minutes", "what is my bank balance", "play some jazz music", "wake me up at six")
 LABELS = (0, 1, 2, 3)

@@ -15,15 +15,15 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from model_build.config import TransformerStudentConfig  # noqa: E402
-from model_build.student import BERT_VOCAB_SIZE, build_vocab_map  # noqa: E402
-from model_build.teacher.minilm import EncoderConfig  # noqa: E402
-from model_build.tflite.convert import to_tflite_fp32, to_tflite_int8  # noqa: E402
-from model_build.tflite.graph import float_ops, graph_ops  # noqa: E402
-from model_build.transformer_student import (  # noqa: E402
+from model_build.student.layers import BERT_VOCAB_SIZE, build_vocab_map  # noqa: E402
+from model_build.student.transformer import (  # noqa: E402
     build_transformer_student,
     equalize,
     init_from_pretrained,
 )
+from model_build.teacher.minilm import EncoderConfig  # noqa: E402
+from model_build.tflite.convert import to_tflite_fp32, to_tflite_int8  # noqa: E402
+from model_build.tflite.graph import float_ops, graph_ops  # noqa: E402
 from modelpack.litert import LiteRTModel  # noqa: E402
 from modelpack.manifest import ModelEntry, OutputSpec  # noqa: E402
 

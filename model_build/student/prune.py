@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from model_build.config import StudentConfig
+from model_build.student.cnn import build_student
 
 
 def keep_count(n: int, fraction: float) -> int:
@@ -26,8 +27,6 @@ def keep_count(n: int, fraction: float) -> int:
 def prune_student(model, config: StudentConfig, fraction: float, *, vocab_map: np.ndarray, num_labels: int):
     """A new, narrower student holding the kept channels' weights of `model` (a trained CNN student with one
     convolution per branch). Returns (pruned model, its StudentConfig)."""
-    from model_build.student import build_student
-
     if config.architecture != "cnn" or config.conv_layers != 1:
         raise ValueError("structured pruning is implemented for the CNN student with one convolution per branch")
     filters = keep_count(config.filters, fraction)

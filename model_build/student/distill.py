@@ -1,16 +1,26 @@
-"""Distil the teacher into the edge student (KL on temperature-softened logits + cross-entropy)."""
+"""Distil the teacher into the edge student (KL on temperature-softened logits + cross-entropy).
+
+Importing this module imports Keras and TensorFlow: the student stage imports it when it trains.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 from model_build.config import BuildConfig
 from model_build.data.dataset import Dataset
 from model_build.progress import keras_progress
+from model_build.student.cnn import build_student
+from model_build.student.layers import build_vocab_map, embedding_init, load_word_embeddings
+from model_build.student.loss import distillation_loss, pack_targets
+from model_build.student.prune import prune_student
+from model_build.student.transformer import build_transformer_student, init_from_pretrained
+from model_build.teacher.minilm import EncoderConfig, load_weights, minilm_dir
 
 
 @dataclass(frozen=True)
@@ -27,18 +37,6 @@ def distill_student(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray
                     transfer: TransferData | None = None):
     """A trained float Keras student. `train_ids` are padded BERT ids, `teacher_logits` the teacher's on them.
     The vocabulary is pruned to the labelled training texts' tokens: transfer texts cannot grow the model."""
-    import keras
-
-    from model_build.student import (
-        build_student,
-        build_vocab_map,
-        distillation_loss,
-        embedding_init,
-        load_word_embeddings,
-        pack_targets,
-    )
-    from model_build.teacher.minilm import minilm_dir
-
     keras.utils.set_random_seed(config.seed)
     cfg, d = config.student, config.distill
     if cfg.architecture == "transformer":
@@ -92,11 +90,6 @@ def _prune_and_fine_tune(model, config: BuildConfig, vocab_map, num_labels: int,
                          targets: np.ndarray, weights: np.ndarray):
     """Structured pruning, then distillation fine-tuning of the narrower student with the same loss, at a
     tenth of the rate, constant."""
-    import keras
-
-    from model_build.prune import prune_student
-    from model_build.student import distillation_loss
-
     d = config.distill
     model, _ = prune_student(model, config.student, config.prune, vocab_map=vocab_map, num_labels=num_labels)
     model.compile(optimizer=keras.optimizers.AdamW(d.learning_rate / 10, weight_decay=d.weight_decay),
@@ -112,12 +105,6 @@ def _distill_transformer(config: BuildConfig, dataset: Dataset, train_ids: np.nd
     blocks, trained with the same loss on the same texts. Batches are drawn from one length bucket each and
     cut to it: most texts are short, and a block's cost grows with the padded length (its attention with
     the square)."""
-    import keras
-
-    from model_build.student import build_vocab_map, distillation_loss, pack_targets
-    from model_build.teacher.minilm import EncoderConfig, load_weights, minilm_dir
-    from model_build.transformer_student import build_transformer_student, init_from_pretrained
-
     cfg, d = config.student, config.distill
     folder = minilm_dir()
     encoder_config = EncoderConfig.from_dir(folder)

