@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model_build.calibration import traffic_weights
+from model_build.calibrate.calibration import traffic_weights
+from model_build.calibrate.deferral import choose_deferral
 from model_build.data.dataset import load_dataset
-from model_build.deferral import choose_deferral
 from modelpack.classifier import Classifier
 from modelpack.manifest import load_manifest
 from modelpack.routing import cloud_answer

@@ -32,9 +32,9 @@ def main() -> int:
 
     import numpy as np
 
-    from model_build import calibration
     from model_build.artifact import EDGE_DYNAMIC_FILE, EDGE_FILE, EDGE_FP32_FILE
     from model_build.cache import StageCache
+    from model_build.calibrate import calibration
     from model_build.config import preset
     from model_build.data.dataset import default_data_path
     from model_build.progress import StageTimer

@@ -93,7 +93,7 @@ def with_table(manifest: Any, val: Half) -> tuple[Any, str]:
     """The routing entry with a shift table: the manifest's, or one made here on the validation split."""
     if manifest.routing.shift is not None:
         return manifest.routing, "manifest"
-    from model_build.shift_table import shift_table
+    from model_build.calibrate.shift_table import shift_table
 
     table = shift_table(val.edge_probs, val.cloud_pred, val.gold, manifest.oos_index, manifest.routing)
     return dataclasses.replace(manifest.routing, shift=table), "bench: model_build.shift_table on the val split"

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from model_build import calibration
 from model_build.artifact import EDGE_FP32_FILE, ArtifactRunner
-from model_build.curves import SplitCurves, escalation_curve
+from model_build.calibrate import calibration
+from model_build.calibrate.curves import SplitCurves, escalation_curve
+from model_build.calibrate.routing import RoutedMetrics, apply_deferral
 from model_build.data.dataset import Dataset, default_data_path, load_dataset, subset
 from model_build.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
-from model_build.routing import RoutedMetrics, apply_deferral
 from model_build.tflite.graph import size_metrics
 from model_build.tflite.run import latency_inputs, median_latency_ms
 from modelpack.classifier import calibrated

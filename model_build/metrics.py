@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_build.curves import CurvePoint, SplitCurves, curve_at_rates
+from model_build.calibrate.curves import CurvePoint, SplitCurves, curve_at_rates
+from model_build.calibrate.thresholds import RoutingChoice
 from model_build.jsonable import jsonable
-from model_build.thresholds import RoutingChoice
 
 if TYPE_CHECKING:
     from model_build.teacher.cloud_precision import PrecisionChoice
-    from model_build.fit import ValidationReport
+    from model_build.calibrate.fit import ValidationReport
 
 METRICS_FILE = "metrics.json"
 

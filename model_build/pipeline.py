@@ -28,8 +28,9 @@ from model_build.artifact import (
     machine,
 )
 from model_build.cache import StageCache
+from model_build.calibrate.curves import SplitCurves
+from model_build.calibrate.fit import Fitted, fit_on_validation
 from model_build.config import BuildConfig
-from model_build.curves import SplitCurves
 from model_build.data.dataset import Dataset, default_data_path
 from model_build.errors import BuildError, GateError
 from model_build.evaluate import (
@@ -39,7 +40,6 @@ from model_build.evaluate import (
     test_metrics,
     with_calibration,
 )
-from model_build.fit import Fitted, fit_on_validation
 from model_build.goals import gate_result, goals, size_gate, warn
 from model_build.metrics import BuildMetrics, GateResult, Goal, Int8Graph, SampledCurves, TestMetrics
 from model_build.progress import StageTimer

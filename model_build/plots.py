@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_build.calibration import ReliabilityBins
-from model_build.curves import Curve, SplitCurves
-from model_build.thresholds import RoutingChoice
+from model_build.calibrate.calibration import ReliabilityBins
+from model_build.calibrate.curves import Curve, SplitCurves
+from model_build.calibrate.thresholds import RoutingChoice
 
 if TYPE_CHECKING:
     from model_build.evaluate import EdgeReliability

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from model_build.calibrate.curves import TABLE_RATES, CurvePoint
 from model_build.config import BuildConfig
-from model_build.curves import TABLE_RATES, CurvePoint
 from model_build.data.dataset import Dataset, Split
 from model_build.jsonable import jsonable
 from model_build.metrics import BuildMetrics

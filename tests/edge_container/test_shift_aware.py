@@ -151,7 +151,7 @@ def test_settings_and_make_policy() -> None:
 @pytest.fixture(scope="module")
 def artifact_with_table(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny artifact with a shift table the build's own function made from its models and texts."""
-    from model_build.shift_table import shift_table
+    from model_build.calibrate.shift_table import shift_table
     from modelpack.classifier import Classifier
     from modelpack.routing import cloud_answer
     from tests.fixtures.tiny_artifact import LABELS, TEXTS

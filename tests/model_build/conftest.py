@@ -5,8 +5,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_build.calibration import softmax
-from model_build.thresholds import compare_scores
+from model_build.calibrate.calibration import softmax
+from model_build.calibrate.thresholds import compare_scores
 
 
 @pytest.fixture(scope="module")

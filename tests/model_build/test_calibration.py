@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model_build.calibration import (
+from model_build.calibrate.calibration import (
     ece,
     evaluate_calibration,
     fit_temperature,

@@ -5,8 +5,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_build.curves import curve_at_rates, escalation_curve, escalation_table_rows
-from model_build.routing import apply_threshold
+from model_build.calibrate.curves import curve_at_rates, escalation_curve, escalation_table_rows
+from model_build.calibrate.routing import apply_threshold
 from tests.model_build.hand_made import EDGE, LABELS, SCORE, TEACHER
 
 # ------------------------------------------------------------------------------------------ curves

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from model_build.deferral import choose_deferral
-from model_build.routing import apply_deferral
+from model_build.calibrate.deferral import choose_deferral
+from model_build.calibrate.routing import apply_deferral
 
 # ------------------------------------------------------------------------------- three-way deferral
 

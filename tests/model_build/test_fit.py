@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from model_build.calibrate.fit import OOS_BIAS_GRID, fit_on_validation
 from model_build.config import preset
 from model_build.data.dataset import Dataset, Split
-from model_build.fit import OOS_BIAS_GRID, fit_on_validation
 
 K = 6  # five intents and oos (last)
 OOS = K - 1

@@ -4,8 +4,9 @@ import json
 import math
 from pathlib import Path
 
-from model_build.curves import CurvePoint
-from model_build.fit import ValidationReport
+from model_build.calibrate.curves import CurvePoint
+from model_build.calibrate.fit import ValidationReport
+from model_build.calibrate.thresholds import RoutingChoice
 from model_build.jsonable import jsonable
 from model_build.metrics import (
     BuildMetrics,
@@ -16,7 +17,6 @@ from model_build.metrics import (
     ModelMetrics,
     SampledCurves,
 )
-from model_build.thresholds import RoutingChoice
 from tests.model_build.hand_made import split_metrics, summary
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model_build.calibrate.deferral import choose_deferral
+from model_build.calibrate.fit import cap_false_reject
 from model_build.data.background import with_background
 from model_build.data.dataset import OOS_LABEL, Dataset, Split
-from model_build.deferral import choose_deferral
 from model_build.errors import DataError
-from model_build.fit import cap_false_reject
 
 
 def _dataset(oos: bool = False) -> Dataset:
@@ -100,7 +100,7 @@ def test_the_edges_band_holds_at_most_the_false_reject_rate_of_in_scope_texts() 
 
 
 def test_a_background_class_spends_half_the_budget_on_the_edges_band() -> None:
-    from model_build.fit import _Split, spend_band
+    from model_build.calibrate.fit import _Split, spend_band
     from modelpack.manifest import RoutingEntry
 
     rng = np.random.default_rng(1)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from model_build.routing import SCORES, apply_threshold, margin, max_prob, neg_entropy
+from model_build.calibrate.routing import apply_threshold
+from modelpack.scores import SCORES, margin, max_prob, neg_entropy
 from tests.model_build.hand_made import EDGE, LABELS, SCORE, TEACHER
 
 # ------------------------------------------------------------------------------------------- scores

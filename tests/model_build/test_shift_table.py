@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_build.calibration import traffic_weights
-from model_build.routing import apply_deferral
-from model_build.shift_table import oos_log_bias, shift_table, threshold_grid
+from model_build.calibrate.calibration import traffic_weights
+from model_build.calibrate.routing import apply_deferral
+from model_build.calibrate.shift_table import oos_log_bias, shift_table, threshold_grid
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, RoutingEntry
 from modelpack.scores import SCORES, band_score
 from modelpack.shift import ShiftTable

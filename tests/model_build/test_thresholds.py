@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from model_build.curves import escalation_curve
-from model_build.routing import SCORES, apply_threshold, cloud_answer
-from model_build.thresholds import choose_oos_threshold, choose_threshold, compare_scores
-from modelpack.routing import CloudRule
+from model_build.calibrate.curves import escalation_curve
+from model_build.calibrate.routing import apply_threshold
+from model_build.calibrate.thresholds import choose_oos_threshold, choose_threshold, compare_scores
+from modelpack.routing import CloudRule, cloud_answer
+from modelpack.scores import SCORES
 from tests.model_build.hand_made import EDGE, LABELS, SCORE, TEACHER
 
 # ---------------------------------------------------------------------------------- choose_threshold

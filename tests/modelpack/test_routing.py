@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_container.policies import EdgeOnlyPolicy, ThresholdPolicy
-from model_build.routing import apply_deferral
+from model_build.calibrate.routing import apply_deferral
 from modelpack.manifest import RoutingEntry
 from modelpack.routing import CloudRule, cascade, cloud_answer, cloud_oos_score, decide
 from modelpack.scores import SCORES, manifest_band_score, neg_energy

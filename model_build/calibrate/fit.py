@@ -11,21 +11,21 @@ from typing import Any
 
 import numpy as np
 
-from model_build import calibration
 from model_build.artifact import ArtifactRunner
-from model_build.config import BuildConfig
-from model_build.curves import cut_thresholds
-from model_build.data.dataset import Dataset
-from model_build.deferral import DeferralChoice, choose_deferral
-from model_build.routing import apply_deferral
-from model_build.shift_table import shift_table
-from model_build.thresholds import (
+from model_build.calibrate import calibration
+from model_build.calibrate.curves import cut_thresholds
+from model_build.calibrate.deferral import DeferralChoice, choose_deferral
+from model_build.calibrate.routing import apply_deferral
+from model_build.calibrate.shift_table import shift_table
+from model_build.calibrate.thresholds import (
     OosChoice,
     RoutingChoice,
     ScoreComparison,
     choose_oos_threshold,
     compare_scores,
 )
+from model_build.config import BuildConfig
+from model_build.data.dataset import Dataset
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, RoutingEntry
 from modelpack.routing import CloudRule, cloud_answer, decide
 from modelpack.scores import SCORES, band_score, neg_energy, softmax

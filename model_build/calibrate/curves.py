@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model_build._checks import EPS, routing_inputs
-from model_build.calibration import FloatArray, IntArray
+from model_build.calibrate._checks import EPS, routing_inputs
+from model_build.calibrate.calibration import FloatArray, IntArray
 
 TABLE_RATES: tuple[float, ...] = (0.0, 0.05, 0.10, 0.15, 0.20, 0.30, 0.50, 1.0)
 

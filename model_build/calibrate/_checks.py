@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from model_build.calibration import BoolArray, FloatArray, IntArray
+from model_build.calibrate.calibration import BoolArray, FloatArray, IntArray
 
 # Accuracies are sums of weights divided by a total; two curves reaching the same set of examples
 # can differ in the last bits, so comparisons against targets allow this much slack.

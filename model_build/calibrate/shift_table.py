@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_build.calibration import BoolArray, FloatArray, IntArray
+from model_build.calibrate.calibration import BoolArray, FloatArray, IntArray
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, RoutingEntry
 from modelpack.routing import edge_oos
 from modelpack.scores import SCORES

@@ -21,12 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model_build._checks import as_scores, routing_inputs, weighted_mean
-from model_build.calibration import BoolArray, FloatArray, IntArray
-
-# The score functions live in modelpack so the build and the edge runtime compute the very same thing.
-from modelpack.routing import cloud_answer  # noqa: F401  (re-exported)
-from modelpack.scores import SCORES, margin, max_prob, neg_entropy  # noqa: F401  (re-exported)
+from model_build.calibrate._checks import as_scores, routing_inputs, weighted_mean
+from model_build.calibrate.calibration import BoolArray, FloatArray, IntArray
 
 
 @dataclass(frozen=True)

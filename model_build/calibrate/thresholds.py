@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model_build._checks import EPS, as_labels, as_probs, as_weights
-from model_build.calibration import BoolArray, FloatArray
-from model_build.curves import Curve, cut_thresholds, escalation_curve, realisable_cuts
+from model_build.calibrate._checks import EPS, as_labels, as_probs, as_weights
+from model_build.calibrate.calibration import BoolArray, FloatArray
+from model_build.calibrate.curves import Curve, cut_thresholds, escalation_curve, realisable_cuts
 from modelpack.scores import SCORES
 
 Score = Callable[[FloatArray], FloatArray]

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model_build._checks import EPS, as_scores, routing_inputs
-from model_build.calibration import BoolArray, FloatArray, IntArray
-from model_build.curves import cut_thresholds, realisable_cuts
-from model_build.thresholds import DEFAULT_TARGET_RATIO
+from model_build.calibrate._checks import EPS, as_scores, routing_inputs
+from model_build.calibrate.calibration import BoolArray, FloatArray, IntArray
+from model_build.calibrate.curves import cut_thresholds, realisable_cuts
+from model_build.calibrate.thresholds import DEFAULT_TARGET_RATIO
 
 
 @dataclass(frozen=True)
