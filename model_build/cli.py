@@ -136,8 +136,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "publish":
         return _publish(args)
     if args.command == "evaluate":
-        from model_build.evaluate import evaluate_artifact
-        from model_build.ood import evaluate_ood
+        from model_build.evaluate.measure import evaluate_artifact
+        from model_build.evaluate.ood import evaluate_ood
 
         if args.ood is not None:
             report = evaluate_ood(args.dir, args.ood, data_path=args.data)

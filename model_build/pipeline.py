@@ -1,10 +1,10 @@
 """The build: data -> teacher -> distilled student -> int8 -> calibrate -> route -> manifest -> report.
 
-This module only orchestrates: the trained stages are in :mod:`model_build.stages` (cached), the cloud
-model's precision (fp32 or int8, measured once per teacher) in :mod:`model_build.cloud_precision`, the fitting
-on validation data in :mod:`model_build.fit`, the test-split measurements in :mod:`model_build.evaluate`,
-goals and gates in :mod:`model_build.goals`, the typed results in :mod:`model_build.metrics`, the plots in
-:mod:`model_build.plots` and the report in :mod:`model_build.report_view` / :mod:`model_build.report`.
+This module only orchestrates (model_build/README.md: the rooms it goes through): the trained stages are
+in `stages` (cached), the cloud model's precision (fp32 or int8, measured once per teacher) in
+`teacher.cloud_precision`, the fitting on validation data in `calibrate.fit`, the test-split measurements in
+`evaluate.measure`, goals and gates in `evaluate.goals`, the typed results in `evaluate.metrics`, the plots
+in `report.plots` and the report in `report.view` / `report.markdown`.
 """
 
 from __future__ import annotations
@@ -33,16 +33,19 @@ from model_build.calibrate.fit import Fitted, fit_on_validation
 from model_build.config import BuildConfig
 from model_build.data.dataset import Dataset, default_data_path
 from model_build.errors import BuildError, GateError
-from model_build.evaluate import (
+from model_build.evaluate.goals import gate_result, goals, size_gate, warn
+from model_build.evaluate.measure import (
     EdgeReliability,
     edge_reliability,
     routing_curves,
     test_metrics,
     with_calibration,
 )
-from model_build.goals import gate_result, goals, size_gate, warn
-from model_build.metrics import BuildMetrics, GateResult, Goal, Int8Graph, SampledCurves, TestMetrics
+from model_build.evaluate.metrics import BuildMetrics, GateResult, Goal, Int8Graph, SampledCurves, TestMetrics
 from model_build.progress import StageTimer
+from model_build.report.markdown import write_report_md
+from model_build.report.plots import draw_build_plots
+from model_build.report.view import report_view
 from model_build.stages import Stages, train_stages
 from model_build.teacher.cloud_precision import PrecisionChoice, choose, measure_stage
 from model_build.teacher.minilm import minilm_dir
@@ -166,10 +169,6 @@ def _evaluate(config: BuildConfig, stages: Stages, manifest: Manifest, folder: P
 def _write_results(metrics: BuildMetrics, evaluation: _Evaluation, manifest: Manifest, dataset: Dataset,
                    config: BuildConfig, folder: Path) -> None:
     """The plots (drawn from the evaluation's data), metrics.json and report.md."""
-    from model_build.plots import draw_build_plots
-    from model_build.report import write_report_md
-    from model_build.report_view import report_view
-
     chosen = evaluation.test.routing_point()
     plots = draw_build_plots(folder, evaluation.reliability, evaluation.curves, chosen)
     metrics.write(folder)

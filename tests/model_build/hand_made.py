@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from model_build.metrics import ModelMetrics, RoutingSummary, TestMetrics
+from model_build.evaluate.metrics import ModelMetrics, RoutingSummary, TestMetrics
 
 # Five requests. The edge is wrong on #1 and #3, the teacher on #2; #1 and #3 tie on the score.
 LABELS = np.array([0, 1, 2, 3, 4])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from model_build.config import preset
-from model_build.evaluate import evaluate_artifact
+from model_build.evaluate.measure import evaluate_artifact
 from model_build.pipeline import build
 from modelpack.classifier import Classifier
 from modelpack.errors import ChecksumMismatch

@@ -3,8 +3,8 @@
 import math
 
 from model_build.config import preset
-from model_build.goals import gate_result, goals
-from model_build.metrics import Int8Graph, ModelMetrics
+from model_build.evaluate.goals import gate_result, goals
+from model_build.evaluate.metrics import Int8Graph, ModelMetrics
 from tests.model_build.hand_made import split_metrics, summary
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 from model_build.calibrate.curves import CurvePoint
 from model_build.calibrate.fit import ValidationReport
 from model_build.calibrate.thresholds import RoutingChoice
-from model_build.jsonable import jsonable
-from model_build.metrics import (
+from model_build.evaluate.metrics import (
     BuildMetrics,
     GateResult,
     Goal,
@@ -17,6 +16,7 @@ from model_build.metrics import (
     ModelMetrics,
     SampledCurves,
 )
+from model_build.jsonable import jsonable
 from tests.model_build.hand_made import split_metrics, summary
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from model_build.calibrate.calibration import reliability_bins, softmax
-from model_build.plots import plot_escalation_curve, plot_reliability
+from model_build.report.plots import plot_escalation_curve, plot_reliability
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from model_build.calibrate.routing import apply_threshold
-from model_build.report import render_report_md, write_report_md
+from model_build.report.markdown import render_report_md, write_report_md
 from modelpack.scores import SCORES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from model_build.report_format import (
+from model_build.report.formatting import (
     NA,
     difference,
     extra_lines,

@@ -10,8 +10,8 @@ import numpy as np
 from model_build.calibrate.curves import TABLE_RATES, CurvePoint
 from model_build.config import BuildConfig
 from model_build.data.dataset import Dataset, Split
+from model_build.evaluate.metrics import BuildMetrics
 from model_build.jsonable import jsonable
-from model_build.metrics import BuildMetrics
 from model_build.teacher.cloud_precision import PrecisionChoice
 from modelpack.manifest import Manifest
 

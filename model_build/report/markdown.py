@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from model_build.report_format import generic_lines, plain
-from model_build.report_sections import RENDERERS
+from model_build.report.formatting import generic_lines, plain
+from model_build.report.sections import RENDERERS
 
 REPORT_FILENAME = "report.md"
 

@@ -25,7 +25,7 @@ import numpy as np
 from model_build.data.dataset import Dataset, Split
 from model_build.data.unlabeled import load_unlabeled
 from model_build.errors import DataError
-from model_build.evaluate import built_from, oos_auroc
+from model_build.evaluate.measure import built_from, oos_auroc
 from model_build.tflite.run import classifier_logits
 from modelpack.classifier import Classifier
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest

@@ -13,15 +13,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from model_build.calibrate.curves import CurvePoint, SplitCurves, curve_at_rates
+from model_build.calibrate.fit import ValidationReport
 from model_build.calibrate.thresholds import RoutingChoice
 from model_build.jsonable import jsonable
-
-if TYPE_CHECKING:
-    from model_build.teacher.cloud_precision import PrecisionChoice
-    from model_build.calibrate.fit import ValidationReport
+from model_build.teacher.cloud_precision import PrecisionChoice
 
 METRICS_FILE = "metrics.json"
 

@@ -19,7 +19,8 @@ from model_build.calibrate import calibration
 from model_build.calibrate.curves import SplitCurves, escalation_curve
 from model_build.calibrate.routing import RoutedMetrics, apply_deferral
 from model_build.data.dataset import Dataset, default_data_path, load_dataset, subset
-from model_build.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
+from model_build.errors import DataError
+from model_build.evaluate.metrics import InScopeRouting, ModelMetrics, RoutingSummary, TestMetrics
 from model_build.tflite.graph import size_metrics
 from model_build.tflite.run import latency_inputs, median_latency_ms
 from modelpack.classifier import calibrated
@@ -232,8 +233,6 @@ def built_from(folder: Path, manifest: Manifest, data_path: Path | str | None) -
             and manifest.labels == dataset.labels + (manifest.oos_label,):
         dataset = dataclasses.replace(dataset, labels=manifest.labels, oos_label=manifest.oos_label)
     if dataset.labels != manifest.labels:
-        from model_build.errors import DataError
-
         raise DataError(f"{path}: its labels differ from the artifact's ({len(dataset.labels)} vs "
                         f"{len(manifest.labels)}); evaluate on the data the model was built from")
     return dataset

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from model_build.artifact import EDGE_FILE, EDGE_FP32_FILE
 from model_build.config import BuildConfig, Gates
-from model_build.metrics import GateResult, Goal, Int8Graph, TestMetrics
+from model_build.evaluate.metrics import GateResult, Goal, Int8Graph, TestMetrics
+from model_build.tflite.graph import size_metrics
 
 
 def _goal(value: float | None, target: str, met_if: Callable[[float], bool]) -> Goal:
@@ -59,8 +60,6 @@ def gate_result(config: BuildConfig, metrics: TestMetrics) -> GateResult:
 
 def size_gate(config: BuildConfig, student_dir: Path) -> list[str]:
     """The int8 size gate, checked as soon as the student is converted (seconds, not after evaluation)."""
-    from model_build.tflite.graph import size_metrics
-
     ratio = size_metrics(student_dir / EDGE_FILE, student_dir / EDGE_FP32_FILE)["weight_size_ratio_vs_fp32"]
     return _size_failures(ratio, config.gates)
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from model_build.calibrate.calibration import ReliabilityBins
 from model_build.calibrate.curves import Curve, SplitCurves
 from model_build.calibrate.thresholds import RoutingChoice
-
-if TYPE_CHECKING:
-    from model_build.evaluate import EdgeReliability
+from model_build.evaluate.measure import EdgeReliability
 
 RELIABILITY_FILE, ESCALATION_FILE = "reliability_edge.png", "escalation_curve.png"
 
