@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_build.errors import BuildError
+from model_build.cache import default_cache_dir
+from model_build.config import preset
+from model_build.errors import BuildError, PublishError
 from modelpack.errors import ArtifactError
 from modelpack.version import version_line
 
@@ -126,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Each command imports what it runs, here and in _publish / _s3_client: `--help` loads none of it, `data`
+    # no numpy or LiteRT, `evaluate` no TensorFlow, `publish` no build, `build` its pipeline (and TensorFlow
+    # only when a stage trains).
     if args.command == "data":
         from model_build.data.fetch import CLINC150_WIKI_NAME, fetch_clinc150, fetch_clinc150_wiki
 
@@ -146,8 +152,11 @@ def _run(args: argparse.Namespace) -> int:
         metrics = evaluate_artifact(args.dir, data_path=args.data)
         print(json.dumps(metrics, indent=2) if args.json else _summary(metrics))
         return 0
-    from model_build.config import preset
-    from model_build.pipeline import build
+    return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from model_build.pipeline import build  # see _run
 
     overrides = {"traffic_oos_fraction": args.traffic_oos_fraction, "seed": args.seed,
                  "cloud_precision": args.cloud_precision, "student": args.student}
@@ -187,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _s3_client(region: str | None, endpoint_url: str | None) -> object:
-    import boto3
+    import boto3  # only the commands that reach S3 pay for it (see _run)
     from botocore.config import Config
 
     return boto3.client("s3", region_name=region, endpoint_url=endpoint_url,
@@ -196,8 +205,7 @@ def _s3_client(region: str | None, endpoint_url: str | None) -> object:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from model_build.errors import PublishError
-    from model_build.publish import abort, promote, publish
+    from model_build.publish import abort, promote, publish  # botocore: see _run
 
     client = _s3_client(args.region, args.endpoint_url)
     if args.promote or args.abort:
@@ -218,10 +226,6 @@ def _local_feedback(source: str, cache_dir: Path | None) -> str:
     """`source` itself, or for `s3://bucket/prefix` a local copy of the feedback files under that prefix."""
     if not source.startswith("s3://"):
         return source
-    import hashlib
-
-    from model_build.cache import default_cache_dir
-
     bucket, _, prefix = source[len("s3://"):].partition("/")
     if not bucket:
         raise BuildError(f"--feedback {source}: not s3://bucket/prefix")

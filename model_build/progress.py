@@ -33,7 +33,7 @@ class StageTimer:
 
 def keras_progress(label: str, epochs: int):
     """A Keras callback showing one bar over all training batches, with the latest loss/accuracy."""
-    import keras
+    import keras  # the stage timer above is used by every build, Keras only by one that trains
 
     class _Progress(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

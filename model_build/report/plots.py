@@ -1,8 +1,8 @@
 """The build's plots (PNG): reliability diagrams and escalation curves. They draw data computed before
-them (model_build.evaluate) and compute nothing the metrics or the report read.
+them (`evaluate.measure`) and compute nothing the metrics or the report read.
 
 matplotlib is imported inside the plotting functions and draws on an explicit Agg canvas, so importing
-this module costs nothing and never touches pyplot's global backend.
+this module costs no matplotlib and never touches pyplot's global backend.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def plot_reliability(
     title: str = "Reliability",
 ) -> Path:
     """Side-by-side reliability diagrams (before / after temperature scaling) as a PNG."""
+    # matplotlib only when a plot is drawn (see the module's docstring)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -90,6 +91,7 @@ def plot_escalation_curve(
     title: str = "Joint accuracy vs escalation rate",
 ) -> Path:
     """Joint accuracy against escalation rate per score, with teacher, target and the chosen point."""
+    # matplotlib only when a plot is drawn (see the module's docstring)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
