@@ -2,7 +2,7 @@
 
 Logistic regression over the edge's calibrated outputs (top-3 probabilities, margin, entropy, the best
 in-scope and the oos probability, length), cross-fitted on validation (5 folds, weighted to the test mix),
-then the build's own three-way search (model_build.deferral.choose_deferral, band on the best in-scope
+then the build's own three-way search (calibrate.deferral.choose_deferral, band on the best in-scope
 probability) on validation; applied to the test split. Prints one line per rule and target.
 
     python bench/deferral_rule.py [ARTIFACT]       # default artifacts/latest

@@ -3,7 +3,7 @@
 For each artifact and tier, each candidate score's AUROC (in-scope test texts vs out-of-domain texts the
 build never saw) and the share of out-of-domain texts it catches at a threshold taken, as a build takes
 it, on the *validation* split's in-scope texts (their 2nd / 5th percentile: 2 % / 5 % false rejects
-expected). Then what the shipped cascade does (`model_build.ood`, the runtime's rule).
+expected). Then what the shipped cascade does (`model_build.evaluate.ood`, the runtime's rule).
 
     python bench/open_set.py --artifact base=DIR --artifact bg=DIR --data kept.csv \
         --ood near=ood_near.txt --ood far=ood_far.txt [--out bench/results/open_set.json]

@@ -13,7 +13,7 @@ the shift-aware policy's estimated oos share over time, and its EM cost.
 
 The shift table comes from the manifest (`routing.shift`, written by the build on the validation split).
 An artifact built before the table existed gets it here, from its own models on its validation split, with
-the build's function (`model_build.shift_table.shift_table`); the result says which. The first half is the
+the build's function (`calibrate.shift_table.shift_table`); the result says which. The first half is the
 split the table (and the build's fixed threshold) was fitted on: in-sample for both policies. Also given:
 the table's own choice at each half's true oos share (`oracle_mix`), the best a perfect estimate could do.
 """
@@ -96,7 +96,7 @@ def with_table(manifest: Any, val: Half) -> tuple[Any, str]:
     from model_build.calibrate.shift_table import shift_table
 
     table = shift_table(val.edge_probs, val.cloud_pred, val.gold, manifest.oos_index, manifest.routing)
-    return dataclasses.replace(manifest.routing, shift=table), "bench: model_build.shift_table on the val split"
+    return dataclasses.replace(manifest.routing, shift=table), "bench: calibrate.shift_table on the val split"
 
 
 def replay(halves: list[Half], routing: Any, policy: Any, batch: int, every: int, settle: int = 0) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class TransformerStudentConfig:
-    """A transformer student cut from the teacher's own pretrained MiniLM (model_build.transformer_student):
+    """A transformer student cut from the teacher's own pretrained MiniLM (model_build.student.transformer):
     ``layers`` of its 6 blocks in order, at its width (384), keeping ``heads`` of the 12 attention heads and
     ``intermediate`` of the 1,536 feed-forward units of each block (the ones with the largest weight norms).
     A class of its own, not more fields on StudentConfig: the CNN's student cache key (the config's repr)
@@ -108,7 +108,7 @@ class Gates:
     allowed_float_ops: tuple[str, ...] = ()  # op names allowed to compute in float in the int8 graph
     # Not a failure but a choice: the dynamic-range int8 teacher (~4x smaller, faster in the Lambda) ships
     # when its validation accuracy is at most this far below the fp32 teacher's; otherwise fp32 does
-    # (model_build.cloud_precision; metrics.json teacher.precision_choice).
+    # (model_build.teacher.cloud_precision; metrics.json teacher.precision_choice).
     max_cloud_int8_accuracy_drop: float = 0.003
 
 
@@ -125,10 +125,10 @@ class BuildConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     unlabeled: str | None = None  # a file of unlabelled texts the teacher labels for the student (--unlabeled)
     # Texts known to lie outside every intent (--negatives): for data without an oos label, a background
-    # class `oos` learnt from them (model_build.data.with_background). None: no background class.
+    # class `oos` learnt from them (model_build.data.background.with_background). None: no background class.
     negatives: str | None = None
     # The share of in-domain validation texts the cascade may refuse as `oos` (--max-false-reject): the
-    # cloud's oos threshold and the edge's band are capped at it (model_build.fit.cap_false_reject). None:
+    # cloud's oos threshold and the edge's band are capped at it (calibrate.fit.cap_false_reject). None:
     # DEFAULT_FALSE_REJECT for a background class; no cap for data with an oos label, whose validation oos
     # texts let the fit weigh what a refusal buys (on CLINC150 a 2 % cap cost 6 pt of joint oos recall).
     max_false_reject: float | None = None
@@ -152,7 +152,7 @@ class BuildConfig:
     # The edge answers `oos` itself below a second, lower threshold when that escalates less for the same
     # target (deferral.choose_deferral); False keeps the one-threshold rule.
     edge_oos_band: bool = True
-    # Fit a bias on the edge's oos logit with its temperature (model_build.fit.OOS_BIAS_GRID): the one
+    # Fit a bias on the edge's oos logit with its temperature (calibrate.fit.OOS_BIAS_GRID): the one
     # whose routing escalates least on validation ships (manifest models.edge.oos_logit_bias).
     edge_oos_bias: bool = True
     cloud_min_in_scope_accuracy: float = 0.95  # floor when choosing the cloud's oos confidence threshold

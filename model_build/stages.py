@@ -150,7 +150,7 @@ def _label_transfer_set(config: BuildConfig, dataset: Dataset, tokenizer: TextTo
                                   exclude=exclude, seed=config.seed, feedback=feedback,
                                   feedback_copies=config.feedback_copies)
     # The teacher stage's own export labels the transfer set (fp32 unless teacher.precision says otherwise),
-    # whichever precision the cloud ships later (model_build.cloud_precision): the student learns from the
+    # whichever precision the cloud ships later (teacher.cloud_precision): the student learns from the
     # best signal there is (its train logits are the Keras teacher's, fp32, too), and its cache key stays
     # independent of a choice made after it, so changing the cloud's precision never re-trains the student.
     entry = model_entry(teacher_dir, CLOUD_FILE, config.teacher.precision, dataset.num_labels)

@@ -1,6 +1,6 @@
 """The documents checked against the code, so they cannot drift from it silently.
 
-In README.md, docs/*.md and edge_container/README.md:
+In README.md, docs/*.md, edge_container/README.md and model_build/README.md:
 
 - every relative link resolves to a file, and its `#anchor` to a heading of that file (GitHub's slugs);
 - every `--option` of a command `model_build <command>` / `edge_container serve|feedback export` /
@@ -28,7 +28,8 @@ import pytest
 
 from tests.conftest import REPO
 
-DOCS = (REPO / "README.md", REPO / "edge_container" / "README.md", *sorted((REPO / "docs").glob("*.md")))
+DOCS = (REPO / "README.md", REPO / "edge_container" / "README.md", REPO / "model_build" / "README.md",
+        *sorted((REPO / "docs").glob("*.md")))
 
 # EDGE_* names the documents may mention that Settings does not read, each with its reason.
 RESERVED = {

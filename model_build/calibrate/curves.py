@@ -1,7 +1,7 @@
 """Escalation curves: joint accuracy against escalation rate, at every operating point a threshold realises.
 
 A threshold cannot split examples with equal scores, so a curve only holds the cuts ``score < t`` can make
-(see :mod:`model_build.routing` for the rule). Thresholds sit midway between the last escalated and the
+(see :mod:`calibrate.routing` for the rule). Thresholds sit midway between the last escalated and the
 first kept score; "escalate none" is ``-inf`` and "escalate all" is ``+inf``.
 """
 

@@ -22,7 +22,7 @@ class DeferralChoice:
 
     Out-of-scope texts are the ones the edge is least sure of, and paying the cloud to say ``oos`` about a
     text the edge already finds hopeless buys nothing: the lowest band is answered at the edge. With
-    ``oos_threshold = -inf`` it is the two-way rule of :func:`model_build.thresholds.choose_threshold`.
+    ``oos_threshold = -inf`` it is the two-way rule of :func:`calibrate.thresholds.choose_threshold`.
     When no pair meets the target, ``reachable`` is False and the pair is (-inf, +inf): escalate everything.
     """
 

@@ -110,7 +110,7 @@ def traffic_fraction(config: BuildConfig, dataset: Dataset) -> float | None:
     if mix == "test":
         share = float((np.asarray(dataset.test.labels) == dataset.oos_index).mean())
         # A background class (--negatives) leaves the test split without oos texts: say nothing about the
-        # mix rather than assume none; validation holds its negatives at model_build.data.BACKGROUND_VAL_SHARE.
+        # mix rather than assume none; validation holds its negatives at data.background.BACKGROUND_VAL_SHARE.
         return share if share > 0.0 else None
     return float(mix)
 
@@ -367,7 +367,7 @@ def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, thre
 
 def _below(sorted_scores: np.ndarray, k: int) -> float:
     """A threshold with the `k` (< n) lowest of `sorted_scores` below it, placed as every threshold is
-    (`model_build.curves.cut_thresholds`); for k = 0 the lowest score itself: it refuses none of them (a split
+    (`calibrate.curves.cut_thresholds`); for k = 0 the lowest score itself: it refuses none of them (a split
     too small for the rate) and still everything less sure than all of them."""
     if k == 0:
         return float(sorted_scores[0])

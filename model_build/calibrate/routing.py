@@ -3,14 +3,14 @@
 The runtime rule is one comparison: **escalate to the cloud iff ``score < threshold``**, optionally with
 the edge answering ``oos`` itself below a lower ``oos_threshold`` (the three-way rule). The build's
 choices are made so that a threshold chosen offline realises exactly the escalation rate reported for it
-under that rule, ties included: see :mod:`model_build.curves` (operating points),
-:mod:`model_build.thresholds` (one-threshold choices) and :mod:`model_build.deferral` (the pair).
+under that rule, ties included: see :mod:`model_build.calibrate.curves` (operating points),
+:mod:`calibrate.thresholds` (one-threshold choices) and :mod:`calibrate.deferral` (the pair).
 
 Thresholds are placed midway between the last escalated and the first kept score (robust to small
 numeric differences between the build's numpy and the runtime); "escalate none" is ``-inf`` and
 "escalate all" is ``+inf``. JSON has no infinities: whoever writes the manifest must encode them.
 
-Metrics take optional per-example ``weights`` (see :func:`model_build.calibration.traffic_weights`) so
+Metrics take optional per-example ``weights`` (see :func:`calibrate.calibration.traffic_weights`) so
 rates and accuracies describe the assumed traffic mix rather than the split's own oos share.
 """
 

@@ -178,7 +178,7 @@ class GateResult:
 
 @dataclass(frozen=True)
 class SampledCurves:
-    """The test split's escalation curves at the report's budgets (model_build.curves.TABLE_RATES)."""
+    """The test split's escalation curves at the report's budgets (calibrate.curves.TABLE_RATES)."""
 
     by_score: Mapping[str, tuple[CurvePoint, ...]]
     in_scope: tuple[CurvePoint, ...] | None  # the shipped score on in-scope texts, when there is an oos label

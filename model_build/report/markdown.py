@@ -1,7 +1,7 @@
-"""The build report: a Markdown summary of a metrics dict, with links to its plots (model_build.plots).
+"""The build report: a Markdown summary of a metrics dict, with links to its plots (model_build.report.plots).
 
-The sections are rendered by :mod:`model_build.report_sections`, their values formatted by
-:mod:`model_build.report_format`; :mod:`model_build.report_view` arranges a build's metrics into them.
+The sections are rendered by :mod:`model_build.report.sections`, their values formatted by
+:mod:`model_build.report.formatting`; :mod:`model_build.report.view` arranges a build's metrics into them.
 
 The metrics dict is plain JSON-able data (dataclasses are accepted and converted). Every section is
 optional; a present section shows its key numbers, with ``n/a`` where one is missing. Expected shape::

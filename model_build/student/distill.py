@@ -25,7 +25,7 @@ from model_build.teacher.minilm import EncoderConfig, load_weights, minilm_dir
 
 @dataclass(frozen=True)
 class TransferData:
-    """Teacher-labelled texts beyond the training set (model_build.transfer): padded ids, the teacher's
+    """Teacher-labelled texts beyond the training set (student.transfer): padded ids, the teacher's
     logits, a loss weight each. Their hard label is the teacher's argmax."""
 
     ids: np.ndarray
@@ -101,7 +101,7 @@ def _prune_and_fine_tune(model, config: BuildConfig, vocab_map, num_labels: int,
 
 def _distill_transformer(config: BuildConfig, dataset: Dataset, train_ids: np.ndarray, teacher_logits: np.ndarray,
                          transfer: TransferData | None):
-    """The transformer student (model_build.transformer_student), started from the teacher's pretrained MiniLM
+    """The transformer student (model_build.student.transformer), started from the teacher's pretrained MiniLM
     blocks, trained with the same loss on the same texts. Batches are drawn from one length bucket each and
     cut to it: most texts are short, and a block's cost grows with the padded length (its attention with
     the square)."""

@@ -4,7 +4,7 @@ Same runtime contract as every student (model_build.student): one int32 input ``
 of full-vocabulary BERT ids (0 = pad), output ``logits`` [batch, num_labels]; the same pruned vocabulary
 (a constant int16 id map, then a table of the kept ids' MiniLM word vectors).
 
-What differs from the teacher's graph (model_build.encoder_layers), and why — each change is exact in
+What differs from the teacher's graph (model_build.teacher.encoder_layers), and why — each change is exact in
 float unless it says otherwise:
 
 * The attention scale 1/sqrt(h) is folded into the query kernel and bias: one op less per block.
@@ -19,7 +19,7 @@ float unless it says otherwise:
   below any token's variance here (pad positions carry their position vector, never an all-zero row); the
   ADD of a near-zero constant is one more op XNNPACK would not take in int8.
 * Mean pooling multiplies by the 0/1 mask (again a constant gather) and by 1/length from a reciprocal
-  table (model_build.student.MaskedMean): no DIV, no MAXIMUM.
+  table (model_build.student.layers.MaskedMean): no DIV, no MAXIMUM.
 * Heads and feed-forward units may be pruned (largest weight norms kept): narrower blocks, same width 384.
 * For conversion only (equalize): the residual stream is stored divided by a per-channel scale, because
   BERT's stream has a few channels far wider than the rest and int8 has one scale per tensor. Measured on
@@ -192,7 +192,7 @@ class StudentBlock(keras.layers.Layer):
 def build_transformer_student(config: TransformerStudentConfig, *, vocab_map: np.ndarray, num_labels: int,
                               encoder_config: Any, equalized: bool = False) -> keras.Model:
     """An uncompiled transformer student with zero weights: load them with init_from_pretrained (training)
-    or equalize (export). ``encoder_config``: the checkpoint's EncoderConfig (model_build.encoder).
+    or equalize (export). ``encoder_config``: the checkpoint's EncoderConfig (model_build.teacher.encoder).
     ``equalized``: the residual stream is stored divided by a per-channel scale (see equalize)."""
     vocab_map = np.asarray(vocab_map)
     if vocab_map.ndim != 1 or vocab_map[PAD_ID] != PAD_ROW or vocab_map.min() < 0:
@@ -225,7 +225,7 @@ def build_transformer_student(config: TransformerStudentConfig, *, vocab_map: np
 
 def init_from_pretrained(model: keras.Model, config: TransformerStudentConfig, weights: Mapping[str, np.ndarray],
                          encoder_config: Any) -> None:
-    """Give a plain student the pretrained MiniLM tensors ``weights`` (model_build.encoder.load_weights) for
+    """Give a plain student the pretrained MiniLM tensors ``weights`` (teacher.minilm.load_weights) for
     its kept rows, blocks, heads and units. The classifier keeps its fresh initialisation."""
     vocab_map = model.get_layer("token_remap").vocab_map.numpy().astype(np.int64)
     _assign_embeddings(model.get_layer("embedding"), model.get_layer("embedding_norm"), weights, vocab_map,

@@ -1,4 +1,4 @@
-"""Escalation curves: model_build.curves."""
+"""Escalation curves: model_build.calibrate.curves."""
 
 from typing import Any
 

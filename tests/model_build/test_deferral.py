@@ -1,4 +1,4 @@
-"""The three-way rule's threshold search: model_build.deferral."""
+"""The three-way rule's threshold search: model_build.calibrate.deferral."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""model_build.fit: the edge's oos logit bias, fitted with its temperature on re-weighted validation data."""
+"""calibrate.fit: the edge's oos logit bias, fitted with its temperature on re-weighted validation data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Goals are judged on the numbers there are, gates name the promise broken: model_build.goals."""
+"""Goals are judged on the numbers there are, gates name the promise broken: model_build.evaluate.goals."""
 
 import math
 

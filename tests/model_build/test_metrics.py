@@ -1,4 +1,4 @@
-"""metrics.json's layout comes from the typed results alone: model_build.metrics."""
+"""metrics.json's layout comes from the typed results alone: model_build.evaluate.metrics."""
 
 import json
 import math

@@ -1,6 +1,6 @@
 """Out-of-scope rejection for data without an oos label: the background class (model_build.data.
-with_background) and the false-reject caps on both tiers (model_build.fit.cap_false_reject, the band's
-cap in model_build.deferral.choose_deferral)."""
+with_background) and the false-reject caps on both tiers (calibrate.fit.cap_false_reject, the band's
+cap in model_build.calibrate.deferral.choose_deferral)."""
 
 from __future__ import annotations
 

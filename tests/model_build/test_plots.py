@@ -1,4 +1,4 @@
-"""The build's plots are real PNGs: model_build.plots."""
+"""The build's plots are real PNGs: model_build.report.plots."""
 
 import struct
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The scores (modelpack.scores, re-exported) and the rule applied to a split: model_build.routing."""
+"""The scores (modelpack.scores, re-exported) and the rule applied to a split: calibrate.routing."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""model_build.shift_table: mixing its two groups at a share pi gives exactly what the shipped rule does on the
+"""calibrate.shift_table: mixing its two groups at a share pi gives exactly what the shipped rule does on the
 split re-weighted to pi (the build's own `apply_deferral` with `traffic_weights`), for every threshold."""
 
 from __future__ import annotations

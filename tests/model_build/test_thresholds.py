@@ -1,5 +1,5 @@
 """One-threshold choices (the routing threshold, the score to ship, the cloud's oos threshold):
-model_build.thresholds."""
+model_build.calibrate.thresholds."""
 
 import math
 

@@ -1,5 +1,5 @@
 """The routing rule in the contract (modelpack.routing): what it decides, and that the build's evaluation
-(model_build.routing.apply_deferral, the vectorised rule its threshold search measures) and the edge's
+(calibrate.routing.apply_deferral, the vectorised rule its threshold search measures) and the edge's
 policies decide exactly alike on the same rows."""
 
 from __future__ import annotations
