@@ -1,4 +1,4 @@
-"""The scores (modelpack.scores, re-exported) and the rule applied to a split: calibrate.routing."""
+"""The scores (modelpack.scores, the runtimes' own) and the rule applied to a split: calibrate.routing."""
 
 import math
 
