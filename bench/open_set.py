@@ -32,6 +32,7 @@ from model_build.evaluate.ood import in_scope_test, ood_report, rejection_score 
 from model_build.tflite.run import classifier_logits  # noqa: E402
 from modelpack.classifier import Classifier  # noqa: E402
 from modelpack.manifest import load_manifest  # noqa: E402
+from modelpack.scores import neg_energy  # noqa: E402
 
 FALSE_REJECTS = (0.02, 0.05)
 
@@ -39,11 +40,9 @@ FALSE_REJECTS = (0.02, 0.05)
 def scores(logits: np.ndarray, model: Classifier) -> dict[str, np.ndarray]:
     probs = model.calibrate(logits)
     oos = model.oos_index
-    intents = np.delete(logits, oos, axis=1) if oos is not None else logits
-    top = intents.max(axis=1, keepdims=True)
     out = {"max_prob": probs.max(axis=1),
            "in_scope_max_prob": rejection_score(probs, oos),
-           "neg_energy": (top + np.log(np.exp(intents - top).sum(axis=1, keepdims=True)))[:, 0]}
+           "neg_energy": neg_energy(logits, oos)}
     if oos is not None:
         out["not_oos"] = 1.0 - probs[:, oos]
     return out

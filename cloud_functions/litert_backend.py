@@ -12,7 +12,7 @@ from cloud_functions.inference import BackendError, Inference
 from cloud_functions.model_store import LocalModel
 from modelpack.cloud_api import Answer, TextResult
 from modelpack.errors import ArtifactError
-from modelpack.routing import CloudRule, cloud_answer
+from modelpack.routing import cloud_answer
 
 if TYPE_CHECKING:
     from modelpack.classifier import Classifier
@@ -33,7 +33,7 @@ class LiteRTBackend:
         # The out-of-scope rule is the build's (modelpack.routing.cloud_answer): its threshold was fit
         # with it.
         self._oos_index = manifest.oos_index
-        self._rule = manifest.cloud if manifest.oos_label is not None else CloudRule(None)
+        self._rule = manifest.cloud
         self._k = min(top_k, len(manifest.labels))
 
     @classmethod

@@ -76,9 +76,7 @@ class DeployedAnswers:
     def of(cls, logits: Mapping[str, np.ndarray], labels: np.ndarray, m: Manifest) -> DeployedAnswers:
         oos = m.oos_index
         cloud_probs = calibrated(logits["cloud"], m.cloud, m.oos_index)
-        cloud_pred = cloud_probs.argmax(axis=1)
-        if oos is not None and m.cloud.oos_threshold is not None:
-            cloud_pred = cloud_answer(cloud_probs, m.cloud, oos, logits=logits["cloud"])
+        cloud_pred = cloud_answer(cloud_probs, m.cloud, oos, logits=logits["cloud"])  # argmax without a rule
         edge_probs = calibrated(logits["edge"], m.edge, m.oos_index)
         return cls(labels, edge_probs, edge_probs.argmax(axis=1), cloud_probs, cloud_pred,
                    SCORES[m.routing.score](edge_probs), manifest_band_score(edge_probs, m.routing, oos))

@@ -84,10 +84,17 @@ def rejection_score(probs: np.ndarray, oos_index: int | None) -> np.ndarray:
     return probs.max(axis=-1) if oos_index is None else in_scope_max_prob(probs, oos_index)
 
 
+def rejection_names(manifest: Manifest) -> dict[str, str]:
+    """Per tier, the name of the score it refuses on: `rejection_score`'s, or the cloud's manifest oos score
+    when that reads logits (`neg_energy`)."""
+    own = "max_prob" if manifest.oos_index is None else "in_scope_max_prob"
+    cloud = manifest.cloud.oos_score
+    return {"edge": own, "cloud": own if cloud in (None, "max_prob") else cloud}
+
+
 def cloud_rejection_score(probs: np.ndarray, logits: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """The score the cloud refuses on: its manifest oos score when it reads logits (`neg_energy`), else as
-    `rejection_score`."""
-    if manifest.cloud.oos_score in (None, "max_prob"):
+    """The score the cloud refuses on (`rejection_names`)."""
+    if rejection_names(manifest)["cloud"] in ("max_prob", "in_scope_max_prob"):
         return rejection_score(probs, manifest.oos_index)
     return cloud_oos_score(probs, manifest.cloud, manifest.oos_index, logits)
 
@@ -144,9 +151,7 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
         joint_over_cloud=joint / cloud_acc if cloud_acc > 0 else float("nan"),
         auroc={tier: auroc(s["in"], s["ood"]) for tier, s in scores.items()},
         curves={tier: rejection_curve(s["in"], s["ood"]) for tier, s in scores.items()},
-        scores={"edge": "in_scope_max_prob" if oos is not None else "max_prob",
-                "cloud": manifest.cloud.oos_score if manifest.cloud.oos_score not in (None, "max_prob")
-                else "in_scope_max_prob" if oos is not None else "max_prob"},
+        scores=rejection_names(manifest),
     )
 
 
