@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from model_build.calibrate.rejection import rejection_curve
 from model_build.data.dataset import Dataset, Split
 from model_build.data.unlabeled import load_unlabeled
 from model_build.errors import DataError
@@ -31,8 +32,6 @@ from modelpack.classifier import Classifier
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest
 from modelpack.routing import Route, cascade, cloud_oos_score
 from modelpack.scores import in_scope_max_prob
-
-CURVE_FALSE_REJECTS = (0.01, 0.02, 0.05, 0.10)
 
 
 @dataclass(frozen=True)
@@ -103,11 +102,6 @@ def auroc(in_scope: np.ndarray, ood: np.ndarray) -> float:
     """P(score of an in-scope text > score of an out-of-domain one), ties counted half."""
     flags = np.r_[np.zeros(in_scope.size, dtype=bool), np.ones(ood.size, dtype=bool)]
     return oos_auroc(np.concatenate([in_scope, ood]), flags)
-
-
-def rejection_curve(in_scope: np.ndarray, ood: np.ndarray) -> dict[str, float]:
-    """Out-of-domain texts caught by the threshold that refuses each share of in-scope texts."""
-    return {f"{fr:g}": float((ood < np.quantile(in_scope, fr)).mean()) for fr in CURVE_FALSE_REJECTS}
 
 
 def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], in_scope_labels: np.ndarray,
