@@ -15,6 +15,7 @@ from model_build.artifact import ArtifactRunner
 from model_build.calibrate import calibration
 from model_build.calibrate.curves import cut_thresholds
 from model_build.calibrate.deferral import DeferralChoice, choose_deferral
+from model_build.calibrate.rejection import Rejection, tier_rejection
 from model_build.calibrate.routing import apply_deferral
 from model_build.calibrate.shift_table import shift_table
 from model_build.calibrate.thresholds import (
@@ -59,6 +60,7 @@ class ValidationReport:
     deferral_shipped: bool | None = None
     edge_oos_bias: float = 0.0
     oos_bias_search: Mapping[float, float] | None = None  # bias -> validation escalation; None: not searched
+    rejection: Rejection | None = None  # each tier's on the shipped rules; None: no oos texts on validation
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"traffic_oos_fraction": self.traffic_oos_fraction,
@@ -74,6 +76,8 @@ class ValidationReport:
         if self.oos_bias_search is not None:
             out["edge_oos_bias"] = self.edge_oos_bias
             out["oos_bias_search"] = {str(b): rate for b, rate in self.oos_bias_search.items()}
+        if self.rejection is not None:
+            out["rejection"] = self.rejection.to_dict()
         return out
 
 
@@ -163,6 +167,7 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
             f"{name}/{band_name or name}": c for (name, band_name), c in deferrals.items()},
         deferral_shipped=None if deferrals is None else entry.oos_threshold is not None,
         edge_oos_bias=edge.oos_bias, oos_bias_search=search,
+        rejection=_rejection(edge.probs, cloud, entry, y, oos, budget, spent),
     )
     return Fitted(edge.temperature, t_cloud, cloud.rule.oos_threshold, entry, validation,
                   edge_oos_bias=edge.oos_bias, cloud_oos_score=cloud.rule.oos_score)
@@ -214,6 +219,16 @@ class _CloudFit:
 
     def answers(self) -> np.ndarray:
         return cloud_answer(self.probs, self.rule, self.oos, logits=self.logits)
+
+
+def _rejection(edge_probs: np.ndarray, cloud: _CloudFit, entry: RoutingEntry, y: np.ndarray, oos: int | None,
+               budget: float | None, spent: bool) -> Rejection | None:
+    """Each tier's rejection on validation under the shipped rules, with the budget the fit gave it."""
+    found = tier_rejection(edge_probs, cloud.probs, cloud.logits, y, oos, entry, cloud.rule, split="val")
+    if found is None or not spent:  # the budget, if any, caps each tier on every text
+        return None if found is None else found.with_budgets(budget, budget)
+    assert budget is not None  # shared out as the fit spends it: the cloud's counted on the escalated texts
+    return found.with_budgets(budget * EDGE_BUDGET_SHARE, budget * (1 - EDGE_BUDGET_SHARE), "escalated")
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,6 +17,7 @@ import numpy as np
 from model_build.artifact import EDGE_FP32_FILE, ArtifactRunner
 from model_build.calibrate import calibration
 from model_build.calibrate.curves import SplitCurves, escalation_curve
+from model_build.calibrate.rejection import tier_rejection
 from model_build.calibrate.routing import RoutedMetrics, apply_deferral
 from model_build.data.dataset import Dataset, default_data_path, load_dataset, subset
 from model_build.errors import DataError
@@ -133,6 +134,8 @@ def test_metrics(
         edge_fp32=edge_fp32,
         routing=_routing_summary(a, m),
         routing_in_scope=_in_scope_routing(a, m) if oos is not None and (y == oos).any() else None,
+        rejection=tier_rejection(a.edge_probs, a.cloud_probs, logits["cloud"], y, oos, m.routing, m.cloud,
+                                 split="test"),
     ), logits
 
 

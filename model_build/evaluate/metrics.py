@@ -17,6 +17,7 @@ from typing import Any
 
 from model_build.calibrate.curves import CurvePoint, SplitCurves, curve_at_rates
 from model_build.calibrate.fit import ValidationReport
+from model_build.calibrate.rejection import Rejection
 from model_build.calibrate.thresholds import RoutingChoice
 from model_build.jsonable import jsonable
 from model_build.teacher.cloud_precision import PrecisionChoice
@@ -104,6 +105,7 @@ class TestMetrics:
     edge_fp32: ModelMetrics | None = None  # the float student, when the folder holds it
     routing: RoutingSummary
     routing_in_scope: InScopeRouting | None = None  # when the split has oos texts
+    rejection: Rejection | None = None  # each tier's rejection curve and shipped point, with oos texts
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,6 +121,8 @@ class TestMetrics:
         out["routing"] = self.routing.to_dict()
         if self.routing_in_scope is not None:
             out["routing_in_scope"] = self.routing_in_scope.to_dict()
+        if self.rejection is not None:
+            out["rejection"] = self.rejection.to_dict()
         return out
 
     def routing_point(self) -> RoutingChoice:
