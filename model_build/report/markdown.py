@@ -24,6 +24,11 @@ optional; a present section shows its key numbers, with ``n/a`` where one is mis
                   "scores": {name: {"threshold", "escalation_rate", "joint_accuracy", "reachable"}}},
       "escalation_table": {"score", "split", "teacher_accuracy",
                            "rows": [{"budget", "escalation_rate", "joint_accuracy", "threshold"}]},
+      "rejection": {"oos_source": "data" | "negatives" | None,
+                    "splits": {split: {"n_in_scope", "n_oos", "edge": {...}, "cloud": {...}}}},
+                    # per tier: "score", "curve": {refused: caught}, "chosen"/"asked": {"threshold",
+                    # "in_scope_refused", "ood_caught", "in_scope_answered_oos", "ood_answered_oos"},
+                    # "budget", "counted_on"
       "goals": [{"name", "value", "target", "op", "unit", "met"}],   # or {name: {...}}
       "timings": {stage: seconds},
     }
@@ -55,11 +60,13 @@ _SECTION_TITLES: dict[str, str] = {
     "routing": "Routing",
     "escalation_table": "Escalation curve",
     "escalation_table_in_scope": "Escalation curve, in-scope requests only",
+    "rejection": "Out-of-scope rejection",
     "gates": "Gates",
     "goals": "Goals",
     "timings": "Stage timings",
 }
-_OPTIONAL_SECTIONS = frozenset({"escalation_table_in_scope", "gates"})  # not listed as missing when absent
+# Not listed as missing when absent
+_OPTIONAL_SECTIONS = frozenset({"escalation_table_in_scope", "rejection", "gates"})
 _PLOT_HOMES: dict[str, str] = {"reliability": "calibration", "escalation_curve": "routing"}
 
 

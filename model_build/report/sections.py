@@ -231,6 +231,80 @@ def _escalation_table(section: Any) -> list[str]:
     return lines
 
 
+_SPLIT_NAMES = {"val": "Validation", "test": "Test"}
+_NO_RULE = {
+    None: "No out-of-scope rule: the data has no `oos` label and the build had no `--negatives`, so every "
+          "label is in scope and every request gets an intent. `--negatives FILE` adds one (docs/build.md).",
+    "data": "No out-of-scope rule: neither validation nor test holds `oos` texts to fit or measure one on.",
+}
+_CAUGHT_ON = {
+    "negatives": "Validation's out-of-scope texts are the `--negatives` (generic text, such as Wikipedia "
+                 "sentences), far easier to tell from the intents than real out-of-domain requests: "
+                 "\"caught\" on them overstates what real traffic gets. `model_build evaluate DIR --ood "
+                 "FILE` measures that on texts of yours.",
+    "data": "Out-of-scope texts are the data's own `oos` rows; other out-of-domain traffic may be caught "
+            "less: `model_build evaluate DIR --ood FILE` measures it on texts of yours.",
+}
+
+
+def _rejection(section: Any) -> list[str]:
+    if not isinstance(section, dict):
+        return generic_lines(section)
+    splits = section.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return [_NO_RULE.get(section.get("oos_source"), _NO_RULE[None])]
+    lines = []
+    for name, split in splits.items():
+        lines += _rejection_table(_SPLIT_NAMES.get(name, name), _dict(split)) + [""]
+    if section.get("oos_source") in _CAUGHT_ON:
+        lines.append(_CAUGHT_ON[section["oos_source"]])
+    return lines
+
+
+def _rejection_table(name: str, split: Mapping[str, Any]) -> list[str]:
+    """A split's curves (a column per tier) and each tier's shipped point, in bold."""
+    tiers = {tier: _dict(split.get(tier)) for tier in ("edge", "cloud")}
+    lines = [f"{name} ({fmt_int(split.get('n_in_scope'))} in-scope, {fmt_int(split.get('n_oos'))} "
+             "out-of-scope texts): out-of-scope texts caught at each share of in-scope texts refused.", "",
+             "| in-scope refused | " + " | ".join(
+                 f"{tier} catches (`{t.get('score')}`)" for tier, t in tiers.items()) + " |",
+             "|---:|---:|---:|"]
+    curves = [_dict(t.get("curve")) for t in tiers.values()]
+    for rate in dict.fromkeys(key for curve in curves for key in curve):
+        caught = " | ".join(fmt_pct(curve.get(rate)) for curve in curves)
+        lines.append(f"| {fmt_pct(float(rate), 1)} | {caught} |")
+    lines += [_shipped_row(tier, _dict(t.get("chosen")), i) for i, (tier, t) in enumerate(tiers.items())]
+    answered = "; ".join(f"{tier} {_answered(_dict(t.get('chosen')))}" for tier, t in tiers.items())
+    lines += ["", f"Every `oos` answer, its top label `oos` too (no threshold undoes it): {answered}."]
+    cloud = tiers["cloud"]
+    asked = cloud.get("asked")
+    if isinstance(asked, dict):
+        counted = " (the fit counts its budget there)" if cloud.get("counted_on") == "escalated" else ""
+        lines.append(f"Asked only about the texts the edge escalates, the cloud answers `oos` to "
+                     f"{_answered(asked)}{counted}.")
+    budgets = [f"{tier} {fmt_pct(t['budget'])}" for tier, t in tiers.items() if is_number(t.get("budget"))]
+    if budgets:
+        lines.append(f"Share of in-scope texts the fit let each refuse: {', '.join(budgets)}.")
+    return lines
+
+
+def _shipped_row(tier: str, point: Mapping[str, Any], column: int) -> str:
+    rule = "no threshold" if missing(point.get("threshold")) else f"< {fmt_num(point.get('threshold'))}"
+    cells = ["", ""]
+    cells[column] = f"**{fmt_pct(point.get('ood_caught'))}**"
+    refused = fmt_pct(point.get("in_scope_refused"))
+    return f"| **{tier}, shipped ({rule}): {refused}** | {cells[0]} | {cells[1]} |"
+
+
+def _answered(point: Mapping[str, Any]) -> str:
+    return (f"{fmt_pct(point.get('in_scope_answered_oos'))} of the in-scope texts, "
+            f"{fmt_pct(point.get('ood_answered_oos'))} of the out-of-scope ones")
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _goals(section: Any) -> list[str]:
     if isinstance(section, dict):
         goals = [
@@ -302,6 +376,7 @@ RENDERERS: dict[str, Callable[[Any], list[str]]] = {
     "routing": _routing,
     "escalation_table": _escalation_table,
     "escalation_table_in_scope": _escalation_table,
+    "rejection": _rejection,
     "gates": _gates,
     "goals": _goals,
     "timings": _timings,

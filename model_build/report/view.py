@@ -43,6 +43,7 @@ def report_view(metrics: BuildMetrics, manifest: Manifest, dataset: Dataset, con
             "score": manifest.routing.score, "split": "test, in-scope only",
             "rows": _rows(metrics.curves.in_scope or ()),
         },
+        "rejection": _rejection(metrics, dataset),
         "gates": metrics.gates.to_dict(),
         "goals": {name: goal.to_dict() for name, goal in metrics.goals.items()},
         "timings": dict(metrics.timings_s),
@@ -113,6 +114,15 @@ def _routing(metrics: BuildMetrics, manifest: Manifest) -> dict[str, Any]:
         "chosen_on": "val (re-weighted)", "reachable": v.routing_choices[m.score].reachable,
         "splits": splits, "scores": {name: dataclasses.asdict(c) for name, c in v.routing_choices.items()},
     }
+
+
+def _rejection(metrics: BuildMetrics, dataset: Dataset) -> dict[str, Any]:
+    """Each tier's rejection on validation and test (those with out-of-scope texts), and where the
+    out-of-scope texts come from: the data's own `oos` rows, the `--negatives` (a background class) or
+    nowhere."""
+    found = (metrics.validation.rejection, metrics.test.rejection)
+    source = "negatives" if dataset.background else ("data" if dataset.oos_label is not None else None)
+    return {"oos_source": source, "splits": {r.split: r.to_dict() for r in found if r is not None}}
 
 
 def _rows(points: tuple[CurvePoint, ...]) -> list[dict[str, Any]]:
