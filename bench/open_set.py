@@ -26,9 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_build.artifact import machine  # noqa: E402
+from model_build.calibrate.rejection import best_intent_score as rejection_score  # noqa: E402
 from model_build.data.unlabeled import load_unlabeled  # noqa: E402
 from model_build.evaluate.measure import built_from, oos_auroc  # noqa: E402
-from model_build.evaluate.ood import in_scope_test, ood_report, rejection_score  # noqa: E402
+from model_build.evaluate.ood import in_scope_test, ood_report  # noqa: E402
 from model_build.tflite.run import classifier_logits  # noqa: E402
 from modelpack.classifier import Classifier  # noqa: E402
 from modelpack.manifest import load_manifest  # noqa: E402

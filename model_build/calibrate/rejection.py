@@ -3,7 +3,8 @@ out-of-scope texts caught, at every threshold on the score it refuses by) and wh
 sits. The build records it for validation (the fit's split, `calibrate.fit`) and for the test split
 (`evaluate.measure`); `evaluate --ood` draws the same curve for a user's out-of-domain file.
 
-The scores and the refusals are the runtime's own (`modelpack.routing`, `modelpack.scores`): the edge's band
+`edge_rejection_score` and `cloud_rejection_score` decide which score each tier refuses by, for both. The
+scores and the refusals are the runtime's own (`modelpack.routing`, `modelpack.scores`): the edge's band
 score and `oos` band, the cloud's oos score and `cloud_answer`.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelpack.routing import cloud_answer, cloud_oos_score, decide, edge_oos
-from modelpack.scores import band_score, manifest_band_score
+from modelpack.scores import in_scope_max_prob, manifest_band_score, max_prob
 
 CURVE_FALSE_REJECTS = (0.01, 0.02, 0.05, 0.10)  # evaluate --ood's curve
 REPORT_FALSE_REJECTS = (0.005, 0.01, 0.02, 0.05)  # the build's: around its default budget (2 %)
@@ -26,6 +27,40 @@ def rejection_curve(in_scope: np.ndarray, ood: np.ndarray,
                     rates: Sequence[float] = CURVE_FALSE_REJECTS) -> dict[str, float]:
     """Out-of-domain texts caught by the threshold that refuses each share of in-scope texts."""
     return {f"{fr:g}": float((ood < np.quantile(in_scope, fr)).mean()) for fr in rates}
+
+
+@dataclass(frozen=True, eq=False)
+class RejectionScore:
+    """The score a tier refuses by (higher: more surely in scope), per text, and its name."""
+
+    name: str  # as the manifest spells it: a band score, a cloud oos score, or in_scope_max_prob / max_prob
+    values: np.ndarray
+
+
+def best_intent_score(probs: np.ndarray, oos_index: int | None) -> np.ndarray:
+    """The best intent's probability: `in_scope_max_prob` (the oos column left out), or `max_prob` when
+    there is no oos label."""
+    return max_prob(probs) if oos_index is None else in_scope_max_prob(probs, oos_index)
+
+
+def edge_rejection_score(probs: np.ndarray, routing: Any, oos_index: int | None) -> RejectionScore:
+    """The score the edge refuses by under `routing` (a manifest routing entry): its band score when a band
+    is shipped; else the best intent's probability, where a band would be cut if the fit shipped one."""
+    band = manifest_band_score(probs, routing, oos_index)
+    if band is not None:
+        return RejectionScore(routing.oos_score or routing.score, band)
+    return RejectionScore("max_prob" if oos_index is None else "in_scope_max_prob",
+                          best_intent_score(probs, oos_index))
+
+
+def cloud_rejection_score(probs: np.ndarray, logits: np.ndarray, rule: Any,
+                          oos_index: int | None) -> RejectionScore:
+    """The score the cloud refuses by under `rule` (`models.cloud` or a `CloudRule`): the one `cloud_answer`
+    cuts its oos threshold on (max_prob over every column, oos included, or neg_energy of its `logits`);
+    `max_prob` without an oos label."""
+    if oos_index is None:  # it refuses nothing then, whatever its rule names
+        return RejectionScore("max_prob", max_prob(probs))
+    return RejectionScore(rule.oos_score or "max_prob", cloud_oos_score(probs, rule, oos_index, logits))
 
 
 @dataclass(frozen=True)
@@ -85,24 +120,20 @@ def tier_rejection(edge_probs: np.ndarray, cloud_probs: np.ndarray, cloud_logits
     if not is_oos.any() or is_oos.all():
         return None
     assert oos_index is not None
-    band = manifest_band_score(edge_probs, routing, oos_index)
-    if band is None:  # no band shipped: the curve a band on the best intent's probability would give
-        edge_name = "in_scope_max_prob"
-        edge_score = band_score(edge_name, edge_probs, oos_index)
-        edge_refused, edge_cut = np.zeros(len(y), dtype=bool), None
-    else:
-        edge_score, edge_name = band, routing.oos_score or routing.score
-        edge_refused, edge_cut = edge_oos(edge_probs, routing, oos_index), float(routing.oos_threshold)
-    cloud_score = cloud_oos_score(cloud_probs, cloud_rule, oos_index, cloud_logits)
+    edge_score = edge_rejection_score(edge_probs, routing, oos_index)
+    band = edge_oos(edge_probs, routing, oos_index)
+    edge_refused = np.zeros(len(y), dtype=bool) if band is None else band
+    edge_cut = None if band is None else float(routing.oos_threshold)
+    cloud_score = cloud_rejection_score(cloud_probs, cloud_logits, cloud_rule, oos_index)
     cloud_cut = None if cloud_rule.oos_threshold is None else float(cloud_rule.oos_threshold)
-    cloud_refused = cloud_score < cloud_cut if cloud_cut is not None else np.zeros(len(y), dtype=bool)
+    cloud_refused = cloud_score.values < cloud_cut if cloud_cut is not None else np.zeros(len(y), dtype=bool)
     # Everything each answers `oos` when asked alone: the edge's band or top label, the cloud's answers
     edge_oos_answers = edge_refused | (edge_probs.argmax(axis=-1) == oos_index)
     cloud_oos_answers = cloud_answer(cloud_probs, cloud_rule, oos_index, logits=cloud_logits) == oos_index
     asked = decide(edge_probs, routing, oos_index).escalate  # what the cascade asks the cloud
-    edge = TierRejection(edge_name, _curve(edge_score, is_oos),
+    edge = TierRejection(edge_score.name, _curve(edge_score.values, is_oos),
                          _point(edge_cut, edge_refused, edge_oos_answers, is_oos))
-    cloud = TierRejection(cloud_rule.oos_score or "max_prob", _curve(cloud_score, is_oos),
+    cloud = TierRejection(cloud_score.name, _curve(cloud_score.values, is_oos),
                           _point(cloud_cut, cloud_refused, cloud_oos_answers, is_oos),
                           asked=_point(cloud_cut, cloud_refused & asked, cloud_oos_answers & asked, is_oos))
     return Rejection(split, int((~is_oos).sum()), int(is_oos.sum()), edge, cloud)

@@ -8,8 +8,9 @@ refusing out-of-domain requests (in-scope texts refused) is read next to what it
   cloud, escalated and answered with an intent (paid for, and wrong), answered with an intent by the edge;
 - per in-scope test text: refused by the edge, refused by the cloud, escalated, joint accuracy and its
   ratio to the cloud alone;
-- the rejection curve of each tier's score (in-scope texts refused vs out-of-domain texts caught) and its
-  AUROC: what another threshold would give.
+- the rejection curve of the score each tier refuses by (in-scope texts refused vs out-of-domain texts
+  caught) and its AUROC: what another threshold would give. The scores are the build's own rejection
+  section's (`calibrate.rejection`): the edge's band score, the cloud's oos score.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from model_build.calibrate.rejection import rejection_curve
+from model_build.calibrate.rejection import (
+    RejectionScore,
+    cloud_rejection_score,
+    edge_rejection_score,
+    rejection_curve,
+)
 from model_build.data.dataset import Dataset, Split
 from model_build.data.unlabeled import load_unlabeled
 from model_build.errors import DataError
@@ -30,8 +36,7 @@ from model_build.evaluate.measure import built_from, oos_auroc
 from model_build.tflite.run import classifier_logits
 from modelpack.classifier import Classifier
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest
-from modelpack.routing import Route, cascade, cloud_oos_score
-from modelpack.scores import in_scope_max_prob
+from modelpack.routing import Route, cascade
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class OodReport:
     joint_over_cloud: float
     auroc: dict[str, float]  # per tier: the rejection score's, in-scope vs out-of-domain
     curves: dict[str, dict[str, float]]  # tier -> {false reject: out-of-domain caught}
-    scores: dict[str, str]  # tier -> the score it refuses on (the curves' and AUROCs')
+    scores: dict[str, str]  # tier -> the score it refuses by (the curves' and AUROCs')
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,26 +81,6 @@ class OodReport:
             lines.append(f"{tier} rejection curve on {self.scores[tier]} (in-scope refused -> out-of-domain "
                          f"caught; AUROC {self.auroc[tier]:.4f}): {shown}")
         return "\n".join(lines)
-
-
-def rejection_score(probs: np.ndarray, oos_index: int | None) -> np.ndarray:
-    """Higher means more surely in scope: the best intent's probability (the oos column left out)."""
-    return probs.max(axis=-1) if oos_index is None else in_scope_max_prob(probs, oos_index)
-
-
-def rejection_names(manifest: Manifest) -> dict[str, str]:
-    """Per tier, the name of the score it refuses on: `rejection_score`'s, or the cloud's manifest oos score
-    when that reads logits (`neg_energy`)."""
-    own = "max_prob" if manifest.oos_index is None else "in_scope_max_prob"
-    cloud = manifest.cloud.oos_score
-    return {"edge": own, "cloud": own if cloud in (None, "max_prob") else cloud}
-
-
-def cloud_rejection_score(probs: np.ndarray, logits: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """The score the cloud refuses on (`rejection_names`)."""
-    if rejection_names(manifest)["cloud"] in ("max_prob", "in_scope_max_prob"):
-        return rejection_score(probs, manifest.oos_index)
-    return cloud_oos_score(probs, manifest.cloud, manifest.oos_index, logits)
 
 
 def auroc(in_scope: np.ndarray, ood: np.ndarray) -> float:
@@ -127,10 +112,11 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
     cloud_alone, _ = routed("in", _escalate_all(manifest))
     y = np.asarray(in_scope_labels)
     joint, cloud_acc = float((answers_in == y).mean()), float((cloud_alone == y).mean())
-    # Each tier's curve on the score it refuses on: the edge's best intent, the cloud's manifest oos score
-    scores = {"edge": {part: rejection_score(p, oos) for part, p in probs["edge"].items()},
-              "cloud": {part: cloud_rejection_score(p, logits["cloud"][part], manifest)
-                        for part, p in probs["cloud"].items()}}
+    # Each tier's curve on the score it refuses by, as the build's rejection section draws it
+    scores: dict[str, dict[str, RejectionScore]] = {
+        "edge": {part: edge_rejection_score(p, manifest.routing, oos) for part, p in probs["edge"].items()},
+        "cloud": {part: cloud_rejection_score(p, logits["cloud"][part], manifest.cloud, oos)
+                  for part, p in probs["cloud"].items()}}
     return OodReport(
         n_ood=len(ood_texts), n_in_scope=len(in_scope_texts),
         ood_refused_by_edge=float((~route_ood.escalate & refused_ood).mean()),
@@ -143,9 +129,9 @@ def ood_report(manifest: Manifest, folder: Path, in_scope_texts: Sequence[str], 
         in_scope_escalated=float(route_in.escalate.mean()),
         in_scope_joint_accuracy=joint, in_scope_cloud_accuracy=cloud_acc,
         joint_over_cloud=joint / cloud_acc if cloud_acc > 0 else float("nan"),
-        auroc={tier: auroc(s["in"], s["ood"]) for tier, s in scores.items()},
-        curves={tier: rejection_curve(s["in"], s["ood"]) for tier, s in scores.items()},
-        scores=rejection_names(manifest),
+        auroc={tier: auroc(s["in"].values, s["ood"].values) for tier, s in scores.items()},
+        curves={tier: rejection_curve(s["in"].values, s["ood"].values) for tier, s in scores.items()},
+        scores={tier: s["in"].name for tier, s in scores.items()},
     )
 
 

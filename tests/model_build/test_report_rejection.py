@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +28,7 @@ from model_build.report import view
 from model_build.report.markdown import render_report_md
 from model_build.report.view import report_view
 from modelpack.classifier import Classifier
-from modelpack.manifest import Manifest, load_manifest
+from modelpack.manifest import Manifest, load_manifest, write_manifest
 from modelpack.scores import SCORES, in_scope_max_prob, neg_energy
 from tests.fixtures.tiny_artifact import LABELS, TEXTS
 
@@ -222,3 +223,60 @@ def test_evaluate_ood_keeps_its_curve(tiny_artifact: Path) -> None:
     for curve in report.curves.values():
         assert list(curve) == [f"{rate:g}" for rate in CURVE_FALSE_REJECTS]
         assert list(curve.values()) == sorted(curve.values())
+
+
+# The tiny artifact's manifest with these changes (to its top, routing and models.cloud): tiers that refuse
+# by scores other than the best intent's probability
+REFUSING_BY = {
+    "as built: no band, the cloud's threshold on max_prob over every column": ({}, {}, {}),
+    "edge band on margin": ({}, {"oos_threshold": 0.2, "oos_score": "margin"}, {}),
+    "edge band on its escalation score, cloud on neg_energy": (
+        {}, {"oos_threshold": 0.3}, {"oos_score": "neg_energy", "oos_threshold": 1.0}),
+    "no oos label: nothing refused": (
+        {"oos_label": None}, {}, {"oos_score": "neg_energy", "oos_threshold": 1.0}),
+}
+
+
+def _refused_by(manifest: Manifest, folder: Path, texts: list[str]) -> dict[str, tuple[str, np.ndarray]]:
+    """Per tier, the score its threshold cuts (written out from the manifest's fields) and its values."""
+    oos, r, c = manifest.oos_index, manifest.routing, manifest.cloud
+    edge_probs = Classifier(manifest, folder, "edge").probabilities(texts)
+    cloud = Classifier(manifest, folder, "cloud")
+    cloud_logits = cloud.logits(texts)
+    cloud_max_prob = ("max_prob", cloud.calibrate(cloud_logits).max(axis=1))  # over every column
+    if oos is None:  # neither tier refuses: both on their confidence
+        return {"edge": ("max_prob", edge_probs.max(axis=1)), "cloud": cloud_max_prob}
+    band = "in_scope_max_prob" if r.oos_threshold is None else r.oos_score or r.score
+    edge = in_scope_max_prob(edge_probs, oos) if band == "in_scope_max_prob" else SCORES[band](edge_probs)
+    if c.oos_score == "neg_energy":
+        return {"edge": (band, edge), "cloud": ("neg_energy", neg_energy(cloud_logits, oos))}
+    return {"edge": (band, edge), "cloud": cloud_max_prob}
+
+
+@pytest.mark.parametrize("variant", list(REFUSING_BY))
+def test_evaluate_ood_draws_each_tier_on_the_score_it_refuses_by(variant: str, tiny_artifact: Path,
+                                                                 tmp_path: Path) -> None:
+    # given the tiny artifact with a manifest whose tiers refuse by these scores
+    top, routing, cloud = REFUSING_BY[variant]
+    shipped = load_manifest(tiny_artifact)
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    changed = dataclasses.replace(shipped, **top, routing=dataclasses.replace(shipped.routing, **routing),
+                                  cloud=dataclasses.replace(shipped.cloud, **cloud))
+    write_manifest(changed, folder)
+    manifest = load_manifest(folder)  # a manifest the runtimes accept
+    in_scope = [t for label in LABELS[:OOS] for t in MORE[label]]
+    labels = np.array([LABELS.index(label) for label in LABELS[:OOS] for _ in MORE[label]])
+
+    # when evaluate --ood measures it on out-of-domain texts
+    report = ood_report(manifest, folder, in_scope, labels, MORE["oos"])
+
+    # then each tier's curve and AUROC are on the score its threshold cuts
+    inside, outside = _refused_by(manifest, folder, in_scope), _refused_by(manifest, folder, MORE["oos"])
+    for tier in ("edge", "cloud"):
+        (name, s_in), (_, s_ood) = inside[tier], outside[tier]
+        assert report.scores[tier] == name
+        assert report.curves[tier] == pytest.approx(
+            {f"{rate:g}": float((s_ood < np.quantile(s_in, rate)).mean()) for rate in CURVE_FALSE_REJECTS})
+        above = (s_in[:, None] > s_ood[None, :]).mean() + 0.5 * (s_in[:, None] == s_ood[None, :]).mean()
+        assert report.auroc[tier] == pytest.approx(above)
+        assert f"{tier} rejection curve on {name} " in report.summary()
