@@ -43,6 +43,9 @@ BACKGROUND_BIAS_GRID = tuple(-b for b in reversed(OOS_BIAS_GRID)) + OOS_BIAS_GRI
 # cloud's costs a call. Measured on two held-out CLINC150 shapes (100 and 40 intents) against 0.5: far OOD
 # escalated 36 -> 20 % and 17 -> 8 %, answered with an intent no higher (bench/results/open_set.md).
 EDGE_BUDGET_SHARE = 0.75
+# ... and whatever it is asked, the cloud refuses at most this share of all in-scope texts: when the edge
+# escalates fewer in-scope texts than the cloud's share allows, nothing else would stop it refusing every one.
+CLOUD_ALONE_MAX_REFUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -212,9 +215,11 @@ class _CloudFit:
         (Capping it by the whole budget over every text as well cost 3 pt of far OOD answered with an
         intent and 7 pt of near on the 40-intent held-out set, for cloud-alone accuracy only.)"""
         assert self.oos is not None and self.budget is not None
-        threshold = cap_false_reject(self.probs, self.y, self.oos, ESCALATE_ALL,
-                                     self.budget * (1 - EDGE_BUDGET_SHARE), among=asked,
-                                     score=neg_energy(self.logits, self.oos))
+        energy = neg_energy(self.logits, self.oos)
+        ceiling = cap_false_reject(self.probs, self.y, self.oos, ESCALATE_ALL, CLOUD_ALONE_MAX_REFUSE,
+                                   score=energy)
+        threshold = cap_false_reject(self.probs, self.y, self.oos, ceiling, self.budget * (1 - EDGE_BUDGET_SHARE),
+                                     among=asked, score=energy)
         return dataclasses.replace(self, rule=CloudRule(threshold, "neg_energy"))
 
     def answers(self) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from model_build.artifact import ArtifactRunner
-from model_build.calibrate.fit import EDGE_BUDGET_SHARE, Fitted, fit_on_validation
+from model_build.calibrate.fit import CLOUD_ALONE_MAX_REFUSE, EDGE_BUDGET_SHARE, Fitted, fit_on_validation
 from model_build.calibrate.rejection import CURVE_FALSE_REJECTS, REPORT_FALSE_REJECTS
 from model_build.config import preset
 from model_build.data.dataset import Dataset, Split
@@ -159,6 +159,24 @@ def test_a_background_class_spends_the_budget_as_the_fit_says(built: dict[str, A
     assert rejection.edge.chosen.in_scope_refused <= rejection.edge.budget + 1e-9
     assert rejection.cloud.asked is not None
     assert rejection.cloud.asked.in_scope_answered_oos <= rejection.cloud.budget + 1e-9
+
+
+def test_the_cloud_never_refuses_everything_it_is_asked(built: dict[str, Any]) -> None:
+    """The tiny edge escalates fewer in-scope validation texts than the cloud's share of the budget allows:
+    counted on those alone, any threshold would do, and the fit once shipped "refuse everything" (1e9)."""
+    rejection, manifest = built["fitted"].validation.rejection, built["manifest"]
+    assert rejection is not None
+    if not built["background"]:
+        return
+    assert manifest.cloud.oos_threshold is not None and manifest.cloud.oos_threshold < 1e6
+    val = built["dataset"].val
+    in_scope = val.labels != OOS
+    served = _served(manifest, built["folder"], val)
+    top_oos = (served["cloud oos"] & ~served["cloud"])[in_scope].mean()  # no threshold undoes these
+    refused_alone = served["cloud oos"][in_scope].mean()
+    cap = np.floor(CLOUD_ALONE_MAX_REFUSE * in_scope.sum() + 1e-9) / in_scope.sum()
+    assert refused_alone <= max(cap, top_oos) + 1e-9
+    assert rejection.cloud.chosen.in_scope_answered_oos == pytest.approx(refused_alone)
 
 
 def test_the_test_split_has_its_rejection_when_it_holds_oos_texts(built: dict[str, Any]) -> None:
