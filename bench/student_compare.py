@@ -20,6 +20,8 @@ as `model_build evaluate` finds it; `--data` overrides it for every artifact). P
                           routing threshold is swept over the quantiles 0 to 0.4 (step 0.0025) of the edge's
                           routing score, `with_band` (the shipped `oos` band kept) and `without_band`;
                           null when no swept threshold reaches it
+  escalation_needed_by_oos_bias   (with --oos-bias B ...) the same without band, the edge recalibrated with
+                          each bias B on its oos logit instead of the shipped one: students at equal settings
 
 The sweep runs on the test split itself: an optimistic footing, but the same for every student. It compares
 the students' ranking of their own errors, not the build's choice of threshold on validation (`shipped`
@@ -119,6 +121,19 @@ def escalation_needed(out: SplitOutputs, manifest: Manifest, teacher: float,
     return needed
 
 
+def by_oos_bias(out: SplitOutputs, manifest: Manifest, folder: Path, teacher: float, targets: tuple[float, ...],
+                biases: tuple[float, ...]) -> dict[str, dict[str, float | None]]:
+    """`escalation_needed` without band with each bias on the edge's oos logit instead of the shipped one: the
+    students compared at equal calibration (a large bias answers `oos` to unsure texts, as a band does)."""
+    rows = {}
+    for bias in biases:
+        biased = dataclasses.replace(manifest, edge=dataclasses.replace(manifest.edge, oos_logit_bias=bias))
+        probs = Classifier(biased, folder, "edge").calibrate(out.edge_logits)
+        rows[f"{bias:g}"] = escalation_needed(dataclasses.replace(out, edge_probs=probs),
+                                              with_routing(biased, oos_threshold=None), teacher, targets)
+    return rows
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -130,13 +145,14 @@ def copied_metrics(folder: Path) -> dict[str, dict[str, Any]]:
             for section, names in COPIED.items()}
 
 
-def compare(folder: Path, manifest: Manifest, dataset: Dataset, targets: tuple[float, ...]) -> dict[str, Any]:
+def compare(folder: Path, manifest: Manifest, dataset: Dataset, targets: tuple[float, ...],
+            biases: tuple[float, ...] = ()) -> dict[str, Any]:
     """One artifact's row: its figures on the split and what its metrics.json says."""
     out = SplitOutputs.run(manifest, folder, dataset)
     _, teacher = operating_point(out, with_routing(manifest, threshold=ESCALATE_ALL, oos_threshold=None))
     rate, joint = operating_point(out, manifest)
     no_band = with_routing(manifest, oos_threshold=None)
-    return {
+    row = {
         "folder": str(folder),
         "version": manifest.model_version,
         "architecture": (manifest.build or {}).get("config", {}).get("student", {}).get("architecture"),
@@ -150,6 +166,9 @@ def compare(folder: Path, manifest: Manifest, dataset: Dataset, targets: tuple[f
         "escalation_needed": {"with_band": escalation_needed(out, manifest, teacher, targets),
                               "without_band": escalation_needed(out, no_band, teacher, targets)},
     }
+    if biases and manifest.oos_index is not None:
+        row["escalation_needed_by_oos_bias"] = by_oos_bias(out, manifest, folder, teacher, targets, biases)
+    return row
 
 
 def _artifacts(parser: argparse.ArgumentParser, specs: list[str],
@@ -176,13 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="the labelled data (default: each artifact's own)")
     parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS),
                         help="joint accuracy / teacher's to reach (default: %(default)s)")
+    parser.add_argument("--oos-bias", type=float, nargs="+", default=[], metavar="B",
+                        help="also sweep without band at each of these biases on the edge's oos logit")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     artifacts = _artifacts(parser, args.artifact, args.data)
     targets = tuple(args.targets)
     result = {"machine": machine() | {"python": platform.python_version()}, "split": "test",
               "targets": list(targets),
-              "results": {name: compare(folder, manifest, dataset, targets)
+              "results": {name: compare(folder, manifest, dataset, targets, tuple(args.oos_bias))
                           for name, (folder, manifest, dataset) in artifacts.items()}}
     text = json.dumps(result, indent=2)
     print(text)

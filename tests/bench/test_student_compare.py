@@ -46,6 +46,10 @@ def _write_data(path: Path) -> Path:
     return path
 
 
+def _shipped_bias(folder: Path) -> float:
+    return load_manifest(folder).edge.oos_logit_bias
+
+
 @pytest.fixture(scope="module")
 def run(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One real run of the bench, its stdout and the file it wrote."""
@@ -54,7 +58,8 @@ def run(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = student_compare.main(["--artifact", f"tiny={tiny_artifact}", "--data", str(data),
-                                     "--targets", *TARGETS, "--out", str(out)])
+                                     "--targets", *TARGETS, "--out", str(out),
+                                     "--oos-bias", "0", "2.5", f"{_shipped_bias(tiny_artifact):g}"])
     return {"code": code, "stdout": stdout.getvalue(), "report": json.loads(out.read_text()), "data": data}
 
 
@@ -147,6 +152,17 @@ def test_metrics_are_copied_where_metrics_json_has_them_and_null_elsewhere(run: 
                                     "ece": 0.02, "size_bytes": None}
     assert metrics["routing"] == {"oos_threshold": None, "escalation_rate": 0.08, "joint_over_teacher": None}
     assert metrics["edge_fp32"] == {"in_scope_accuracy": None} and metrics["timings_s"] == {"student": None}
+
+
+def test_at_the_shipped_oos_bias_the_bias_sweep_is_the_sweep_without_band(run: dict[str, Any],
+                                                                         tiny_artifact: Path) -> None:
+    row = run["report"]["results"]["tiny"]
+    by_bias = row["escalation_needed_by_oos_bias"]
+    assert set(by_bias) == {"0", "2.5", f"{_shipped_bias(tiny_artifact):g}"}
+    assert by_bias[f"{_shipped_bias(tiny_artifact):g}"] == row["escalation_needed"]["without_band"]
+    for needed in by_bias.values():
+        assert set(needed) == set(TARGETS)
+        assert all(rate is None or 0.0 <= rate <= 1.0 for rate in needed.values())
 
 
 def test_a_folder_without_a_manifest_is_refused_in_one_line(tmp_path: Path,
