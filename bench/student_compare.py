@@ -48,7 +48,7 @@ from model_build.data.dataset import Dataset  # noqa: E402
 from model_build.errors import BuildError  # noqa: E402
 from model_build.evaluate.measure import built_from  # noqa: E402
 from model_build.tflite.run import classifier_logits  # noqa: E402
-from modelpack.classifier import Classifier  # noqa: E402
+from modelpack.classifier import Classifier, calibrated  # noqa: E402
 from modelpack.errors import ArtifactError  # noqa: E402
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, load_manifest  # noqa: E402
 from modelpack.routing import cascade  # noqa: E402
@@ -121,14 +121,14 @@ def escalation_needed(out: SplitOutputs, manifest: Manifest, teacher: float,
     return needed
 
 
-def by_oos_bias(out: SplitOutputs, manifest: Manifest, folder: Path, teacher: float, targets: tuple[float, ...],
+def by_oos_bias(out: SplitOutputs, manifest: Manifest, teacher: float, targets: tuple[float, ...],
                 biases: tuple[float, ...]) -> dict[str, dict[str, float | None]]:
     """`escalation_needed` without band with each bias on the edge's oos logit instead of the shipped one: the
     students compared at equal calibration (a large bias answers `oos` to unsure texts, as a band does)."""
     rows = {}
     for bias in biases:
         biased = dataclasses.replace(manifest, edge=dataclasses.replace(manifest.edge, oos_logit_bias=bias))
-        probs = Classifier(biased, folder, "edge").calibrate(out.edge_logits)
+        probs = calibrated(out.edge_logits, biased.edge, biased.oos_index)
         rows[f"{bias:g}"] = escalation_needed(dataclasses.replace(out, edge_probs=probs),
                                               with_routing(biased, oos_threshold=None), teacher, targets)
     return rows
@@ -167,7 +167,7 @@ def compare(folder: Path, manifest: Manifest, dataset: Dataset, targets: tuple[f
                               "without_band": escalation_needed(out, no_band, teacher, targets)},
     }
     if biases and manifest.oos_index is not None:
-        row["escalation_needed_by_oos_bias"] = by_oos_bias(out, manifest, folder, teacher, targets, biases)
+        row["escalation_needed_by_oos_bias"] = by_oos_bias(out, manifest, teacher, targets, biases)
     return row
 
 

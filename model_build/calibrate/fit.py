@@ -230,8 +230,10 @@ def _rejection(edge_probs: np.ndarray, cloud: _CloudFit, entry: RoutingEntry, y:
                budget: float | None, spent: bool) -> Rejection | None:
     """Each tier's rejection on validation under the shipped rules, with the budget the fit gave it."""
     found = tier_rejection(edge_probs, cloud.probs, cloud.logits, y, oos, entry, cloud.rule, split="val")
-    if found is None or not spent:  # the budget, if any, caps each tier on every text
-        return None if found is None else found.with_budgets(budget, budget)
+    if found is None:
+        return None
+    if not spent:  # the budget, if any, caps each tier on every text
+        return found.with_budgets(budget, budget)
     assert budget is not None  # shared out as the fit spends it: the cloud's counted on the escalated texts
     return found.with_budgets(budget * EDGE_BUDGET_SHARE, budget * (1 - EDGE_BUDGET_SHARE), "escalated")
 

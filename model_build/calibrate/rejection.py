@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from modelpack.routing import cloud_answer, cloud_oos_score, decide, edge_oos
+from modelpack.routing import cloud_answer, cloud_oos_score, decide
 from modelpack.scores import in_scope_max_prob, manifest_band_score, max_prob
 
 CURVE_FALSE_REJECTS = (0.01, 0.02, 0.05, 0.10)  # evaluate --ood's curve
@@ -121,16 +121,15 @@ def tier_rejection(edge_probs: np.ndarray, cloud_probs: np.ndarray, cloud_logits
         return None
     assert oos_index is not None
     edge_score = edge_rejection_score(edge_probs, routing, oos_index)
-    band = edge_oos(edge_probs, routing, oos_index)
-    edge_refused = np.zeros(len(y), dtype=bool) if band is None else band
-    edge_cut = None if band is None else float(routing.oos_threshold)
+    route = decide(edge_probs, routing, oos_index)  # the edge's band (none: no text in it), what it escalates
+    edge_refused, asked = route.edge_oos, route.escalate
+    edge_cut = None if routing.oos_threshold is None else float(routing.oos_threshold)
     cloud_score = cloud_rejection_score(cloud_probs, cloud_logits, cloud_rule, oos_index)
     cloud_cut = None if cloud_rule.oos_threshold is None else float(cloud_rule.oos_threshold)
     cloud_refused = cloud_score.values < cloud_cut if cloud_cut is not None else np.zeros(len(y), dtype=bool)
     # Everything each answers `oos` when asked alone: the edge's band or top label, the cloud's answers
     edge_oos_answers = edge_refused | (edge_probs.argmax(axis=-1) == oos_index)
     cloud_oos_answers = cloud_answer(cloud_probs, cloud_rule, oos_index, logits=cloud_logits) == oos_index
-    asked = decide(edge_probs, routing, oos_index).escalate  # what the cascade asks the cloud
     edge = TierRejection(edge_score.name, _curve(edge_score.values, is_oos),
                          _point(edge_cut, edge_refused, edge_oos_answers, is_oos))
     cloud = TierRejection(cloud_score.name, _curve(cloud_score.values, is_oos),

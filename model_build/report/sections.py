@@ -56,7 +56,7 @@ def _data(section: Any) -> list[str]:
     if isinstance(splits, dict) and splits:
         lines += ["", "| split | examples | oos share |", "|---|---:|---:|"]
         for name, split in splits.items():
-            split = split if isinstance(split, dict) else {}
+            split = _dict(split)
             lines.append(f"| {name} | {fmt_int(split.get('n'))} | {fmt_pct(split.get('oos_fraction'))} |")
     return lines + extra_lines(section, {key for key, _, _ in facts} | {"splits"})
 
@@ -196,7 +196,7 @@ def _routing(section: Any) -> list[str]:
             "|---|---:|---:|---:|---|",
         ]
         for name, choice in scores.items():
-            choice = choice if isinstance(choice, dict) else {}
+            choice = _dict(choice)
             mark = " **(chosen)**" if name == section.get("score") else ""
             lines.append(
                 f"| `{name}`{mark} | {fmt_num(choice.get('threshold'))} | {fmt_pct(choice.get('escalation_rate'))} "
@@ -222,7 +222,7 @@ def _escalation_table(section: Any) -> list[str]:
         "|---:|---:|---:|---:|---:|",
     ]
     for row in section.get("rows", []):
-        row = row if isinstance(row, dict) else {}
+        row = _dict(row)
         ratio = row.get("joint_over_teacher", ratio_of(row.get("joint_accuracy"), teacher))
         lines.append(
             f"| {fmt_pct(row.get('budget'), 0)} | {fmt_pct(row.get('escalation_rate'))} "
