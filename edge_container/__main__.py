@@ -80,14 +80,19 @@ def _serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
                             **gate.uvicorn_options())
     server = uvicorn.Server(config)
+    sockets = None
     if settings.is_child:  # one of EDGE_PROCESSES: the shared port, and a loopback port of its own
         from edge_container.processes import child_sockets
 
         assert settings.process_index is not None and settings.peers_dir is not None
-        server.run(sockets=child_sockets(settings.host, settings.port, settings.process_index, settings.peers_dir))
-    else:
-        server.run()
-    # uvicorn exits quietly when the lifespan start-up fails (e.g. a refused artifact): say so in the status.
+        sockets = child_sockets(settings.host, settings.port, settings.process_index, settings.peers_dir)
+    try:
+        server.run(sockets=sockets)
+    except SystemExit as exc:  # uvicorn's own status for a failed lifespan start-up (3): ours is 1
+        if exc.code != uvicorn.config.STARTUP_FAILURE:
+            raise
+        return 1
+    # A lifespan start-up failure (e.g. a refused artifact) is status 1, however uvicorn ends it.
     return 0 if server.started else 1
 
 
