@@ -22,3 +22,11 @@ def routed() -> dict[str, Any]:
     teacher = np.where(rng.random(n) < 0.92, labels, (labels + 1) % classes)
     comparison = compare_scores(probs, edge, teacher, labels, target_ratio=0.99)
     return {"probs": probs, "labels": labels, "edge": edge, "teacher": teacher, "comparison": comparison}
+
+
+@pytest.fixture(scope="session")
+def quick_clinc_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One stage cache for every quick-preset build on CLINC150 in the session: the quick teacher (and its
+    transfer set) is trained once, whichever student each build distils (tests/model_build/test_build_quick.py,
+    test_transformer_student.py). Builds that assert on cached stages still see their own student's."""
+    return tmp_path_factory.mktemp("quick_clinc_cache")

@@ -34,10 +34,11 @@ REQUIRED = {
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory):
+def built(tmp_path_factory: pytest.TempPathFactory, quick_clinc_cache):
     if not CLINC.exists():
         pytest.fail(f"{CLINC} is missing: run `make data` (or .ci/run, which copies it)")
     root = tmp_path_factory.mktemp("quick")
+    (root / "cache").symlink_to(quick_clinc_cache, target_is_directory=True)  # the session's quick teacher
     result = build(preset("quick"), data_path=CLINC, out_dir=root / "artifact", cache_dir=root / "cache")
     return result, root
 

@@ -163,10 +163,10 @@ def test_pretrained_blocks_reproduce_the_teachers_encoder():
 
 
 @pytest.mark.slow
-def test_quick_preset_builds_with_the_transformer_student(tmp_path):
-    """`build --preset quick --student transformer` on real CLINC150 (about 3 minutes on 2 busy cores, the
-    quick teacher most of it): the manifest records the architecture, the int8 file has no float op and
-    keeps the gate, and the edge runtime's reader loads it unchanged and answers."""
+def test_quick_preset_builds_with_the_transformer_student(tmp_path, quick_clinc_cache):
+    """`build --preset quick --student transformer` on real CLINC150 (the quick teacher from the session's
+    cache when test_build_quick.py trained it): the manifest records the architecture, the int8 file has no
+    float op and keeps the gate, and the edge runtime's reader loads it unchanged and answers."""
     import json
 
     from model_build.config import preset
@@ -179,7 +179,7 @@ def test_quick_preset_builds_with_the_transformer_student(tmp_path):
     # The quick teacher (58 steps) is worse than this student: the three-way fit escalates nothing and keeps
     # the edge's band above the escalate-none threshold, which the manifest accepts
     config = preset("quick", student="transformer")
-    result = build(config, data_path=CLINC, out_dir=tmp_path / "artifact", cache_dir=tmp_path / "cache")
+    result = build(config, data_path=CLINC, out_dir=tmp_path / "artifact", cache_dir=quick_clinc_cache)
 
     assert result.manifest.build["config"]["student"]["architecture"] == "transformer"
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
