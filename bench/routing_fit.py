@@ -6,10 +6,10 @@ bench measures how far that promise carries to texts the fit never saw.
     python bench/routing_fit.py --artifact NAME=DIR [--artifact ...] [--folds 5] [--seed 0] [--out FILE]
 
 Each artifact's manifest says what its build fit on: the build config (`build.config`: its preset with the
-settings the fit reads, the data's seed and subset, `--negatives`; a relative path in it, as the data's
-`data.path`, is relative to the repository's root) and the data file. Both are rebuilt as model_build does
-(the background class of `--negatives` added again), the edge and the cloud run once on validation and test
-(LiteRT), and every fit below reads those logits. Per artifact:
+settings the fit reads, the data's seed and subset, `--negatives`, `--off-topic`; a relative path in it, as
+the data's `data.path`, is relative to the repository's root) and the data file. Both are rebuilt as
+model_build does (`model_build.stages.training_dataset`: the background class added again), the edge and the
+cloud run once on validation and test (LiteRT), and every fit below reads those logits. Per artifact:
 
   folder, version, data    the artifact folder, its model_version, the data file read
   n                        validation and test texts
@@ -65,20 +65,19 @@ sys.path.insert(0, str(REPO))
 from model_build.artifact import ArtifactRunner, machine  # noqa: E402
 from model_build.calibrate import calibration, fit  # noqa: E402
 from model_build.config import BuildConfig, preset  # noqa: E402
-from model_build.data.background import with_background  # noqa: E402
-from model_build.data.dataset import Dataset, Split, load_dataset, subset  # noqa: E402
-from model_build.data.unlabeled import load_unlabeled  # noqa: E402
+from model_build.data.dataset import Dataset, Split  # noqa: E402
 from model_build.errors import BuildError  # noqa: E402
 from model_build.evaluate.measure import built_from  # noqa: E402
 from modelpack.classifier import calibrated  # noqa: E402
 from modelpack.errors import ArtifactError  # noqa: E402
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest  # noqa: E402
+from model_build.stages import training_dataset  # noqa: E402
 from modelpack.routing import cascade  # noqa: E402
 
 # The build config's settings the fit reads, or the data it fits on reads: passed to `preset` as they were.
 # Not the student: `preset` builds it from its name (default cnn) and the fit never reads it.
-FIT_SETTINGS = ("negatives", "max_false_reject", "routing_target", "traffic_oos_fraction", "edge_oos_band",
-                "edge_oos_bias", "cloud_min_in_scope_accuracy", "subset_per_class", "seed")
+FIT_SETTINGS = ("negatives", "off_topic", "max_false_reject", "routing_target", "traffic_oos_fraction",
+                "edge_oos_band", "edge_oos_bias", "cloud_min_in_scope_accuracy", "subset_per_class", "seed")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to one bool
@@ -147,14 +146,12 @@ def rebuild(folder: Path, manifest: Manifest) -> tuple[BuildConfig, Dataset, Spl
     if not data_path:
         raise BuildError(f"{folder}: its manifest records no data file (data.path)")
     overrides = {key: config_dict[key] for key in FIT_SETTINGS if key in config_dict}
-    if overrides.get("negatives"):
-        overrides["negatives"] = str(repo_path(overrides["negatives"]))
+    for key in ("negatives", "off_topic"):
+        if overrides.get(key):
+            overrides[key] = str(repo_path(overrides[key]))
     config = preset(config_dict["preset"], **overrides)
     path = repo_path(data_path)
-    dataset = subset(load_dataset(path, seed=config.seed), config.subset_per_class, seed=config.seed)
-    if config.negatives:
-        dataset = with_background(dataset, load_unlabeled(config.negatives), seed=config.seed)
-    return config, dataset, built_from(folder, manifest, path).test
+    return config, training_dataset(config, path), built_from(folder, manifest, path).test
 
 
 def cloud_only(manifest: Manifest) -> Manifest:
@@ -271,7 +268,7 @@ def searches_bias(case: Case) -> bool:
 
 def bias_grid(case: Case) -> tuple[float, ...]:
     """The biases the fit tries, none included (as fit_on_validation chooses its grid)."""
-    background = case.dataset.background or case.config.negatives
+    background = case.dataset.background or case.config.negatives or case.config.off_topic
     return (0.0, *(fit.BACKGROUND_BIAS_GRID if background else fit.OOS_BIAS_GRID))
 
 

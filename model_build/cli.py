@@ -71,6 +71,9 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
                         "requests of your own). Data without an 'oos' label gains a background class 'oos' learnt "
                         "from them, so both tiers answer 'oos' for requests none of your intents fits; data with "
                         "one gains them as out-of-scope training texts")
+    b.add_argument("--off-topic", type=Path, default=None,
+                   help="requests from your own traffic that none of your intents fits (same formats): every "
+                        "one joins the background class before any of --negatives, which fill the rest")
     b.add_argument("--max-false-reject", type=float, default=None, metavar="RATE",
                    help="the share of in-scope validation texts the cascade may answer 'oos' (default: 0.02 for a "
                         "background class from --negatives; no cap for data with its own 'oos' rows)")
@@ -166,6 +169,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["unlabeled"] = str(args.unlabeled)
     if args.negatives is not None:
         overrides["negatives"] = str(args.negatives)
+    if args.off_topic is not None:
+        overrides["off_topic"] = str(args.off_topic)
     if args.max_false_reject is not None:
         overrides["max_false_reject"] = args.max_false_reject
     if args.augment is not None:

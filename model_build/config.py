@@ -127,6 +127,9 @@ class BuildConfig:
     # Texts known to lie outside every intent (--negatives): for data without an oos label, a background
     # class `oos` learnt from them (model_build.data.background.with_background). None: no background class.
     negatives: str | None = None
+    # Off-topic requests from your own traffic (--off-topic): background-class texts drawn before any of the
+    # negatives (with_background's `first`). None: none.
+    off_topic: str | None = None
     # The share of in-domain validation texts the cascade may refuse as `oos` (--max-false-reject): the
     # cloud's oos threshold and the edge's band are capped at it (calibrate.fit.cap_false_reject). None:
     # DEFAULT_FALSE_REJECT for a background class; no cap for data with an oos label, whose validation oos
@@ -260,9 +263,10 @@ def preset(name: str, **overrides: Any) -> BuildConfig:
     unlabeled = overrides.get("unlabeled")
     if unlabeled is not None and not Path(unlabeled).is_file():
         raise BuildError(f"--unlabeled {unlabeled}: no such file")
-    negatives = overrides.get("negatives")
-    if negatives is not None and not Path(negatives).is_file():
-        raise BuildError(f"--negatives {negatives}: no such file")
+    for flag in ("negatives", "off_topic"):
+        path = overrides.get(flag)
+        if path is not None and not Path(path).is_file():
+            raise BuildError(f"--{flag.replace('_', '-')} {path}: no such file")
     reject = overrides.get("max_false_reject", config.max_false_reject)
     if reject is not None and not 0.0 <= reject < 0.5:
         raise BuildError(f"--max-false-reject must be in [0, 0.5), got {reject}")

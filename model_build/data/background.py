@@ -16,7 +16,8 @@ BACKGROUND_TRAIN_SHARE = 0.1
 BACKGROUND_VAL_SHARE = 0.1
 
 
-def with_background(dataset: Dataset, negatives: tuple[str, ...], *, seed: int) -> Dataset:
+def with_background(dataset: Dataset, negatives: tuple[str, ...], *, seed: int,
+                    first: tuple[str, ...] = ()) -> Dataset:
     """`dataset` with texts of `negatives` (text known to lie outside every intent: generic sentences, or
     your own traffic's off-topic requests) as out-of-scope training texts.
 
@@ -25,17 +26,29 @@ def with_background(dataset: Dataset, negatives: tuple[str, ...], *, seed: int) 
     whole out-of-scope machinery (the cloud's oos threshold, the edge's band, the shift table) applies. Data
     with an oos label keeps its own validation oos texts (real traffic, what the thresholds are fit on) and
     gains training ones only. The test split stays as given: its figures describe the user's own texts. A
-    text of `negatives` equal to a labelled one is left out. Raises DataError when too few are left."""
+    text of `negatives` equal to a labelled one is left out. Raises DataError when too few are left.
+
+    `first` (--off-topic: requests from your own traffic that none of your intents fits) are drawn before
+    any of `negatives`, every one of them when there is room, and shared between the splits like the rest."""
     labelled = set(dataset.train.texts) | set(dataset.val.texts) | set(dataset.test.texts)
-    pool = [t for t in negatives if t not in labelled]
+    own = list(dict.fromkeys(t for t in first if t not in labelled))
+    taken = labelled | set(own)
+    pool = [t for t in negatives if t not in taken]
     background = dataset.oos_label is None
     n_train = max(1, round(len(dataset.train) * BACKGROUND_TRAIN_SHARE))
     n_val = max(1, round(len(dataset.val) * BACKGROUND_VAL_SHARE / (1.0 - BACKGROUND_VAL_SHARE))) if background else 0
-    if len(pool) < n_train + n_val:
-        raise DataError(f"--negatives: {len(pool)} usable texts; at least {n_train + n_val} are needed "
-                        f"({n_train} to train on{f', {n_val} to validate on' if n_val else ''})")
+    n = n_train + n_val
+    if len(own) + len(pool) < n:
+        needed = f"{n_train} to train on" + (f", {n_val} to validate on" if n_val else "")
+        flags = "--negatives and --off-topic" if first else "--negatives"
+        raise DataError(f"{flags}: {len(own) + len(pool)} usable texts; at least {n} are needed ({needed})")
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(pool), size=n_train + n_val, replace=False)
+    if own:  # all of your own first (as many as fit), the generic pool after; then shuffled across the splits
+        own = [own[i] for i in rng.permutation(len(own))[:n]]
+        pool = own + [pool[i] for i in rng.choice(len(pool), size=n - len(own), replace=False)]
+        pick = rng.permutation(n)
+    else:
+        pick = rng.choice(len(pool), size=n, replace=False)
     labels = dataset.labels + (OOS_LABEL,) if background else dataset.labels
     oos = len(labels) - 1
 

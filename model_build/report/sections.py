@@ -239,7 +239,8 @@ _NO_RULE = {
 }
 _CAUGHT_ON = {
     "negatives": "Validation's out-of-scope texts are the `--negatives` (generic text, such as Wikipedia "
-                 "sentences), far easier to tell from the intents than real out-of-domain requests: "
+                 "sentences; your `--off-topic` requests first, if given), most of them far easier to tell "
+                 "from the intents than real out-of-domain requests: "
                  "\"caught\" on them overstates what real traffic gets. `model_build evaluate DIR --ood "
                  "FILE` measures that on texts of yours.",
     "data": "Out-of-scope texts are the data's own `oos` rows; other out-of-domain traffic may be caught "

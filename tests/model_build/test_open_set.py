@@ -46,6 +46,31 @@ def test_data_with_an_oos_label_gains_training_negatives_only() -> None:
     assert (grown.train.labels == 2).sum() == 4 and grown.val.texts == given.val.texts  # its own oos validate
 
 
+def test_your_own_off_topic_requests_are_all_drawn_before_the_generic_pool_and_shared_across_splits() -> None:
+    own = tuple(f"can you book a plumber {i}" for i in range(4)) + ("text 5", "can you book a plumber 0")
+    generic = tuple(f"the river flows {i}" for i in range(100)) + ("can you book a plumber 1",)
+    grown = with_background(_dataset(), generic, seed=0, first=own)
+
+    added = [t for t, y in zip(grown.train.texts + grown.val.texts, np.r_[grown.train.labels, grown.val.labels])
+             if y == 2]
+    assert len(added) == 6 and len(set(added)) == 6  # 4 train + 2 validation, no text twice
+    assert sorted(t for t in added if "plumber" in t) == [f"can you book a plumber {i}" for i in range(4)]
+    assert "text 5" not in added  # a labelled text is never a negative
+    mixes = {tuple("plumber" in t for t in grown.val.texts[-2:]) for seed in range(20)
+             for grown in [with_background(_dataset(), generic, seed=seed, first=own)]}
+    assert len(mixes) > 1  # which split each of your own lands in is drawn, not fixed
+
+
+def test_more_of_your_own_off_topic_requests_than_room_fills_the_class_with_them_alone() -> None:
+    own = tuple(f"can you book a plumber {i}" for i in range(50))
+    grown = with_background(_dataset(), (), seed=0, first=own)
+    added = [t for t, y in zip(grown.train.texts + grown.val.texts, np.r_[grown.train.labels, grown.val.labels])
+             if y == 2]
+    assert len(added) == 6 and all(t.startswith("can you book a plumber") for t in added)
+    with pytest.raises(DataError, match="--negatives and --off-topic: 2 usable texts; at least 6 are needed"):
+        with_background(_dataset(), (), seed=0, first=("a", "b"))
+
+
 def test_too_few_negatives_are_refused_naming_how_many_are_needed() -> None:
     with pytest.raises(DataError, match="at least 6 are needed"):
         with_background(_dataset(), ("a", "b", "text 1"), seed=0)
@@ -118,3 +143,21 @@ def test_a_background_class_spends_half_the_budget_on_the_edges_band() -> None:
     # Under one text's worth: just below the least sure in-scope text, which refuses none of them
     tiny = spend_band(entry, probs, split, 0.001)
     assert tiny.oos_threshold == best_intent[:200].min() and not (best_intent[:200] < tiny.oos_threshold).any()
+
+
+def test_a_missing_off_topic_file_is_one_line_before_anything_trains(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from model_build.config import preset
+    from model_build.errors import BuildError
+    from tests.conftest import REPO
+
+    with pytest.raises(BuildError, match=r"^--off-topic .*nowhere\.txt: no such file$"):
+        preset("quick", off_topic=str(tmp_path / "nowhere.txt"))
+    (tmp_path / "d.csv").write_text("text,label\nwake me up,alarm\nplay jazz,music\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "model_build", "build", "--data", str(tmp_path / "d.csv"),
+                           "--off-topic", str(tmp_path / "nowhere.txt"), "--out", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "--off-topic" in done.stderr and "no such file" in done.stderr and not (tmp_path / "out").exists()
