@@ -32,8 +32,11 @@ $(STAMP): $(REQS)
 data: $(STAMP)
 	@test -f $(DATA) -a -f $(UNLABELED) || $(PY) -m model_build data fetch clinc150 --out $(DATA)
 
+# Two pytest workers (pytest-xdist; TEST_WORKERS=0 runs in one process): quick CLINC150 builds stay on one
+# worker (xdist_group "quick_clinc") to share their teacher.
+TEST_WORKERS ?= 2
 test: $(STAMP) data
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Model for `up`/`demo`: artifacts/latest, built on first use: PRESET=fast (~6 min on 2 cores), full (`make build`,
 # ~18 min) or quick (a toy, ~2 min).

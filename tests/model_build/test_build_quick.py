@@ -21,7 +21,8 @@ from modelpack.errors import ChecksumMismatch
 from modelpack.manifest import Manifest, load_manifest
 from tests.conftest import CLINC, REPO
 
-pytestmark = pytest.mark.slow
+# One xdist worker for every quick CLINC150 build: they share the session's quick teacher (conftest)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("quick_clinc")]
 
 REQUIRED = {
     "teacher": ("accuracy", "in_scope_accuracy", "oos_recall", "ece"),

@@ -163,6 +163,7 @@ def test_pretrained_blocks_reproduce_the_teachers_encoder():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("quick_clinc")  # on the worker that trained the session's quick teacher
 def test_quick_preset_builds_with_the_transformer_student(tmp_path, quick_clinc_cache):
     """`build --preset quick --student transformer` on real CLINC150 (the quick teacher from the session's
     cache when test_build_quick.py trained it): the manifest records the architecture, the int8 file has no
