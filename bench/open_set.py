@@ -16,7 +16,6 @@ the background class left out), `neg_energy` (logsumexp of the raw logits over t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._output import emit  # noqa: E402
 from model_build.artifact import machine  # noqa: E402
 from model_build.calibrate.rejection import best_intent_score as rejection_score  # noqa: E402
 from model_build.data.unlabeled import load_unlabeled  # noqa: E402
@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": machine(), "ood_sizes": {k: len(v) for k, v in ood.items()},
               "artifacts": {name: candidates(Path(d), args.data, ood)
                             for name, d in (a.split("=", 1) for a in args.artifact)}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import platform
 import sys
@@ -62,6 +61,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._output import emit  # noqa: E402
 from model_build.artifact import ArtifactRunner, machine  # noqa: E402
 from model_build.calibrate import calibration, fit  # noqa: E402
 from model_build.config import BuildConfig, preset  # noqa: E402
@@ -268,7 +268,7 @@ def searches_bias(case: Case) -> bool:
 
 def bias_grid(case: Case) -> tuple[float, ...]:
     """The biases the fit tries, none included (as fit_on_validation chooses its grid)."""
-    background = case.dataset.background or case.config.negatives or case.config.off_topic
+    background = case.dataset.background or case.config.has_negatives
     return (0.0, *(fit.BACKGROUND_BIAS_GRID if background else fit.OOS_BIAS_GRID))
 
 
@@ -361,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
               "folds": args.folds, "seed": args.seed,
               "results": {name: routing_fit(Case.run(*found), args.folds, args.seed)
                           for name, found in artifacts.items()}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

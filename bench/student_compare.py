@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._output import emit  # noqa: E402
 from model_build.artifact import machine  # noqa: E402
 from model_build.data.dataset import Dataset  # noqa: E402
 from model_build.errors import BuildError  # noqa: E402
@@ -205,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               "targets": list(targets),
               "results": {name: compare(folder, manifest, dataset, targets, tuple(args.oos_bias))
                           for name, (folder, manifest, dataset) in artifacts.items()}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

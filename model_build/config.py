@@ -166,6 +166,11 @@ class BuildConfig:
     latency_repeats: int = 200
     seed: int = 0
 
+    @property
+    def has_negatives(self) -> bool:
+        """Out-of-scope texts to add (--negatives or --off-topic): a background class on data without oos."""
+        return bool(self.negatives or self.off_topic)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

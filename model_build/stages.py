@@ -55,7 +55,7 @@ def training_dataset(config: BuildConfig, data_path: Path) -> Dataset:
     """The data set a build trains and fits on: the data (a preset's subset of it), with the background class
     of `--negatives` and `--off-topic` when given (model_build.data.background.with_background)."""
     dataset = subset(load_dataset(data_path, seed=config.seed), config.subset_per_class, seed=config.seed)
-    if not (config.negatives or config.off_topic):
+    if not config.has_negatives:
         return dataset
     own = load_unlabeled(config.off_topic) if config.off_topic else ()
     generic = load_unlabeled(config.negatives) if config.negatives else ()
@@ -66,11 +66,9 @@ def train_stages(config: BuildConfig, data_path: Path, cache: StageCache, timer:
     """Data, teacher and student: the expensive, cached part of a build (also used by bench/)."""
     with timer.stage("data"):
         dataset = training_dataset(config, data_path)
-        negatives_digest = None
-        if config.negatives or config.off_topic:
-            negatives_digest = file_digest(config.negatives) if config.negatives else None
-            if config.off_topic:  # only when given: the keys of builds without it stay as they were
-                negatives_digest = {"negatives": negatives_digest, "off_topic": file_digest(config.off_topic)}
+        negatives_digest = file_digest(config.negatives)  # None without
+        if config.off_topic:  # only when given: the keys of builds without it stay as they were
+            negatives_digest = {"negatives": negatives_digest, "off_topic": file_digest(config.off_topic)}
         tokenizer = build_tokenizer(config)
         train_ids = tokenizer.encode(dataset.train.texts, pad_to=config.max_seq_len)
     data_digest: dict[str, Any] = {"sha256": dataset.source_sha256, "subset_per_class": config.subset_per_class}

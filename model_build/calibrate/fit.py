@@ -148,8 +148,7 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
         # includes that rule).
         search = {0.0: edge.entry.expected_escalation_rate}
         # Negatives (--negatives) make oos a big class, which the student over-states: try negative biases too
-        negatives = dataset.background or config.negatives or config.off_topic
-        grid = BACKGROUND_BIAS_GRID if negatives else OOS_BIAS_GRID
+        grid = BACKGROUND_BIAS_GRID if dataset.background or config.has_negatives else OOS_BIAS_GRID
         search |= {bias: _rule_rate(config, edge_logits, split, bias, edge.entry) for bias in grid}
         bias = min(search, key=lambda b: (round(search[b], 9), b))
         if bias:

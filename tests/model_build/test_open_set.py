@@ -56,8 +56,8 @@ def test_your_own_off_topic_requests_are_all_drawn_before_the_generic_pool_and_s
     assert len(added) == 6 and len(set(added)) == 6  # 4 train + 2 validation, no text twice
     assert sorted(t for t in added if "plumber" in t) == [f"can you book a plumber {i}" for i in range(4)]
     assert "text 5" not in added  # a labelled text is never a negative
-    mixes = {tuple("plumber" in t for t in grown.val.texts[-2:]) for seed in range(20)
-             for grown in [with_background(_dataset(), generic, seed=seed, first=own)]}
+    drawn = (with_background(_dataset(), generic, seed=seed, first=own) for seed in range(20))
+    mixes = {tuple("plumber" in t for t in grown.val.texts[-2:]) for grown in drawn}
     assert len(mixes) > 1  # which split each of your own lands in is drawn, not fixed
 
 
