@@ -225,8 +225,9 @@ def test_concurrent_escalations_share_calls_and_each_answer_finds_its_text(
 
 def test_a_failed_shared_call_falls_back_every_member(tiny_artifact: Path, cloud: FakeCloud) -> None:
     cloud.reset("error", status=500)
+    # breaker_failures: on a loaded machine the six may make five failing calls, which would open the breaker
     settings = edge_settings(tiny_artifact, cloud_url=cloud.url, cloud_api_key="k", cloud_batch_wait_ms=100,
-                             cloud_retries=0)
+                             cloud_retries=0, breaker_failures=100)
     with serve_edge(settings) as (client, _):
         answers = concurrently(str(client.base_url), [{"text": UNSURE, "route": "cloud"} for _ in range(6)])
     assert {(r["source"], r["reason"]) for body in answers for r in body["results"]} == {
