@@ -119,15 +119,18 @@ def test_admin_reload_and_rollback_under_load(served: httpx.Client, watched: Pat
 def test_a_bad_artifact_is_refused_and_the_old_version_keeps_serving(served: httpx.Client, watched: Path,
                                                                      artifact_v2: Path, damage: str) -> None:
     def break_it() -> None:
-        copy_into(artifact_v2, watched, ("manifest.json",))  # names tiny-2...
-        if damage == "corrupt_model":  # ... whose model file is now corrupt
+        # The damage lands before the manifest naming tiny-2 (manifest last, as an operator would): with the
+        # manifest first, a poll between the two writes could load a sound tiny-2 and the test would race.
+        if damage == "corrupt_model":
             data = bytearray((watched / "edge_int8.tflite").read_bytes())
             data[100] ^= 0xFF
             (watched / "edge_int8.tflite").write_bytes(bytes(data))
         elif damage == "missing_file":
             (watched / "tokenizer.json").unlink()
-        else:
+        if damage == "bad_manifest":
             (watched / "manifest.json").write_text('{"model_version": "tiny-3", "labels": "oops"}')
+        else:
+            copy_into(artifact_v2, watched, ("manifest.json",))  # names tiny-2, whose files are now damaged
 
     seen = under_load(str(served.base_url), break_it, seconds=0.5)
     assert {v for versions in seen for v in versions} == {"tiny-1"}
