@@ -254,8 +254,13 @@ def _local_feedback(source: str, cache_dir: Path | None) -> str:
 
 def _summary(metrics: dict) -> str:
     lines = []
-    for section in ("teacher", "edge_int8", "edge_fp32", "routing"):
-        values = metrics.get(section, {})
+    # edge+band: the edge alone with its own `oos` band, its AUROC on the score the band refuses by.
+    for section, name in (("teacher", "teacher"), ("edge_int8", "edge_int8"),
+                          ("edge_int8_with_oos_rule", "edge+band"), ("edge_fp32", "edge_fp32"),
+                          ("routing", "routing")):
+        if section not in metrics:
+            continue
+        values = metrics[section]
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, (int, float)))
-        lines.append(f"{section:10s} {shown}")
+        lines.append(f"{name:10s} {shown}")
     return "\n".join(lines)

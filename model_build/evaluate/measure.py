@@ -33,8 +33,10 @@ LATENCY_BATCHES = (1, 32)
 
 
 def classification_metrics(
-    probs: np.ndarray, labels: np.ndarray, oos_index: int | None, *, pred: np.ndarray | None = None
+    probs: np.ndarray, labels: np.ndarray, oos_index: int | None, *, pred: np.ndarray | None = None,
+    oos_score: np.ndarray | None = None,
 ) -> ModelMetrics:
+    """`oos_auroc` ranks by `oos_score` (higher: more in scope) when given, else by the max probability."""
     pred = probs.argmax(axis=1) if pred is None else pred
     correct = pred == labels
     is_oos = labels == oos_index if oos_index is not None else np.zeros(len(labels), dtype=bool)
@@ -42,7 +44,7 @@ def classification_metrics(
     if is_oos.any():
         recall = float(correct[is_oos].mean())
         if (~is_oos).any():
-            auroc = oos_auroc(probs.max(axis=1), is_oos)
+            auroc = oos_auroc(probs.max(axis=1) if oos_score is None else oos_score, is_oos)
     return ModelMetrics(accuracy=float(correct.mean()), in_scope_accuracy=float(correct[~is_oos].mean()),
                         oos_recall=recall, oos_auroc=auroc, ece=calibration.ece(probs, labels, n_bins=15))
 
@@ -123,7 +125,9 @@ def test_metrics(
     edge_rule = None
     if a.band is not None:  # the edge alone, as deployed with its band: `oos` below routing.oos_threshold
         pred = np.where(a.band < m.routing.oos_threshold, oos, a.edge_pred)
-        edge_rule = classification_metrics(a.edge_probs, y, oos, pred=pred)
+        # Its AUROC on the score the band refuses by (the best intent's probability with a background or an
+        # oos class): the max probability ranks a confident `oos` answer as in scope.
+        edge_rule = classification_metrics(a.edge_probs, y, oos, pred=pred, oos_score=a.band)
     return TestMetrics(
         n=int(len(y)),
         oos_fraction=float((y == oos).mean()) if oos is not None else 0.0,
