@@ -131,7 +131,7 @@ class BuildConfig:
     # negatives (with_background's `first`). None: none.
     off_topic: str | None = None
     # The share of in-domain validation texts the cascade may refuse as `oos` (--max-false-reject): the
-    # cloud's oos threshold and the edge's band are capped at it (calibrate.fit.cap_false_reject). None:
+    # cloud's oos threshold and the edge's band are capped at it (thresholds.cap_false_reject). None:
     # DEFAULT_FALSE_REJECT for a background class; no cap for data with an oos label, whose validation oos
     # texts let the fit weigh what a refusal buys (on CLINC150 a 2 % cap cost 6 pt of joint oos recall).
     max_false_reject: float | None = None

@@ -22,8 +22,10 @@ from model_build.calibrate.thresholds import (
     OosChoice,
     RoutingChoice,
     ScoreComparison,
+    cap_false_reject,
     choose_oos_threshold,
     compare_scores,
+    threshold_below,
 )
 from model_build.config import BuildConfig
 from model_build.data.dataset import Dataset
@@ -178,8 +180,9 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
 
 @dataclass(frozen=True, eq=False)
 class _CloudFit:
-    """The cloud's oos rule on validation. With real oos texts: the threshold on its max probability that
-    keeps its in-scope accuracy (`choose_oos_threshold`), capped by the false-reject budget if one is given.
+    """The cloud's oos rule on validation. With real oos texts: the threshold that keeps its in-scope accuracy
+    (`choose_oos_threshold`) on its max probability or its energy score, whichever catches more of them,
+    capped by the false-reject budget if one is given.
     With a background class (`spent`: its validation negatives are not the traffic's, so nothing measures
     what a refusal buys): its share of the user's budget, cut on its energy score, which ranks unseen
     out-of-domain text below the intents better than its max probability does (bench/results/open_set.md)."""
@@ -198,16 +201,23 @@ class _CloudFit:
         fit = cls(logits, probs, y, oos, CloudRule(None), None, budget)
         if oos is None:
             return fit
-        choice = choose_oos_threshold(probs, y, oos, weights=w,
-                                      min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
+        # Real oos texts measure the recall of each score at the in-scope floor: the better one ships
+        # (a tie keeps the max probability).
+        energy = neg_energy(logits, oos)
+        choice, by_energy = (choose_oos_threshold(probs, y, oos, weights=w, score=score,
+                                                  min_in_scope_accuracy=config.cloud_min_in_scope_accuracy)
+                             for score in (None, ("neg_energy", energy)))
+        if by_energy.feasible and by_energy.oos_recall > choice.oos_recall + 1e-9:
+            choice = by_energy
         fit = dataclasses.replace(fit, choice=choice)
         if spent:  # on every text while the edge's rule is fit; on the escalated ones once it is
             return fit.spent_on(None)
         if not (choice.feasible and np.isfinite(choice.threshold)):
             return fit
+        name, score = ("neg_energy", energy) if choice.score == "neg_energy" else (None, None)
         threshold = float(choice.threshold) if budget is None else \
-            cap_false_reject(probs, y, oos, float(choice.threshold), budget)
-        return dataclasses.replace(fit, rule=CloudRule(threshold))
+            cap_false_reject(probs, y, oos, float(choice.threshold), budget, score=score)
+        return dataclasses.replace(fit, rule=CloudRule(threshold, name))
 
     def spent_on(self, asked: np.ndarray | None) -> _CloudFit:
         """The cloud's share of a spent budget, counted on the texts it is `asked` (None: all). Fit for the
@@ -356,7 +366,7 @@ def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: floa
     assert split.oos is not None
     scores = band_score("in_scope_max_prob", probs, split.oos)
     inside = np.sort(scores[split.y != split.oos])
-    cut = _below(inside, int(np.floor(rate * inside.size + 1e-9)))
+    cut = threshold_below(inside, int(np.floor(rate * inside.size + 1e-9)))
     if entry.oos_threshold is not None and entry.oos_score == "in_scope_max_prob":
         cut = max(cut, entry.oos_threshold)
     routed = apply_deferral(probs.argmax(axis=1), split.cloud_pred, split.y, SCORES[entry.score](probs),
@@ -364,34 +374,3 @@ def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: floa
     return dataclasses.replace(entry, oos_threshold=cut, oos_score="in_scope_max_prob",
                                expected_edge_oos_rate=float(np.average(scores < cut, weights=split.w)),
                                expected_escalation_rate=routed.escalation_rate)
-
-
-def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,
-                     max_false_reject: float, *, among: np.ndarray | None = None,
-                     score: np.ndarray | None = None) -> float:
-    """`threshold` (the cloud's: its oos score below it → `oos`), lowered so that the cloud refuses at
-    most `max_false_reject` of the in-scope texts (`labels` != `oos_index`): an argmax on `oos` counts as a
-    refusal that no threshold undoes. `among`: the texts the cloud is asked about (the escalated ones; default
-    all): the share still counts every in-scope text, as the cascade's refusals do. `score`: the per-text oos
-    score (default: the max probability). Placed midway between neighbouring scores, as every threshold is."""
-    p = np.asarray(probs, dtype=np.float64)
-    in_scope = np.asarray(labels) != oos_index
-    asked = in_scope if among is None else in_scope & among
-    top = (p.max(axis=1) if score is None else np.asarray(score, dtype=np.float64))[asked]
-    argmax_oos = p[asked].argmax(axis=1) == oos_index
-    allowed = int(np.floor(max_false_reject * int(in_scope.sum()) + 1e-9)) - int(argmax_oos.sum())
-    scores = np.sort(top[~argmax_oos])
-    if allowed >= scores.size or (scores < threshold).sum() <= allowed:
-        return threshold
-    if not scores.size:
-        return threshold
-    return min(threshold, _below(scores, max(allowed, 0)))
-
-
-def _below(sorted_scores: np.ndarray, k: int) -> float:
-    """A threshold with the `k` (< n) lowest of `sorted_scores` below it, placed as every threshold is
-    (`calibrate.curves.cut_thresholds`); for k = 0 the lowest score itself: it refuses none of them (a split
-    too small for the rate) and still everything less sure than all of them."""
-    if k == 0:
-        return float(sorted_scores[0])
-    return float(cut_thresholds(sorted_scores, np.array([k]))[0])

@@ -59,7 +59,8 @@ class ScoreComparison:
 
 @dataclass(frozen=True)
 class OosChoice:
-    """Cloud-side rule: answer ``oos`` when the calibrated max probability is below ``threshold``.
+    """Cloud-side rule: answer ``oos`` when its ``score`` (the calibrated max probability, or the energy of
+    its raw logits: ``modelpack.routing.cloud_oos_score``) is below ``threshold``.
 
     Chosen as the largest OOS recall whose in-scope accuracy stays >= ``in_scope_floor``; among
     thresholds with that recall, the one flagging the least. ``feasible`` is False when even never
@@ -75,6 +76,7 @@ class OosChoice:
     base_in_scope_accuracy: float
     flagged_rate: float
     feasible: bool
+    score: str = "max_prob"
 
 
 def choose_threshold(
@@ -162,12 +164,13 @@ class _OosSweep:
     oos_weight: float
 
 
-def _oos_sweep(p: FloatArray, y: npt.NDArray[np.int64], w: FloatArray, oos_index: int) -> _OosSweep:
+def _oos_sweep(p: FloatArray, y: npt.NDArray[np.int64], w: FloatArray, oos_index: int,
+               score: FloatArray | None = None) -> _OosSweep:
     is_oos = y == oos_index
     w_oos, w_in = float(w[is_oos].sum()), float(w[~is_oos].sum())
     if w_oos <= 0.0 or w_in <= 0.0:
         raise ValueError("choosing an oos threshold needs both oos and in-scope examples (with weight)")
-    confidence = p.max(axis=1)
+    confidence = p.max(axis=1) if score is None else np.asarray(score, dtype=np.float64)
     base_pred = p.argmax(axis=1)
     order = np.argsort(confidence, kind="stable")
     w_sorted = w[order]
@@ -197,8 +200,10 @@ def choose_oos_threshold(
     min_in_scope_accuracy: float | None = None,
     max_in_scope_drop: float = 0.01,
     weights: npt.ArrayLike | None = None,
+    score: tuple[str, FloatArray] | None = None,
 ) -> OosChoice:
-    """Threshold on the calibrated max probability below which the cloud answers ``oos``.
+    """Threshold on the calibrated max probability (or on ``score``, a name and one value per row: higher
+    means more in scope) below which the cloud answers ``oos``.
 
     Maximises OOS recall subject to in-scope accuracy >= a floor. The floor is
     ``min_in_scope_accuracy`` when given, otherwise the in-scope accuracy without the rule minus
@@ -212,7 +217,9 @@ def choose_oos_threshold(
     w = as_weights(weights, p.shape[0])
     if oos_index < 0:
         raise ValueError(f"oos_index must be >= 0, got {oos_index}")
-    sweep = _oos_sweep(p, y, w, oos_index)
+    if score is not None and np.shape(score[1]) != (p.shape[0],):
+        raise ValueError(f"score {score[0]!r} has shape {np.shape(score[1])}, want ({p.shape[0]},)")
+    sweep = _oos_sweep(p, y, w, oos_index, None if score is None else score[1])
     in_acc, true_pos, w_oos = sweep.in_scope_accuracy, sweep.true_positives, sweep.oos_weight
 
     ks = realisable_cuts(sweep.confidence)
@@ -237,4 +244,36 @@ def choose_oos_threshold(
         base_in_scope_accuracy=base_in_acc,
         flagged_rate=float(sweep.flagged[k]),
         feasible=bool(feasible.any()),
+        score="max_prob" if score is None else score[0],
     )
+
+
+def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,
+                     max_false_reject: float, *, among: np.ndarray | None = None,
+                     score: np.ndarray | None = None) -> float:
+    """`threshold` (the cloud's: its oos score below it → `oos`), lowered so that the cloud refuses at
+    most `max_false_reject` of the in-scope texts (`labels` != `oos_index`): an argmax on `oos` counts as a
+    refusal that no threshold undoes. `among`: the texts the cloud is asked about (the escalated ones; default
+    all): the share still counts every in-scope text, as the cascade's refusals do. `score`: the per-text oos
+    score (default: the max probability). Placed midway between neighbouring scores, as every threshold is."""
+    p = np.asarray(probs, dtype=np.float64)
+    in_scope = np.asarray(labels) != oos_index
+    asked = in_scope if among is None else in_scope & among
+    top = (p.max(axis=1) if score is None else np.asarray(score, dtype=np.float64))[asked]
+    argmax_oos = p[asked].argmax(axis=1) == oos_index
+    allowed = int(np.floor(max_false_reject * int(in_scope.sum()) + 1e-9)) - int(argmax_oos.sum())
+    scores = np.sort(top[~argmax_oos])
+    if allowed >= scores.size or (scores < threshold).sum() <= allowed:
+        return threshold
+    if not scores.size:
+        return threshold
+    return min(threshold, threshold_below(scores, max(allowed, 0)))
+
+
+def threshold_below(sorted_scores: np.ndarray, k: int) -> float:
+    """A threshold with the `k` (< n) lowest of `sorted_scores` below it, placed as every threshold is
+    (`cut_thresholds`); for k = 0 the lowest score itself: it refuses none of them (a split
+    too small for the rate) and still everything less sure than all of them."""
+    if k == 0:
+        return float(sorted_scores[0])
+    return float(cut_thresholds(sorted_scores, np.array([k]))[0])

@@ -71,6 +71,7 @@ def _teacher(metrics: BuildMetrics, manifest: Manifest, config: BuildConfig) -> 
                 f"({manifest.cloud.precision}, {manifest.cloud.size_bytes / 1e6:.1f} MB)",
         "split": "test", "accuracy": t.accuracy, "in_scope_accuracy": t.in_scope_accuracy,
         "oos_recall": t.oos_recall, "oos_threshold": manifest.cloud.oos_threshold,
+        "oos_score": (manifest.cloud.oos_score or "max_prob") if manifest.cloud.oos_threshold is not None else None,
         "temperature": manifest.cloud.temperature, "latency_ms": t.latency_ms_b1, "ece_before": t.ece_before,
         "ece_after": t.ece, "with_oos_rule": metrics.test.teacher_with_oos_rule.to_dict(),
     }

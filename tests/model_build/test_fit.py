@@ -77,3 +77,40 @@ def test_no_search_when_switched_off_or_without_oos(with_oos: bool) -> None:
     fitted = fit_on_validation(config, data, _Runner(data.val.labels, K if with_oos else OOS))
     assert fitted.edge_oos_bias == 0.0 and fitted.validation.oos_bias_search is None
     assert "oos_bias_search" not in fitted.validation.to_dict()
+
+
+class _EnergyCloudRunner(_Runner):
+    """A cloud whose oos texts are as sure of their answer as in-scope ones (one logit far above the rest,
+    so the max probability cannot tell them apart) but whose logits are all lower: only its energy can."""
+
+    def __init__(self, labels: np.ndarray, n_classes: int) -> None:
+        super().__init__(labels, n_classes)
+        rng = np.random.default_rng(2)
+        n, is_oos = len(labels), labels == OOS
+        cloud = rng.normal(0, 0.3, (n, n_classes))
+        guess = np.where(is_oos, rng.integers(0, OOS, n), labels)
+        cloud[np.arange(n), guess] += 8.0
+        cloud[is_oos] -= 4.0  # every logit: the probabilities do not move, the energy does
+        self.logits_of["cloud"] = cloud
+
+
+def test_with_real_oos_texts_the_cloud_cuts_on_the_score_that_catches_more() -> None:
+    from modelpack.routing import CloudRule, cloud_answer
+    from modelpack.scores import softmax
+
+    data = _dataset()
+    runner = _EnergyCloudRunner(data.val.labels, K)
+    fitted = fit_on_validation(preset("quick"), data, runner)
+    choice = fitted.validation.cloud_oos
+    assert choice is not None and choice.score == "neg_energy" and fitted.cloud_oos_score == "neg_energy"
+    assert choice.oos_recall > 0.9 and choice.in_scope_accuracy >= choice.in_scope_floor
+    assert fitted.cloud_oos_threshold == choice.threshold  # no budget: the chosen threshold ships as it is
+    # What the manifest's rule does on validation is what the choice measured.
+    logits = runner.logits_of["cloud"]
+    answers = cloud_answer(softmax(logits, fitted.cloud_temperature),
+                           CloudRule(fitted.cloud_oos_threshold, fitted.cloud_oos_score), OOS, logits=logits)
+    assert np.mean(answers[data.val.labels == OOS] == OOS) == pytest.approx(choice.oos_recall)
+    # The usual cloud (sure only of what it knows): the max probability catches as much, and a tie keeps it.
+    usual = fit_on_validation(preset("quick"), data, _Runner(data.val.labels, K))
+    assert usual.validation.cloud_oos is not None and usual.validation.cloud_oos.score == "max_prob"
+    assert usual.cloud_oos_score is None

@@ -1,5 +1,5 @@
 """Out-of-scope rejection for data without an oos label: the background class (model_build.data.
-with_background) and the false-reject caps on both tiers (calibrate.fit.cap_false_reject, the band's
+with_background) and the false-reject caps on both tiers (calibrate.thresholds.cap_false_reject, the band's
 cap in model_build.calibrate.deferral.choose_deferral)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model_build.calibrate.deferral import choose_deferral
-from model_build.calibrate.fit import cap_false_reject
+from model_build.calibrate.thresholds import cap_false_reject
 from model_build.data.background import with_background
 from model_build.data.dataset import OOS_LABEL, Dataset, Split
 from model_build.errors import DataError

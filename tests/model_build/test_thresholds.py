@@ -250,3 +250,17 @@ def test_compare_scores_never_ships_a_score_that_misses_the_target() -> None:
     assert comparison.best_choice.reachable
     assert comparison.best_choice.escalation_rate == pytest.approx(0.5)
     assert comparison.best_choice.joint_accuracy == pytest.approx(1.0)
+
+
+def test_oos_threshold_on_another_score_ranks_by_it_and_names_it() -> None:
+    # The same rows ranked by a score of their own: the confident oos text (.90) is now the least sure.
+    score = np.array([1.0, 4.0, 2.0, 5.0, 6.0, 0.5])
+    by_score = choose_oos_threshold(HAND_OOS_PROBS, HAND_OOS_LABELS, OOS, min_in_scope_accuracy=1.0,
+                                    score=("neg_energy", score))
+    by_prob = choose_oos_threshold(HAND_OOS_PROBS, HAND_OOS_LABELS, OOS, min_in_scope_accuracy=1.0)
+
+    assert (by_score.score, by_prob.score) == ("neg_energy", "max_prob")
+    assert by_score.oos_recall == pytest.approx(1.0) and by_prob.oos_recall == pytest.approx(1 / 3)
+    assert by_score.in_scope_accuracy == 1.0 and by_score.threshold == pytest.approx(3.0)  # between 2 and 4
+    with pytest.raises(ValueError, match="shape"):
+        choose_oos_threshold(HAND_OOS_PROBS, HAND_OOS_LABELS, OOS, score=("neg_energy", score[:3]))
