@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._args import named  # noqa: E402
 from bench._output import emit  # noqa: E402
 from model_build.artifact import machine  # noqa: E402
 from model_build.calibrate.rejection import best_intent_score as rejection_score  # noqa: E402
@@ -80,6 +81,11 @@ def candidates(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]])
     return out
 
 
+def _checked(folder: Path) -> Path:
+    load_manifest(folder)  # a missing or broken artifact stops the bench before any model runs
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", action="append", required=True, metavar="NAME=DIR")
@@ -87,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="the data the artifacts were built from (default: their manifest's)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
-    ood = {name: load_unlabeled(path) for name, path in (a.split("=", 1) for a in args.ood)}
+    folders = named(p, "--artifact", args.artifact, _checked)
+    ood = named(p, "--ood", args.ood, load_unlabeled, what="FILE")
     result = {"machine": machine(), "ood_sizes": {k: len(v) for k, v in ood.items()},
-              "artifacts": {name: candidates(Path(d), args.data, ood)
-                            for name, d in (a.split("=", 1) for a in args.artifact)}}
+              "artifacts": {name: candidates(folder, args.data, ood) for name, folder in folders.items()}}
     emit(result, args.out)
     return 0
 

@@ -61,6 +61,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._args import named  # noqa: E402
 from bench._output import emit  # noqa: E402
 from model_build.artifact import ArtifactRunner, machine  # noqa: E402
 from model_build.calibrate import calibration, fit  # noqa: E402
@@ -69,7 +70,6 @@ from model_build.data.dataset import Dataset, Split  # noqa: E402
 from model_build.errors import BuildError  # noqa: E402
 from model_build.evaluate.measure import built_from  # noqa: E402
 from modelpack.classifier import calibrated  # noqa: E402
-from modelpack.errors import ArtifactError  # noqa: E402
 from modelpack.manifest import ESCALATE_ALL, Manifest, load_manifest  # noqa: E402
 from model_build.stages import training_dataset  # noqa: E402
 from modelpack.routing import cascade  # noqa: E402
@@ -327,23 +327,10 @@ def routing_fit(case: Case, folds: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _artifacts(parser: argparse.ArgumentParser,
-               specs: list[str]) -> dict[str, tuple[Path, Manifest, BuildConfig, Dataset, Split]]:
-    """Every artifact with its manifest and what its build fit on, or the parser's one-line refusal (exit 2)
-    before any model runs."""
-    found = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not (sep and name and folder):
-            parser.error(f"--artifact {spec}: expected NAME=DIR")
-        if name in found:
-            parser.error(f"--artifact {spec}: the name {name!r} is given twice")
-        try:  # no manifest, a broken one, no build config or no data to rebuild it from
-            manifest = load_manifest(folder)
-            found[name] = (Path(folder), manifest, *rebuild(Path(folder), manifest))
-        except (ArtifactError, BuildError) as exc:
-            parser.error(f"--artifact {spec}: {exc}")
-    return found
+def _found(folder: Path) -> tuple[Path, Manifest, BuildConfig, Dataset, Split]:
+    """The artifact's manifest and what its build fit on."""
+    manifest = load_manifest(folder)
+    return (folder, manifest, *rebuild(folder, manifest))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds {args.folds}: at least 2")
-    artifacts = _artifacts(parser, args.artifact)
+    artifacts = named(parser, "--artifact", args.artifact, _found)
     result = {"machine": machine() | {"python": platform.python_version()}, "split": "test",
               "folds": args.folds, "seed": args.seed,
               "results": {name: routing_fit(Case.run(*found), args.folds, args.seed)

@@ -43,14 +43,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._args import named  # noqa: E402
 from bench._output import emit  # noqa: E402
 from model_build.artifact import machine  # noqa: E402
 from model_build.data.dataset import Dataset  # noqa: E402
-from model_build.errors import BuildError  # noqa: E402
 from model_build.evaluate.measure import built_from  # noqa: E402
 from model_build.tflite.run import classifier_logits  # noqa: E402
 from modelpack.classifier import Classifier, calibrated  # noqa: E402
-from modelpack.errors import ArtifactError  # noqa: E402
 from modelpack.manifest import ESCALATE_ALL, ESCALATE_NONE, Manifest, load_manifest  # noqa: E402
 from modelpack.routing import cascade  # noqa: E402
 from modelpack.scores import SCORES  # noqa: E402
@@ -172,21 +171,10 @@ def compare(folder: Path, manifest: Manifest, dataset: Dataset, targets: tuple[f
     return row
 
 
-def _artifacts(parser: argparse.ArgumentParser, specs: list[str],
-               data: Path | None) -> dict[str, tuple[Path, Manifest, Dataset]]:
-    """Every artifact with its manifest and data, or the parser's one-line refusal (exit 2) before any model
-    runs."""
-    found = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not sep:
-            parser.error(f"--artifact {spec}: expected NAME=DIR")
-        try:  # no manifest, a broken one, or no data to measure it on
-            manifest = load_manifest(folder)
-            found[name] = (Path(folder), manifest, built_from(Path(folder), manifest, data))
-        except (ArtifactError, BuildError) as exc:
-            parser.error(f"--artifact {spec}: {exc}")
-    return found
+def _found(folder: Path, data: Path | None) -> tuple[Path, Manifest, Dataset]:
+    """The artifact's manifest and the data it is measured on."""
+    manifest = load_manifest(folder)
+    return folder, manifest, built_from(folder, manifest, data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also sweep without band at each of these biases on the edge's oos logit")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    artifacts = _artifacts(parser, args.artifact, args.data)
+    artifacts = named(parser, "--artifact", args.artifact, lambda folder: _found(folder, args.data))
     targets = tuple(args.targets)
     result = {"machine": machine() | {"python": platform.python_version()}, "split": "test",
               "targets": list(targets),
