@@ -17,6 +17,7 @@ import numpy as np
 
 from model_build.cache import stage_key
 from model_build.config import BuildConfig
+from model_build.data.background import APPENDED_OOS_LOGIT
 from model_build.data.dataset import Dataset, Split
 from model_build.jsonable import jsonable
 from model_build.tflite.graph import input_details, output_details, size_breakdown
@@ -40,8 +41,10 @@ EDGE_FP32_FILE = "edge_fp32.tflite"  # the float student, kept beside the int8 o
 EDGE_DYNAMIC_FILE = "edge_dynamic.tflite"  # in the student stage only, for bench/quantization.py
 
 
-def model_entry(folder: Path, file: str, precision: str, n_labels: int) -> ModelEntry:
-    """The manifest entry of a .tflite file, read from the file itself (tensors, quantization, digest)."""
+def model_entry(folder: Path, file: str, precision: str, n_labels: int, *,
+                appended_oos_logit: float | None = None) -> ModelEntry:
+    """The manifest entry of a .tflite file, read from the file itself (tensors, quantization, digest).
+    `appended_oos_logit`: the last of the `n_labels` is no output of the model's (`ModelEntry`)."""
     tflite = (folder / file).read_bytes()
     inputs = tuple(TensorSpec(t.name, t.dtype.lower(), t.shape_signature) for t in input_details(tflite))
     (out,) = output_details(tflite)
@@ -54,10 +57,11 @@ def model_entry(folder: Path, file: str, precision: str, n_labels: int) -> Model
         precision=precision,
         inputs=inputs,
         output=OutputSpec(
-            dtype=dtype, shape=(-1, n_labels), logits=True,
+            dtype=dtype, shape=(-1, n_labels - (appended_oos_logit is not None)), logits=True,
             scale=out.scale if quantized else None, zero_point=out.zero_point if quantized else None,
         ),
         temperature=1.0,
+        appended_oos_logit=appended_oos_logit,
     )
 
 
@@ -69,7 +73,8 @@ def with_cloud_model(artifact: Path, tflite: Path, folder: Path) -> Manifest:
     shutil.copytree(artifact, folder)
     shutil.copyfile(tflite, folder / manifest.cloud.file)
     quantized = size_breakdown((folder / manifest.cloud.file).read_bytes()).quantized_weight_bytes > 0
-    entry = model_entry(folder, manifest.cloud.file, "dynamic_range" if quantized else "fp32", len(manifest.labels))
+    entry = model_entry(folder, manifest.cloud.file, "dynamic_range" if quantized else "fp32", len(manifest.labels),
+                        appended_oos_logit=manifest.cloud.appended_oos_logit)
     cloud = dataclasses.replace(entry, temperature=manifest.cloud.temperature,
                                 oos_threshold=manifest.cloud.oos_threshold)
     swapped = dataclasses.replace(manifest, cloud=cloud)
@@ -82,6 +87,7 @@ def draft_manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folde
     """The manifest of the files in `folder` before calibration: temperatures 1, escalate nothing.
     `cloud_precision`: of the cloud file in `folder` (default: the teacher stage's, teacher.precision)."""
     n = dataset.num_labels
+    appended = APPENDED_OOS_LOGIT if dataset.oos_appended else None
     return Manifest(
         model_version=version,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -91,8 +97,9 @@ def draft_manifest(config: BuildConfig, dataset: Dataset, data_path: Path, folde
             file=TOKENIZER_FILE, sha256=sha256_file(folder / TOKENIZER_FILE),
             max_seq_len=config.max_seq_len, length_buckets=config.length_buckets, pad_id=0,
         ),
-        edge=model_entry(folder, EDGE_FILE, "int8", n),
-        cloud=model_entry(folder, CLOUD_FILE, cloud_precision or config.teacher.precision, n),
+        edge=model_entry(folder, EDGE_FILE, "int8", n, appended_oos_logit=appended),
+        cloud=model_entry(folder, CLOUD_FILE, cloud_precision or config.teacher.precision, n,
+                          appended_oos_logit=appended),
         routing=RoutingEntry(score="max_prob", threshold=0.0, target_joint_over_teacher=config.routing_target,
                              traffic_oos_fraction=None, expected_escalation_rate=0.0),
         data={

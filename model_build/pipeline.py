@@ -10,7 +10,9 @@ in `report.plots` and the report in `report.view` / `report.markdown`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,9 @@ from model_build.artifact import (
 )
 from model_build.cache import StageCache
 from model_build.calibrate.curves import SplitCurves
-from model_build.calibrate.fit import Fitted, fit_on_validation
+from model_build.calibrate.fit import EDGE_BUDGET_SHARE, Fitted, fit_on_validation
 from model_build.config import BuildConfig
+from model_build.data.background import with_appended_oos
 from model_build.data.dataset import Dataset, default_data_path
 from model_build.errors import BuildError, GateError
 from model_build.evaluate.goals import gate_result, goals, size_gate, warn
@@ -80,6 +83,8 @@ def build(
 
     data_path = Path(data_path or default_data_path())
     stages = train_stages(config, data_path, cache, timer)
+    if config.false_reject_budget(True):  # data without an oos label still gets a rule (none: --max-false-reject 0)
+        stages = dataclasses.replace(stages, dataset=with_appended_oos(stages.dataset))
     early = size_gate(config, stages.student_dir)
     if early:
         if strict:
@@ -137,7 +142,20 @@ def _calibrate(config: BuildConfig, stages: Stages, cloud: PrecisionChoice, data
     fitted = fit_on_validation(config, stages.dataset, ArtifactRunner(folder, draft))
     manifest = fitted.apply(draft)
     write_manifest(manifest, folder)
+    if stages.dataset.oos_appended and manifest.routing.oos_threshold is None and manifest.cloud.oos_threshold is None:
+        _say_too_few_to_refuse(config, stages.dataset)
     return fitted, manifest
+
+
+def _say_too_few_to_refuse(config: BuildConfig, dataset: Dataset) -> None:
+    """Data without an oos label whose validation split is too small to refuse any text at the rate asked
+    (a conformal count: n + 1 >= 1 / rate): the artifact answers every request with an intent. Say so."""
+    rate = config.false_reject_budget(True) * EDGE_BUDGET_SHARE
+    n = len(dataset.val)
+    print(f"[build] note: {n} validation texts are too few to refuse any out-of-scope request at "
+          f"--max-false-reject {config.false_reject_budget(True):g} (the edge's share needs "
+          f"{math.ceil(1 / rate) - 1}): every request gets an intent. Give more validation texts, a larger "
+          "--max-false-reject, or --negatives.", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, eq=False)

@@ -64,8 +64,13 @@ class LiteRTModel:
         out = self._interp.get_tensor(self._out)
         if self._dequant is not None:
             scale, zero_point = self._dequant
-            return (out.astype(np.float32) - zero_point) * scale
-        return out.astype(np.float32, copy=False)
+            logits = (out.astype(np.float32) - zero_point) * scale
+        else:
+            logits = out.astype(np.float32, copy=False)
+        if self.entry.appended_oos_logit is not None:  # the oos label's column the model has no output for
+            column = np.full((logits.shape[0], 1), self.entry.appended_oos_logit, dtype=np.float32)
+            logits = np.concatenate([logits, column], axis=1)
+        return logits
 
 
 def _fit_length(ids: np.ndarray, length: int) -> np.ndarray:

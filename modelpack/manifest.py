@@ -81,6 +81,10 @@ class ModelEntry:
     # Cloud only: the score `oos_threshold` is cut on (modelpack.scores.CLOUD_OOS_SCORES): None or max_prob,
     # the calibrated max probability; neg_energy, the log-sum-exp of the raw logits over the intents.
     oos_score: str | None = None
+    # The model has no output for the out-of-scope label (data without one: the build's rejection is its
+    # thresholds' alone): runtimes append this raw logit as its column (`LiteRTModel.logits`), so low that
+    # it takes no probability; every score and rule then reads the labels as the manifest lists them.
+    appended_oos_logit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class Manifest:
                 del entry["oos_logit_bias"]
             if entry["oos_score"] is None:  # max_prob: manifests read exactly as before the choice existed
                 del entry["oos_score"]
+            if entry["appended_oos_logit"] is None:  # the model has every label's output
+                del entry["appended_oos_logit"]
         if self.routing.oos_threshold is None:  # a two-way manifest reads exactly as before the edge's oos band
             del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
         if self.routing.oos_score is None:
@@ -178,6 +184,9 @@ class Manifest:
             data=r.opt_mapping("data"),
             build=r.opt_mapping("build"),
         )
+        if any(manifest.model(t).appended_oos_logit is not None for t in ("edge", "cloud")) \
+                and labels[-1] != oos_label:
+            raise ManifestError("manifest.models.*.appended_oos_logit is set: the oos_label must be the last label")
         if manifest.routing.oos_threshold is not None and oos_label is None:
             raise ManifestError("manifest.routing.oos_threshold is set, but there is no oos_label to answer with")
         for tier in ("edge", "cloud"):
@@ -303,8 +312,11 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
         scale=o.opt_float("scale", low=0.0, low_open=True),
         zero_point=o.opt_int("zero_point"),
     )
-    if output.shape[-1] != n_labels:
-        raise ManifestError(f"{o.where}.shape ends in {output.shape[-1]}, but there are {n_labels} labels")
+    appended = r.opt_float("appended_oos_logit", low=-1e6, high=-10.0)
+    width = n_labels - (appended is not None)  # an appended oos logit is no output of the model's
+    if output.shape[-1] != width:
+        raise ManifestError(f"{o.where}.shape ends in {output.shape[-1]}, but there are {n_labels} labels"
+                            + (" (one of them appended: appended_oos_logit)" if appended is not None else ""))
     if output.dtype in ("int8", "uint8") and (output.scale is None or output.zero_point is None):
         raise ManifestError(f"{o.where}: a quantized output needs scale and zero_point")
     oos_score = r.opt_str("oos_score")
@@ -321,6 +333,7 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
         oos_threshold=r.opt_float("oos_threshold", **_OOS_THRESHOLD_RANGE[oos_score]),
         oos_logit_bias=r.opt_float("oos_logit_bias", low=-50.0, high=50.0) or 0.0,
         oos_score=oos_score,
+        appended_oos_logit=appended,
     )
 
 

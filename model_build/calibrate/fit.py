@@ -25,6 +25,7 @@ from model_build.calibrate.thresholds import (
     cap_false_reject,
     choose_oos_threshold,
     compare_scores,
+    conformal_count,
     threshold_below,
 )
 from model_build.config import BuildConfig
@@ -137,9 +138,12 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
     t_cloud = calibration.fit_temperature(cloud_logits, y, weights=w)
     cloud_probs = softmax(cloud_logits, t_cloud)
 
-    budget = config.false_reject_budget(dataset.background)
-    spent = bool(dataset.background and has_oos and budget)
-    cloud = _CloudFit.of(config, cloud_logits, cloud_probs, y, w, oos if has_oos else None, budget, spent)
+    # A background class's validation negatives, or an appended label's none, say nothing about what a refusal
+    # buys: the user's false-reject budget is spent instead.
+    appended = dataset.oos_appended
+    budget = config.false_reject_budget(dataset.background or appended)
+    spent = bool(budget and (dataset.background and has_oos or appended))
+    cloud = _CloudFit.of(config, cloud_logits, cloud_probs, y, w, oos if has_oos or spent else None, budget, spent)
     cloud_pred = cloud.answers()
     split = _Split(y, w, oos if has_oos else None, cloud_pred, fraction, budget)
     edge = _fit_edge(config, edge_logits, split, 0.0)
@@ -157,7 +161,7 @@ def fit_on_validation(config: BuildConfig, dataset: Dataset, runner: ArtifactRun
             edge = _fit_edge(config, edge_logits, split, bias)
     entry = edge.entry
     if spent:
-        entry = spend_band(entry, edge.probs, split, budget * EDGE_BUDGET_SHARE)
+        entry = spend_band(entry, edge.probs, dataclasses.replace(split, oos=oos), budget * EDGE_BUDGET_SHARE)
         # The cloud's share counted on what it is asked: the escalated texts (its refusals of the rest never
         # happen), so it may refuse a larger share of those
         cloud = cloud.spent_on(decide(edge.probs, entry, oos).escalate)
@@ -201,6 +205,8 @@ class _CloudFit:
         fit = cls(logits, probs, y, oos, CloudRule(None), None, budget)
         if oos is None:
             return fit
+        if not np.any(y == oos):  # an appended label: no oos text to choose on, the budget alone
+            return fit.spent_on(None)
         # Real oos texts measure the recall of each score at the in-scope floor: the better one ships
         # (a tie keeps the max probability).
         energy = neg_energy(logits, oos)
@@ -217,7 +223,7 @@ class _CloudFit:
         name, score = ("neg_energy", energy) if choice.score == "neg_energy" else (None, None)
         threshold = float(choice.threshold) if budget is None else \
             cap_false_reject(probs, y, oos, float(choice.threshold), budget, score=score)
-        return dataclasses.replace(fit, rule=CloudRule(threshold, name))
+        return dataclasses.replace(fit, rule=CloudRule(threshold, None if threshold is None else name))
 
     def spent_on(self, asked: np.ndarray | None) -> _CloudFit:
         """The cloud's share of a spent budget, counted on the texts it is `asked` (None: all). Fit for the
@@ -228,9 +234,9 @@ class _CloudFit:
         energy = neg_energy(self.logits, self.oos)
         ceiling = cap_false_reject(self.probs, self.y, self.oos, ESCALATE_ALL, CLOUD_ALONE_MAX_REFUSE,
                                    score=energy)
-        threshold = cap_false_reject(self.probs, self.y, self.oos, ceiling, self.budget * (1 - EDGE_BUDGET_SHARE),
-                                     among=asked, score=energy)
-        return dataclasses.replace(self, rule=CloudRule(threshold, "neg_energy"))
+        threshold = None if ceiling is None else cap_false_reject(
+            self.probs, self.y, self.oos, ceiling, self.budget * (1 - EDGE_BUDGET_SHARE), among=asked, score=energy)
+        return dataclasses.replace(self, rule=CloudRule(threshold, None if threshold is None else "neg_energy"))
 
     def answers(self) -> np.ndarray:
         return cloud_answer(self.probs, self.rule, self.oos, logits=self.logits)
@@ -361,12 +367,16 @@ def _cheaper_deferral(deferrals: Mapping[tuple[str, str | None], DeferralChoice]
 def spend_band(entry: RoutingEntry, probs: np.ndarray, split: _Split, rate: float) -> RoutingEntry:
     """`entry` with the edge's `oos` band on the best in-scope probability, below the `rate` quantile of the
     in-scope validation texts' (or the searched band, when it already refuses more), and its expected rates
-    re-measured. What a background class's build ships: the edge refuses what it finds least like any intent,
-    at the false-reject rate the user allowed, instead of escalating it."""
+    re-measured. What a build without its own oos texts ships: the edge refuses what it finds least like any
+    intent, at the false-reject rate the user allowed (a conformal count: a new in-scope text falls below
+    with probability at most `rate`), instead of escalating it. Too few texts for that rate: `entry` as is."""
     assert split.oos is not None
     scores = band_score("in_scope_max_prob", probs, split.oos)
     inside = np.sort(scores[split.y != split.oos])
-    cut = threshold_below(inside, int(np.floor(rate * inside.size + 1e-9)))
+    k = min(conformal_count(rate, inside.size), inside.size - 1)
+    if k <= 0:
+        return entry
+    cut = threshold_below(inside, k)
     if entry.oos_threshold is not None and entry.oos_score == "in_scope_max_prob":
         cut = max(cut, entry.oos_threshold)
     routed = apply_deferral(probs.argmax(axis=1), split.cloud_pred, split.y, SCORES[entry.score](probs),

@@ -250,24 +250,35 @@ def choose_oos_threshold(
 
 def cap_false_reject(probs: np.ndarray, labels: np.ndarray, oos_index: int, threshold: float,
                      max_false_reject: float, *, among: np.ndarray | None = None,
-                     score: np.ndarray | None = None) -> float:
+                     score: np.ndarray | None = None) -> float | None:
     """`threshold` (the cloud's: its oos score below it → `oos`), lowered so that the cloud refuses at
-    most `max_false_reject` of the in-scope texts (`labels` != `oos_index`): an argmax on `oos` counts as a
-    refusal that no threshold undoes. `among`: the texts the cloud is asked about (the escalated ones; default
-    all): the share still counts every in-scope text, as the cascade's refusals do. `score`: the per-text oos
-    score (default: the max probability). Placed midway between neighbouring scores, as every threshold is."""
+    most `max_false_reject` of the in-scope texts (`labels` != `oos_index`, a conformal count): an argmax on
+    `oos` counts as a refusal that no threshold undoes. `among`: the texts the cloud is asked about (the
+    escalated ones; default all): the share still counts every in-scope text, as the cascade's refusals do.
+    `score`: the per-text oos score (default: the max probability). Placed midway between neighbouring
+    scores, as every threshold is. None when no threshold refuses few enough (too few texts for the rate,
+    or the outright refusals use it up): then none should refuse."""
     p = np.asarray(probs, dtype=np.float64)
     in_scope = np.asarray(labels) != oos_index
     asked = in_scope if among is None else in_scope & among
     top = (p.max(axis=1) if score is None else np.asarray(score, dtype=np.float64))[asked]
     argmax_oos = p[asked].argmax(axis=1) == oos_index
-    allowed = int(np.floor(max_false_reject * int(in_scope.sum()) + 1e-9)) - int(argmax_oos.sum())
+    allowed = conformal_count(max_false_reject, int(in_scope.sum())) - int(argmax_oos.sum())
     scores = np.sort(top[~argmax_oos])
     if allowed >= scores.size or (scores < threshold).sum() <= allowed:
         return threshold
     if not scores.size:
         return threshold
-    return min(threshold, threshold_below(scores, max(allowed, 0)))
+    if allowed <= 0:
+        return None
+    return min(threshold, threshold_below(scores, allowed))
+
+
+def conformal_count(rate: float, n: int) -> int:
+    """How many of `n` validation texts a threshold may put below it for a new text of the same kind to fall
+    below with probability at most `rate`: floor(rate * (n + 1)) (split conformal; ranks are uniform over
+    n + 1 places). 0 when the split is too small to refuse any at that rate."""
+    return int(np.floor(rate * (n + 1) + 1e-9))
 
 
 def threshold_below(sorted_scores: np.ndarray, k: int) -> float:

@@ -60,3 +60,18 @@ def with_background(dataset: Dataset, negatives: tuple[str, ...], *, seed: int,
         dataset, labels=labels, oos_label=labels[-1], background=background,
         train=grown(dataset.train, [pool[i] for i in pick[:n_train]]),
         val=grown(dataset.val, [pool[i] for i in pick[n_train:]]))
+
+
+# The raw logit runtimes append for an appended oos label (`ModelEntry.appended_oos_logit`): so low that no
+# temperature or bias the fit tries gives it probability (exp(-1000) is 0 in float64).
+APPENDED_OOS_LOGIT = -1000.0
+
+
+def with_appended_oos(dataset: Dataset, label: str = OOS_LABEL) -> Dataset:
+    """`dataset`, which has no oos label, with `label` appended as one that no text has and no model learns:
+    the build fits its out-of-scope rule from the in-scope validation texts alone (each tier refuses its
+    least sure share, `--max-false-reject`), and runtimes append the label's logit to the models' outputs.
+    Data with an oos label, own or background, is returned as it is."""
+    if dataset.oos_label is not None:
+        return dataset
+    return dataclasses.replace(dataset, labels=dataset.labels + (label,), oos_label=label, oos_appended=True)

@@ -55,6 +55,9 @@ class Dataset:
     # True when the oos label is a background class the build added (`with_background`): its validation
     # texts are generic negatives, not the traffic's own out-of-scope requests.
     background: bool = False
+    # True when the oos label is one the build appended after training (`with_appended_oos`): no text has
+    # it and no model predicts it; the thresholds fitted on the in-scope texts alone answer it.
+    oos_appended: bool = False
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

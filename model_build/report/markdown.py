@@ -24,7 +24,7 @@ optional; a present section shows its key numbers, with ``n/a`` where one is mis
                   "scores": {name: {"threshold", "escalation_rate", "joint_accuracy", "reachable"}}},
       "escalation_table": {"score", "split", "teacher_accuracy",
                            "rows": [{"budget", "escalation_rate", "joint_accuracy", "threshold"}]},
-      "rejection": {"oos_source": "data" | "negatives" | None,
+      "rejection": {"oos_source": "data" | "negatives" | "appended" | None,
                     "splits": {split: {"n_in_scope", "n_oos", "edge": {...}, "cloud": {...}}}},
                     # per tier: "score", "curve": {refused: caught}, "chosen"/"asked": {"threshold",
                     # "in_scope_refused", "ood_caught", "in_scope_answered_oos", "ood_answered_oos"},

@@ -237,6 +237,12 @@ _NO_RULE = {
     None: "No out-of-scope rule: the data has no `oos` label and the build had no `--negatives`, so every "
           "label is in scope and every request gets an intent. `--negatives FILE` adds one (docs/build.md).",
     "data": "No out-of-scope rule: neither validation nor test holds `oos` texts to fit or measure one on.",
+    "appended": "The data has no `oos` label, so the build appended one that no model learns: each tier answers "
+                "`oos` below its threshold (the edge's band on its best intent's probability, the cloud's on its "
+                "energy), fit so that it refuses at most its share of `--max-false-reject` of in-scope texts "
+                "(Routing and the manifest hold them). No text here is out of scope to measure what they "
+                "catch: `model_build evaluate DIR --ood FILE` does on texts of yours; `--negatives FILE` "
+                "teaches both tiers what `oos` looks like (docs/build.md).",
 }
 _CAUGHT_ON = {
     "negatives": "Validation's out-of-scope texts are the `--negatives` (generic text, such as Wikipedia "

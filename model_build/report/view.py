@@ -122,7 +122,8 @@ def _rejection(metrics: BuildMetrics, dataset: Dataset) -> dict[str, Any]:
     out-of-scope texts come from: the data's own `oos` rows, the `--negatives` (a background class) or
     nowhere."""
     found = (metrics.validation.rejection, metrics.test.rejection)
-    source = "negatives" if dataset.background else ("data" if dataset.oos_label is not None else None)
+    source = "negatives" if dataset.background else "appended" if dataset.oos_appended else \
+        ("data" if dataset.oos_label is not None else None)
     return {"oos_source": source, "splits": {r.split: r.to_dict() for r in found if r is not None}}
 
 

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from model_build.data.background import APPENDED_OOS_LOGIT
 from modelpack.classifier import Classifier
 from modelpack.manifest import load_manifest
 from tests.conftest import REPO
@@ -58,17 +60,42 @@ def other_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--cache-dir", str(root / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    (root / "build.log").write_text(done.stderr)
     return out
 
 
 def test_a_csv_without_oos_builds_an_artifact_the_runtimes_load(other_build: Path) -> None:
     manifest = load_manifest(other_build)
-    assert set(manifest.labels) == set(TEMPLATES) and manifest.oos_label is None
-    assert manifest.routing.oos_threshold is None  # no oos label: no edge oos band
-    assert manifest.cloud.oos_threshold is None
+    # No oos label, no negatives: an `oos` label is appended that no model predicts; each tier refuses its
+    # least sure in-scope share (the default false-reject budget) below a threshold fit on validation.
+    assert manifest.labels[:-1] == tuple(sorted(TEMPLATES)) and manifest.labels[-1] == manifest.oos_label == "oos"
+    for tier in ("edge", "cloud"):
+        entry = manifest.model(tier)
+        assert entry.appended_oos_logit == APPENDED_OOS_LOGIT and entry.output.shape[-1] == len(TEMPLATES)
+    # 12 validation texts cannot hold a 2 % false-reject rate (a conformal count needs 66): no threshold yet,
+    # and the build said so
+    assert manifest.routing.oos_threshold is None and manifest.cloud.oos_threshold is None
+    assert "too few to refuse" in (other_build.parent / "build.log").read_text()
     edge = Classifier.from_folder(other_build, "edge")
     got = edge.predict(["what is the weather in paris", "play some jazz"])
     assert [p.label for p in got] == ["weather", "play_music"]
+    probs = edge.probabilities(["what is the weather in paris", "tell me about the roman empire"])
+    assert probs.shape == (2, len(TEMPLATES) + 1) and np.all(probs[:, -1] == 0.0)  # its column, never its mass
+
+
+def test_a_zero_false_reject_budget_keeps_every_answer_an_intent(other_build: Path, tmp_path: Path) -> None:
+    data = other_build.parent / "intents.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data", str(data),
+         "--unlabeled", str(other_build.parent / "traffic.txt"), "--augment", "3", "--max-false-reject", "0",
+         "--out", str(tmp_path / "closed"), "--cache-dir", str(other_build.parent / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[build] student done in 0.0 s (cached)" in done.stderr  # the same models, another rule
+    manifest = load_manifest(tmp_path / "closed")
+    assert manifest.labels == tuple(sorted(TEMPLATES)) and manifest.oos_label is None
+    assert manifest.routing.oos_threshold is None and manifest.cloud.oos_threshold is None
+    assert manifest.edge.appended_oos_logit is None and manifest.cloud.appended_oos_logit is None
 
 
 def test_its_metrics_are_measured_and_its_gates_recorded(other_build: Path) -> None:
@@ -96,6 +123,10 @@ def test_too_few_texts_for_int8_calibration_fail_before_the_student_naming_the_r
     assert not (tmp_path / "out").exists()
 
 
+# The toy data's 12 validation texts hold no 2 % rate: the builds that must refuse allow 35 % (a conformal
+# count of 3 at the edge, 1 at the cloud).
+TOY_BUDGET = "0.35"
+
 # Generic sentences outside every intent above (what --negatives is for), and out-of-domain requests the
 # build never sees: other topics, phrased as a user would ask them.
 NEGATIVE_TEMPLATES = ["the {x} was built in the {c} century", "{x} is a river in northern europe",
@@ -121,7 +152,7 @@ def open_set_build(other_build: Path) -> Path:
         # The fast preset (about 40 s here): the quick one's 60 teacher steps learn no background class
         [sys.executable, "-m", "model_build", "build", "--preset", "fast", "--data", str(root / "intents.csv"),
          "--unlabeled", str(root / "traffic.txt"), "--negatives", str(root / "negatives.txt"), "--augment", "3",
-         "--out", str(out), "--cache-dir", str(root / "cache")],
+         "--max-false-reject", TOY_BUDGET, "--out", str(out), "--cache-dir", str(root / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -130,9 +161,10 @@ def open_set_build(other_build: Path) -> Path:
 def test_negatives_give_data_without_oos_an_oos_answer_on_both_tiers(open_set_build: Path) -> None:
     manifest = load_manifest(open_set_build)
     assert manifest.labels[-1] == manifest.oos_label == "oos" and set(manifest.labels[:-1]) == set(TEMPLATES)
-    # The cloud refuses on its energy score (raw logits), the edge's band on its best intent's probability
-    assert manifest.cloud.oos_threshold is not None and manifest.cloud.oos_score == "neg_energy"
+    # The edge's band on its best intent's probability; the cloud answers `oos` where it is its argmax (its
+    # energy threshold's ceiling, 5 % of in-scope texts for the cloud alone, needs 19 validation texts)
     assert manifest.routing.oos_threshold is not None and manifest.routing.oos_score == "in_scope_max_prob"
+    assert manifest.cloud.oos_threshold is None
     assert manifest.build["config"]["negatives"].endswith("negatives.txt")
     # A background class may make the student over-state oos: the fit tries negative biases on it too
     searched = json.loads((open_set_build / "metrics.json").read_text())["validation"]["oos_bias_search"]
@@ -150,8 +182,31 @@ def test_out_of_domain_requests_are_refused_and_in_scope_ones_answered(open_set_
     assert report["n_ood"] == len(OUT_OF_DOMAIN)
     # Without --negatives every one of them got an intent (the manifest had no oos answer at all).
     assert report["ood_answered_in_scope"] <= 0.5
-    assert report["in_scope_refused"] <= 0.2  # a toy model on 6 intents: a loose bound, but far from refusing all
+    assert report["in_scope_refused"] <= 0.5  # the toy budget (35 % on 12 validation texts): far from refusing all
     assert report["in_scope_joint_accuracy"] > 0.5
     assert set(report["curves"]) == {"edge", "cloud"} and 0.0 <= report["auroc"]["cloud"] <= 1.0
-    # each tier's curve is on the score it refuses by: the cloud's energy, the edge's best intent
-    assert report["scores"] == {"edge": "in_scope_max_prob", "cloud": "neg_energy"}
+    # the edge's curve is on the score it refuses by: its best intent's probability
+    assert report["scores"]["edge"] == "in_scope_max_prob"
+
+
+def test_without_negatives_out_of_domain_requests_are_refused_too(other_build: Path, tmp_path: Path) -> None:
+    """The build as a new user runs it (no oos label, no --negatives; the toy data's budget): the appended
+    label's thresholds refuse what is least like the intents."""
+    built = subprocess.run(
+        [sys.executable, "-m", "model_build", "build", "--preset", "quick", "--data",
+         str(other_build.parent / "intents.csv"), "--unlabeled", str(other_build.parent / "traffic.txt"),
+         "--augment", "3", "--max-false-reject", TOY_BUDGET, "--out", str(tmp_path / "open"),
+         "--cache-dir", str(other_build.parent / "cache")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "[build] student done in 0.0 s (cached)" in built.stderr  # the same models, another rule
+    manifest = load_manifest(tmp_path / "open")
+    assert manifest.routing.oos_threshold is not None and manifest.routing.oos_score == "in_scope_max_prob"
+    assert "appended one that no model learns" in (tmp_path / "open" / "report.md").read_text()
+    (tmp_path / "ood.txt").write_text("\n".join(OUT_OF_DOMAIN))
+    done = subprocess.run(
+        [sys.executable, "-m", "model_build", "evaluate", str(tmp_path / "open"), "--ood", str(tmp_path / "ood.txt"),
+         "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["ood_answered_in_scope"] < 1.0  # without a rule every one of them got an intent
+    assert report["ood_refused_by_edge"] > 0.0 and report["in_scope_refused"] <= 0.5

@@ -138,11 +138,25 @@ def test_a_background_class_spends_half_the_budget_on_the_edges_band() -> None:
     spent = spend_band(entry, probs, split, 0.02)
     best_intent = np.delete(probs, 3, axis=1).max(axis=1)
     assert spent.oos_score == "in_scope_max_prob"
-    assert (best_intent[:200] < spent.oos_threshold).sum() == 4  # 2 % of 200 in-scope texts
+    assert (best_intent[:200] < spent.oos_threshold).sum() == 4  # floor(2 % of 201): a conformal count
     assert spent.expected_edge_oos_rate == pytest.approx((best_intent < spent.oos_threshold).mean())
-    # Under one text's worth: just below the least sure in-scope text, which refuses none of them
-    tiny = spend_band(entry, probs, split, 0.001)
-    assert tiny.oos_threshold == best_intent[:200].min() and not (best_intent[:200] < tiny.oos_threshold).any()
+    # 2.5 %: floor(0.025 * 201) = 5 of them, so that a new in-scope text falls below with probability <= 2.5 %
+    assert (best_intent[:200] < spend_band(entry, probs, split, 0.025).oos_threshold).sum() == 5
+    # Under one text's worth of 201 places: no band can state that rate, so none is added
+    assert spend_band(entry, probs, split, 0.004) == entry
+
+
+def test_the_cloud_cap_refuses_nothing_when_the_split_is_too_small_for_its_rate() -> None:
+    probs = np.tile([0.6, 0.3, 0.1], (30, 1))
+    labels = np.zeros(30, dtype=int)
+    energy = np.linspace(-3.0, 12.0, 30)
+    assert cap_false_reject(probs, labels, 2, 1e9, max_false_reject=0.02, score=energy) is None  # 0.02 * 31 < 1
+    cut = cap_false_reject(probs, labels, 2, 1e9, max_false_reject=0.04, score=energy)  # 0.04 * 31: one
+    assert cut is not None and (energy < cut).sum() == 1
+    # Outright refusals (argmax on oos) use the count up: no threshold refuses more
+    outright = probs.copy()
+    outright[0] = [0.1, 0.1, 0.8]
+    assert cap_false_reject(outright, labels, 2, 1e9, max_false_reject=0.04, score=energy) is None
 
 
 def test_a_missing_off_topic_file_is_one_line_before_anything_trains(tmp_path) -> None:
