@@ -122,3 +122,29 @@ def test_a_dynamic_range_teacher_is_served_like_the_fp32_one(tiny_artifact: Path
     np.testing.assert_array_equal(classifier.model.logits(ids.astype(np.int64)), logits)
     assert [r.label for r in int8] == [r.label for r in fp32]
     assert [r.confidence for r in int8] == pytest.approx([r.confidence for r in fp32], abs=0.05)
+
+
+def test_an_appended_oos_label_is_refused_on_the_energy_of_the_models_own_outputs(tiny_artifact: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A build on data without an oos label appends one the teacher has no output for: the Lambda reads the
+    label from the manifest, its energy threshold is on the teacher's own logits, and it is never top-k."""
+    import json
+
+    folder = tmp_path / "appended"
+    shutil.copytree(tiny_artifact, folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["labels"] = [*raw["labels"], "none"]  # the teacher's five outputs read as five intents
+    raw["oos_label"] = "none"
+    for entry in raw["models"].values():
+        entry["appended_oos_logit"] = -1000.0
+    own = Classifier.from_folder(tiny_artifact, "cloud").logits(TEXTS)
+    energy = np.log(np.exp(own.astype(np.float64)).sum(axis=1))
+    order = np.argsort(energy)
+    raw["models"]["cloud"].update(oos_threshold=float(energy[order[:2]].mean()), oos_score="neg_energy")
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    backend = LiteRTBackend(Classifier.from_folder(folder, "cloud"), top_k=6)
+
+    results = backend.infer(TEXTS).results
+
+    assert [i for i, r in enumerate(results) if r.label == "none"] == [int(order[0])]
+    assert all(s.label != "none" for r in results for s in r.top_k[:5])

@@ -83,3 +83,27 @@ def test_the_band_may_be_cut_on_the_best_in_scope_probability(tiny_artifact: Pat
         got = outcomes(client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE]}).json())
         assert got[0][1:] == ("edge", "confident") and got[1] == ("oos", "edge", "out_of_scope")
         assert cloud.attempts == []
+
+
+def test_an_appended_oos_label_is_served_like_any_other(tiny_artifact: Path, tmp_path: Path,
+                                                        cloud: FakeCloud) -> None:
+    """A build on data without an oos label appends one that no model predicts (appended_oos_logit): the
+    service answers it from the band, and the probabilities it reports give it nothing."""
+    import json
+
+    folder = tmp_path / "appended"
+    shutil.copytree(tiny_artifact, folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["labels"] = [*raw["labels"], "none"]  # the five outputs read as five intents; `none` appended
+    raw["oos_label"] = "none"
+    for entry in raw["models"].values():
+        entry["appended_oos_logit"] = -1000.0
+        entry.pop("oos_threshold", None)
+    raw["routing"].update(oos_threshold=0.55, expected_edge_oos_rate=0.1, oos_score="in_scope_max_prob")
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    with serve_edge(edge_settings(folder, cloud_url=cloud.url, cloud_api_key="k")) as (client, _):
+        body = client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE]}).json()
+        assert outcomes(body)[1] == ("none", "edge", "out_of_scope") and outcomes(body)[0][1:] == ("edge", "confident")
+        confidences = client.post("/batch_predict", json={"texts": [CONFIDENT, UNSURE]}).json()["confidences"]
+        assert all(len(row) == 6 and row[-1] == 0.0 for row in confidences)
+        assert cloud.attempts == []
