@@ -254,8 +254,8 @@ def _local_feedback(source: str, cache_dir: Path | None) -> str:
 
 def _summary(metrics: dict) -> str:
     lines = []
-    # edge+band: the edge alone with its own `oos` band, its AUROC on the score the band refuses by.
-    for section, name in (("teacher", "teacher"), ("edge_int8", "edge_int8"),
+    # cloud+rule / edge+band: each tier alone with its `oos` rule, its AUROC on the order the rule refuses in.
+    for section, name in (("teacher", "teacher"), ("teacher_with_oos_rule", "cloud+rule"), ("edge_int8", "edge_int8"),
                           ("edge_int8_with_oos_rule", "edge+band"), ("edge_fp32", "edge_fp32"),
                           ("routing", "routing")):
         if section not in metrics:

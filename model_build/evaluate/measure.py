@@ -26,7 +26,7 @@ from model_build.tflite.graph import size_metrics
 from model_build.tflite.run import latency_inputs, median_latency_ms
 from modelpack.classifier import calibrated
 from modelpack.manifest import Manifest, ModelEntry, load_manifest
-from modelpack.routing import cloud_answer
+from modelpack.routing import cloud_answer, cloud_oos_score
 from modelpack.scores import SCORES, manifest_band_score, softmax
 
 LATENCY_BATCHES = (1, 32)
@@ -47,6 +47,15 @@ def classification_metrics(
             auroc = oos_auroc(probs.max(axis=1) if oos_score is None else oos_score, is_oos)
     return ModelMetrics(accuracy=float(correct.mean()), in_scope_accuracy=float(correct[~is_oos].mean()),
                         oos_recall=recall, oos_auroc=auroc, ece=calibration.ece(probs, labels, n_bins=15))
+
+
+def _refusal_order(probs: np.ndarray, m: Manifest, logits: np.ndarray) -> np.ndarray | None:
+    """The cloud's rule as one score (lower: refused sooner): its oos score, and -inf where its argmax is the
+    oos label (refused whatever the threshold). None without an oos label."""
+    if m.oos_index is None:
+        return None
+    score = cloud_oos_score(probs, m.cloud, m.oos_index, logits)
+    return np.where(probs.argmax(axis=1) == m.oos_index, -np.inf, score)
 
 
 def oos_auroc(confidence: np.ndarray, is_oos: np.ndarray) -> float:
@@ -132,7 +141,8 @@ def test_metrics(
         n=int(len(y)),
         oos_fraction=float((y == oos).mean()) if oos is not None else 0.0,
         teacher=dataclasses.replace(classification_metrics(a.cloud_probs, y, oos), **latency["teacher"]),
-        teacher_with_oos_rule=classification_metrics(a.cloud_probs, y, oos, pred=a.cloud_pred),
+        teacher_with_oos_rule=classification_metrics(a.cloud_probs, y, oos, pred=a.cloud_pred,
+                                                     oos_score=_refusal_order(a.cloud_probs, m, logits["cloud"])),
         edge_int8=dataclasses.replace(edge, **latency["edge_int8"]),
         edge_int8_with_oos_rule=edge_rule,
         edge_fp32=edge_fp32,

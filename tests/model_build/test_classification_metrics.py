@@ -33,3 +33,21 @@ def test_the_auroc_of_a_rule_ranks_by_the_score_it_refuses_by() -> None:
 def test_no_auroc_without_both_kinds_of_text() -> None:
     assert classification_metrics(PROBS[:2], LABELS[:2], OOS).oos_auroc is None
     assert classification_metrics(PROBS[:2], LABELS[:2], None, oos_score=PROBS[:2, 0]).oos_auroc is None
+
+
+def test_the_clouds_rule_ranks_its_outright_oos_answers_first_then_by_its_score(tiny_artifact) -> None:
+    import dataclasses
+
+    from model_build.evaluate.measure import _refusal_order
+    from modelpack.manifest import load_manifest
+    from modelpack.scores import neg_energy, softmax
+
+    manifest = load_manifest(tiny_artifact)  # five labels, oos last; the cloud cut on its max probability
+    oos = manifest.oos_index
+    logits = np.array([[4.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 5.0], [1.0, 1.2, 0.9, 0.0, 0.0]])
+    probs = softmax(logits, manifest.cloud.temperature)
+    order = _refusal_order(probs, manifest, logits)
+    assert order[1] == -np.inf and order[0] == probs[0].max() and order[2] == probs[2].max()
+    energy = dataclasses.replace(manifest, cloud=dataclasses.replace(manifest.cloud, oos_score="neg_energy"))
+    assert np.array_equal(_refusal_order(probs, energy, logits)[[0, 2]], neg_energy(logits, oos)[[0, 2]])
+    assert _refusal_order(probs, dataclasses.replace(manifest, oos_label=None), logits) is None
