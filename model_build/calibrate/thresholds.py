@@ -282,9 +282,8 @@ def conformal_count(rate: float, n: int) -> int:
 
 
 def threshold_below(sorted_scores: np.ndarray, k: int) -> float:
-    """A threshold with the `k` (< n) lowest of `sorted_scores` below it, placed as every threshold is
-    (`cut_thresholds`); for k = 0 the lowest score itself: it refuses none of them (a split
-    too small for the rate) and still everything less sure than all of them."""
-    if k == 0:
-        return float(sorted_scores[0])
+    """A threshold with the `k` (1 <= k < n) lowest of `sorted_scores` below it, placed as every threshold
+    is (`cut_thresholds`). (k = 0 has none: too few texts for the rate; callers refuse nothing then.)"""
+    if not 1 <= k < len(sorted_scores):
+        raise ValueError(f"k = {k} needs 1 <= k < {len(sorted_scores)}")
     return float(cut_thresholds(sorted_scores, np.array([k]))[0])
