@@ -37,3 +37,10 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(key, value)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The grouped tests (`xdist_group`: real builds sharing a module's or the session's artifacts, minutes
+    each) first, so that under `make test`'s two workers the longest units start first and the run does not
+    end on one of them while the other worker idles. Stable otherwise: the collection order stays."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)

@@ -18,7 +18,8 @@ from modelpack.classifier import Classifier
 from modelpack.manifest import load_manifest
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+# One worker builds the module's artifacts once (its fixtures are module-scoped): split across two, both would.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("other_data")]
 
 TEMPLATES = {
     "set_alarm": ["wake me up at {t}", "set an alarm for {t}", "alarm at {t} please", "i need an alarm at {t}"],
