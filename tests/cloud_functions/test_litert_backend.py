@@ -15,6 +15,7 @@ from cloud_functions.model_store import ModelStore
 from modelpack.classifier import Classifier
 from modelpack.manifest import load_manifest
 from modelpack.scores import neg_energy
+from tests.fixtures.tiny_artifact import with_appended_oos_label
 
 LABELS = ("balance", "greeting", "timer", "weather", "oos")
 TEXTS = ["what is my account balance", "set a timer for five minutes", "hello there"]
@@ -128,20 +129,11 @@ def test_an_appended_oos_label_is_refused_on_the_energy_of_the_models_own_output
                                                                                  tmp_path: Path) -> None:
     """A build on data without an oos label appends one the teacher has no output for: the Lambda reads the
     label from the manifest, its energy threshold is on the teacher's own logits, and it is never top-k."""
-    import json
-
-    folder = tmp_path / "appended"
-    shutil.copytree(tiny_artifact, folder)
-    raw = json.loads((folder / "manifest.json").read_text())
-    raw["labels"] = [*raw["labels"], "none"]  # the teacher's five outputs read as five intents
-    raw["oos_label"] = "none"
-    for entry in raw["models"].values():
-        entry["appended_oos_logit"] = -1000.0
-    own = Classifier.from_folder(tiny_artifact, "cloud").logits(TEXTS)
+    own = Classifier.from_folder(tiny_artifact, "cloud").logits(TEXTS)  # the teacher's five outputs: intents
     energy = np.log(np.exp(own.astype(np.float64)).sum(axis=1))
     order = np.argsort(energy)
-    raw["models"]["cloud"].update(oos_threshold=float(energy[order[:2]].mean()), oos_score="neg_energy")
-    (folder / "manifest.json").write_text(json.dumps(raw))
+    folder = with_appended_oos_label(tiny_artifact, tmp_path / "appended", cloud={
+        "oos_threshold": float(energy[order[:2]].mean()), "oos_score": "neg_energy"})
     backend = LiteRTBackend(Classifier.from_folder(folder, "cloud"), top_k=6)
 
     results = backend.infer(TEXTS).results

@@ -11,6 +11,7 @@ import pytest
 from modelpack.errors import ManifestError
 from modelpack.manifest import Manifest, load_manifest, write_manifest
 from tests.edge_container.conftest import CONFIDENT, UNSURE, FakeCloud, edge_settings, serve_edge
+from tests.fixtures.tiny_artifact import with_appended_oos_label
 
 
 def with_band(tiny_artifact: Path, folder: Path, oos_threshold: float | None, oos_score: str | None = None) -> Path:
@@ -89,18 +90,8 @@ def test_an_appended_oos_label_is_served_like_any_other(tiny_artifact: Path, tmp
                                                         cloud: FakeCloud) -> None:
     """A build on data without an oos label appends one that no model predicts (appended_oos_logit): the
     service answers it from the band, and the probabilities it reports give it nothing."""
-    import json
-
-    folder = tmp_path / "appended"
-    shutil.copytree(tiny_artifact, folder)
-    raw = json.loads((folder / "manifest.json").read_text())
-    raw["labels"] = [*raw["labels"], "none"]  # the five outputs read as five intents; `none` appended
-    raw["oos_label"] = "none"
-    for entry in raw["models"].values():
-        entry["appended_oos_logit"] = -1000.0
-        entry.pop("oos_threshold", None)
-    raw["routing"].update(oos_threshold=0.55, expected_edge_oos_rate=0.1, oos_score="in_scope_max_prob")
-    (folder / "manifest.json").write_text(json.dumps(raw))
+    folder = with_appended_oos_label(tiny_artifact, tmp_path / "appended", routing={
+        "oos_threshold": 0.55, "expected_edge_oos_rate": 0.1, "oos_score": "in_scope_max_prob"})
     with serve_edge(edge_settings(folder, cloud_url=cloud.url, cloud_api_key="k")) as (client, _):
         body = client.post("/v1/predict", json={"texts": [CONFIDENT, UNSURE]}).json()
         assert outcomes(body)[1] == ("none", "edge", "out_of_scope") and outcomes(body)[0][1:] == ("edge", "confident")

@@ -3,8 +3,8 @@ label ships): the real tiny artifact's five outputs read as five intents, `none`
 
 from __future__ import annotations
 
+import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +15,19 @@ from modelpack.errors import ManifestError
 from modelpack.manifest import Manifest, load_manifest
 from modelpack.routing import decide
 from modelpack.scores import in_scope_max_prob, neg_energy
+from tests.fixtures.tiny_artifact import APPENDED_OOS_LOGIT, with_appended_oos_label
 
-APPENDED = -1000.0
 TEXTS = ["what is my balance", "set a timer for ten minutes", "how do i bake bread"]
 
 
-def appended_raw(tiny_artifact: Path) -> dict:
-    raw = json.loads((tiny_artifact / "manifest.json").read_text())
-    raw["labels"] = [*raw["labels"], "none"]
-    raw["oos_label"] = "none"
-    for entry in raw["models"].values():
-        entry["appended_oos_logit"] = APPENDED
-        entry.pop("oos_threshold", None)
-        entry.pop("oos_score", None)
-    return raw
+def appended_raw(tiny_artifact: Path, tmp_path: Path) -> dict:
+    folder = with_appended_oos_label(tiny_artifact, tmp_path / "raw")
+    return json.loads((folder / "manifest.json").read_text())
 
 
 @pytest.fixture
 def appended(tiny_artifact: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "appended"
-    shutil.copytree(tiny_artifact, folder)
-    (folder / "manifest.json").write_text(json.dumps(appended_raw(tiny_artifact)))
-    return folder
+    return with_appended_oos_label(tiny_artifact, tmp_path / "appended")
 
 
 def test_the_runtime_appends_the_labels_column_and_it_takes_no_probability(appended: Path,
@@ -44,7 +35,7 @@ def test_the_runtime_appends_the_labels_column_and_it_takes_no_probability(appen
     for tier in ("edge", "cloud"):
         own = Classifier.from_folder(tiny_artifact, tier).logits(TEXTS)
         logits = Classifier.from_folder(appended, tier).logits(TEXTS)
-        assert logits.shape == (3, 6) and np.array_equal(logits[:, :5], own) and np.all(logits[:, 5] == APPENDED)
+        assert logits.shape == (3, 6) and np.array_equal(logits[:, :5], own) and np.all(logits[:, 5] == APPENDED_OOS_LOGIT)
         probs = Classifier.from_folder(appended, tier).calibrate(logits)
         assert np.all(probs[:, 5] == 0.0) and np.allclose(probs.sum(axis=1), 1.0)
         # every score reads the intents alone: the best intent is the max, the energy is the models' own
@@ -64,20 +55,22 @@ def test_the_edges_band_answers_the_appended_label(appended: Path) -> None:
 
 
 def test_a_manifest_says_it_only_when_it_is_so(appended: Path, tiny_artifact: Path) -> None:
-    assert load_manifest(appended).to_dict()["models"]["edge"]["appended_oos_logit"] == APPENDED
+    assert load_manifest(appended).to_dict()["models"]["edge"]["appended_oos_logit"] == APPENDED_OOS_LOGIT
     assert "appended_oos_logit" not in load_manifest(tiny_artifact).to_dict()["models"]["edge"]
 
 
-def test_a_width_that_does_not_add_up_or_an_oos_label_not_last_is_refused(tiny_artifact: Path) -> None:
+def test_a_width_that_does_not_add_up_or_an_oos_label_not_last_is_refused(tiny_artifact: Path,
+                                                                              tmp_path: Path) -> None:
     raw = json.loads((tiny_artifact / "manifest.json").read_text())
-    raw["models"]["edge"]["appended_oos_logit"] = APPENDED  # five outputs, five labels: nothing to append to
+    raw["models"]["edge"]["appended_oos_logit"] = APPENDED_OOS_LOGIT  # five outputs, five labels: no room
     with pytest.raises(ManifestError, match="appended_oos_logit"):
         Manifest.from_dict(raw)
-    raw = appended_raw(tiny_artifact)
+    appended = appended_raw(tiny_artifact, tmp_path)
+    raw = copy.deepcopy(appended)
     raw["labels"] = ["none", *raw["labels"][:-1]]
     with pytest.raises(ManifestError, match="must be the last label"):
         Manifest.from_dict(raw)
-    raw = appended_raw(tiny_artifact)
+    raw = copy.deepcopy(appended)
     raw["models"]["cloud"]["appended_oos_logit"] = 3.0  # it would take probability
     with pytest.raises(ManifestError, match="appended_oos_logit"):
         Manifest.from_dict(raw)
