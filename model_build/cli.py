@@ -11,7 +11,7 @@ from pathlib import Path
 
 from model_build.cache import default_cache_dir
 from model_build.config import preset
-from model_build.errors import BuildError, PublishError
+from model_build.errors import BuildError, DataError, PublishError
 from modelpack.errors import ArtifactError
 from modelpack.version import version_line
 
@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     f = dsub.add_parser("fetch", help="download a public data set and verify its SHA-256")
     f.add_argument("name", choices=["clinc150"])
     f.add_argument("--out", type=Path, default=Path("data/clinc150/data_full.json"))
+    o = dsub.add_parser("off-topic", help="the requests the cloud refused, from the edge's feedback, as a CSV to "
+                                          "review before build --off-topic")
+    o.add_argument("feedback", metavar="PATH|s3://BUCKET/PREFIX",
+                   help="the edge's feedback: a store, an export, a folder of them, or the S3 prefix they ship to")
+    o.add_argument("--out", type=Path, required=True, help="the review CSV to write (text,times,cloud_confidence,"
+                                                           "edge_label; --off-topic reads its text column)")
+    o.add_argument("--label", default="oos", help="the cloud's out-of-scope label (default: oos)")
+    o.add_argument("--cache-dir", type=Path, help="where an S3 prefix is copied (default: the build's stage cache)")
     return p
 
 
@@ -135,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     # Each command imports what it runs, here and in _publish / _s3_client: `--help` loads none of it, `data`
     # no numpy or LiteRT, `evaluate` no TensorFlow, `publish` no build, `build` its pipeline (and TensorFlow
     # only when a stage trains).
+    if args.command == "data" and args.data_command == "off-topic":
+        return _off_topic(args)
     if args.command == "data":
         from model_build.data.fetch import CLINC150_WIKI_NAME, fetch_clinc150, fetch_clinc150_wiki
 
@@ -227,13 +237,30 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_feedback(source: str, cache_dir: Path | None) -> str:
+def _off_topic(args: argparse.Namespace) -> int:
+    from model_build.data.off_topic import refused_texts, write_review
+    from modelpack.feedback import FeedbackError, read_feedback
+
+    source = _local_feedback(args.feedback, args.cache_dir, flag="data off-topic")
+    try:
+        refused = refused_texts(read_feedback(source), label=args.label)
+    except FeedbackError as exc:
+        raise DataError(f"data off-topic: {exc}") from None
+    if not refused.candidates:
+        raise DataError(f"{args.feedback}: none of its {refused.records} records has a text the cloud answered "
+                        f"{args.label!r} ({refused.textless} without text)")
+    write_review(refused.candidates, args.out)
+    print(refused.summary(args.out, args.label))
+    return 0
+
+
+def _local_feedback(source: str, cache_dir: Path | None, *, flag: str = "--feedback") -> str:
     """`source` itself, or for `s3://bucket/prefix` a local copy of the feedback files under that prefix."""
     if not source.startswith("s3://"):
         return source
     bucket, _, prefix = source[len("s3://"):].partition("/")
     if not bucket:
-        raise BuildError(f"--feedback {source}: not s3://bucket/prefix")
+        raise BuildError(f"{flag} {source}: not s3://bucket/prefix")
     client = _s3_client(None, None)
     folder = (cache_dir or default_cache_dir()) / "feedback" / hashlib.sha256(source.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,9 +273,9 @@ def _local_feedback(source: str, cache_dir: Path | None) -> str:
                     client.download_file(bucket, key, str(folder / key.replace("/", "__")))
                     found += 1
     except Exception as exc:  # noqa: BLE001 - botocore's errors: one line naming the source, not a traceback
-        raise BuildError(f"--feedback {source}: cannot read it ({type(exc).__name__}: {exc})") from None
+        raise BuildError(f"{flag} {source}: cannot read it ({type(exc).__name__}: {exc})") from None
     if not found:
-        raise BuildError(f"--feedback {source}: no .jsonl / .sqlite feedback files under that prefix")
+        raise BuildError(f"{flag} {source}: no .jsonl / .sqlite feedback files under that prefix")
     return str(folder)
 
 

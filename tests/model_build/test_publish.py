@@ -32,11 +32,8 @@ class RecordingS3:
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingS3]:
+def s3(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingS3]:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)

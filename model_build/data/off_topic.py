@@ -1,0 +1,87 @@
+"""Candidates for `build --off-topic` from the edge's feedback (`python -m model_build data off-topic`): the
+escalated requests the cloud answered with the out-of-scope label, one row per distinct text, written as a CSV
+for a person to review before any of it is trained on.
+
+Why a review and not the records as they are: the cloud refuses some in-scope requests too (the demo replay's
+"Refused" table counts them: about a quarter of the cloud's refusals, `bench/results/demo/demo.md`); trained on
+as off-topic, they would teach both tiers to refuse those intents. The CSV's `text` column is what `--off-topic`
+reads (`model_build.data.unlabeled.load_unlabeled`), so the reviewed file goes straight back in.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_build.errors import DataError
+
+REVIEW_COLUMNS = ("text", "times", "cloud_confidence", "edge_label")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One distinct refused text: how often the cloud refused it, its highest confidence in doing so, and the
+    intent the edge most often guessed (what the text would be mistaken for)."""
+
+    text: str
+    times: int
+    cloud_confidence: float
+    edge_label: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    candidates: tuple[Candidate, ...]  # most often refused first, then the cloud's surest, then by text
+    records: int  # records read
+    refused: int  # of them, answered with the label by the cloud (text or not)
+    textless: int  # of those, records without a text (a hash-mode store's): nothing to review
+
+    def summary(self, out: Path, label: str) -> str:
+        lines = [f"{self.records} feedback records: the cloud answered {label!r} to {self.refused}, "
+                 f"{len(self.candidates)} distinct texts -> {out}"]
+        if self.textless:
+            lines.append(f"{self.textless} of them carry no text (a hash-mode store): left out")
+        lines.append("review it: delete every row one of your intents should answer (the cloud refuses some "
+                     "in-scope requests too), then build with --off-topic " + str(out))
+        return "\n".join(lines)
+
+
+def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refused:
+    """The records whose cloud answer is `label`, grouped by text (stripped; empty texts dropped)."""
+    times: Counter[str] = Counter()
+    confidence: dict[str, float] = {}
+    guesses: dict[str, Counter[str]] = {}
+    n = refused = textless = 0
+    for record in records:
+        n += 1
+        if record.get("cloud_label") != label:
+            continue
+        refused += 1
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            textless += 1
+            continue
+        text = text.strip()
+        times[text] += 1
+        confidence[text] = max(confidence.get(text, 0.0), float(record.get("cloud_confidence") or 0.0))
+        guesses.setdefault(text, Counter())[str(record.get("edge_label", ""))] += 1
+    candidates = [Candidate(t, c, round(confidence[t], 4), guesses[t].most_common(1)[0][0]) for t, c in times.items()]
+    candidates.sort(key=lambda c: (-c.times, -c.cloud_confidence, c.text))
+    return Refused(tuple(candidates), n, refused, textless)
+
+
+def write_review(candidates: Iterable[Candidate], path: Path) -> None:
+    """The review CSV (UTF-8, RFC 4180 quoting: texts with commas, quotes or line breaks survive)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(REVIEW_COLUMNS)
+            for c in candidates:
+                writer.writerow((c.text, c.times, f"{c.cloud_confidence:.4f}", c.edge_label))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None

@@ -1,0 +1,124 @@
+"""`python -m model_build data off-topic`: the requests the cloud refused, read from the edge's real feedback
+store (or its export, or the S3 prefix the edge ships to), as a review CSV that `build --off-topic` reads."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from edge_container.feedback import FeedbackRecord, FeedbackStore
+from model_build.cli import main
+from model_build.data.off_topic import Candidate, refused_texts
+from model_build.data.unlabeled import load_unlabeled
+
+
+def record(text: str, cloud_label: str = "oos", *, edge_label: str = "weather",
+           cloud_confidence: float = 0.9) -> FeedbackRecord:
+    return FeedbackRecord(text, edge_label, 0.4, {"max_prob": 0.4}, cloud_label, cloud_confidence, "e-1", "c-1",
+                          "low_confidence")
+
+
+TRAFFIC = [
+    record("who won the game last night", edge_label="weather", cloud_confidence=0.7),
+    record("what is the weather in oslo", "weather"),  # the cloud answered an intent: not a candidate
+    record("who won the game last night", edge_label="play_music", cloud_confidence=0.95),
+    record('tell me a joke, a "good" one', edge_label="play_music"),
+    record("who won the game last night", edge_label="play_music", cloud_confidence=0.8),
+    record("  ", cloud_confidence=0.99),  # no text to review
+    record("play some jazz", edge_label="play_music", cloud_confidence=0.6),  # an in-scope one the cloud refused
+]
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_refused_texts_are_grouped_counted_and_ordered_most_often_first() -> None:
+    records = [{"text": r.text, "cloud_label": r.cloud_label, "cloud_confidence": r.cloud_confidence,
+                "edge_label": r.edge_label} for r in TRAFFIC]
+    refused = refused_texts(records, label="oos")
+    assert refused.candidates == (
+        Candidate("who won the game last night", 3, 0.95, "play_music"),
+        Candidate('tell me a joke, a "good" one', 1, 0.9, "play_music"),
+        Candidate("play some jazz", 1, 0.6, "play_music"),
+    )
+    assert (refused.records, refused.refused, refused.textless) == (7, 6, 1)
+    assert refused_texts(records, label="out_of_scope").candidates == ()
+
+
+def test_the_command_writes_a_review_csv_that_build_off_topic_reads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "device" / "feedback.sqlite"
+    with FeedbackStore.open(store) as s:
+        s.record(TRAFFIC)
+    out = tmp_path / "review" / "off_topic.csv"
+    assert main(["data", "off-topic", str(store), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "the cloud answered 'oos' to 6, 3 distinct texts" in said and "--off-topic" in said
+    assert "1 of them carry no text" in said
+    assert [(r["text"], r["times"], r["edge_label"]) for r in rows(out)] == [
+        ("who won the game last night", "3", "play_music"),
+        ('tell me a joke, a "good" one', "1", "play_music"),
+        ("play some jazz", "1", "play_music"),
+    ]
+    # The reviewer deletes the in-scope row; what is left is what --off-topic trains on.
+    kept = [r for r in rows(out) if r["text"] != "play some jazz"]
+    with out.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(kept[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    assert load_unlabeled(out) == ("who won the game last night", 'tell me a joke, a "good" one')
+
+
+def test_an_export_and_a_folder_of_devices_read_alike(tmp_path: Path) -> None:
+    (tmp_path / "exports").mkdir()
+    for device, texts in (("a", ["who won the game", "who won the game"]), ("b", ["who won the game", "hi there"])):
+        with FeedbackStore.open(tmp_path / "stores" / f"{device}.sqlite") as s:
+            s.record([record(t) for t in texts])
+            with (tmp_path / "exports" / f"{device}.jsonl").open("w") as f:
+                s.export(f)
+    for source in ("stores", "exports"):
+        out = tmp_path / f"{source}.csv"
+        assert main(["data", "off-topic", str(tmp_path / source), "--out", str(out)]) == 0
+        assert [(r["text"], r["times"]) for r in rows(out)] == [("who won the game", "3"), ("hi there", "1")]
+
+
+@pytest.fixture
+def bucket(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="fleet")
+        yield client
+
+
+def test_the_s3_prefix_the_edge_ships_to_is_read_too(bucket: Any, tmp_path: Path) -> None:
+    with FeedbackStore.open(tmp_path / "fb.sqlite") as s:
+        s.record([record("who won the game"), record("set an alarm", "alarm")])
+        with (tmp_path / "1-2.jsonl").open("w") as f:
+            s.export(f)
+    bucket.upload_file(str(tmp_path / "1-2.jsonl"), "fleet", "feedback/kiosk-7/1-2.jsonl")
+    out = tmp_path / "review.csv"
+    assert main(["data", "off-topic", "s3://fleet/feedback", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert [r["text"] for r in rows(out)] == ["who won the game"]
+
+
+def test_nothing_to_review_or_nothing_there_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FeedbackStore.open(tmp_path / "fb.sqlite") as s:
+        s.record([record("set an alarm", "alarm")])
+    out = tmp_path / "review.csv"
+    assert main(["data", "off-topic", str(tmp_path / "fb.sqlite"), "--out", str(out)]) == 2
+    assert "none of its 1 records has a text the cloud answered 'oos'" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["data", "off-topic", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data off-topic:") and "no such feedback file" in err and len(err.splitlines()) == 1
