@@ -10,6 +10,7 @@ import pytest
 from infra.demo.replays import REPLAYS, render, run_replay
 from infra.demo.run import _parser
 from infra.errors import StackError
+from infra.processes import REPO_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,6 +85,23 @@ def test_a_rebuild_uses_the_unlabeled_pool_the_artifact_was_built_with(
     with pytest.raises(StackError, match="refit the routing"):
         run_replay("shift", artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
     assert f"--unlabeled {pool}" in logged[0]
+
+
+def test_a_rebuild_reads_the_stage_cache_the_build_would(
+        tmp_path: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = tmp_path / "pool.txt"
+    pool.write_text("a sentence from elsewhere\n")
+    artifact = _with_unlabeled(tiny_artifact, tmp_path / "a", str(pool))
+    for env, expected in ((str(tmp_path / "cache"), str(tmp_path / "cache")),
+                          (None, str(REPO_ROOT / ".cache" / "model_build"))):
+        if env is None:
+            monkeypatch.delenv("MODEL_BUILD_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("MODEL_BUILD_CACHE", env)
+        logged: list[str] = []
+        with pytest.raises(StackError, match="refit the routing"):
+            run_replay("shift", artifact, data=tmp_path / "none.json", log=logged.append, results=tmp_path)
+        assert f"--cache-dir {expected} " in logged[0] + " "
 
 
 def test_a_rebuild_refuses_when_the_recorded_pool_is_missing(tmp_path: Path, tiny_artifact: Path) -> None:
