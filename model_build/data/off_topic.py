@@ -19,23 +19,23 @@ from typing import Any
 
 from model_build.errors import DataError
 
-REVIEW_COLUMNS = ("text", "times", "cloud_confidence", "edge_label")
+REVIEW_COLUMNS = ("text", "times", "edge_label")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One distinct refused text: how often the cloud refused it, its highest confidence in doing so, and the
-    intent the edge most often guessed (what the text would be mistaken for)."""
+    """One distinct refused text: how often the cloud refused it, and the intent the edge most often guessed
+    (what the text would be mistaken for). No cloud confidence: for a refusal by its threshold the cloud
+    reports its best intent's (low) probability, for an `oos` argmax that label's; the two do not rank."""
 
     text: str
     times: int
-    cloud_confidence: float
     edge_label: str
 
 
 @dataclass(frozen=True)
 class Refused:
-    candidates: tuple[Candidate, ...]  # most often refused first, then the cloud's surest, then by text
+    candidates: tuple[Candidate, ...]  # most often refused first, then in the order first seen
     records: int  # records read
     refused: int  # of them, answered with the label by the cloud (text or not)
     textless: int  # of those, records without a text (a hash-mode store's): nothing to review
@@ -52,8 +52,7 @@ class Refused:
 
 def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refused:
     """The records whose cloud answer is `label`, grouped by text (stripped; empty texts dropped)."""
-    times: Counter[str] = Counter()
-    confidence: dict[str, float] = {}
+    times: Counter[str] = Counter()  # insertion-ordered: first seen first
     guesses: dict[str, Counter[str]] = {}
     n = refused = textless = 0
     for record in records:
@@ -67,10 +66,9 @@ def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refuse
             continue
         text = text.strip()
         times[text] += 1
-        confidence[text] = max(confidence.get(text, 0.0), float(record.get("cloud_confidence") or 0.0))
         guesses.setdefault(text, Counter())[str(record.get("edge_label", ""))] += 1
-    candidates = [Candidate(t, c, round(confidence[t], 4), guesses[t].most_common(1)[0][0]) for t, c in times.items()]
-    candidates.sort(key=lambda c: (-c.times, -c.cloud_confidence, c.text))
+    candidates = [Candidate(t, c, guesses[t].most_common(1)[0][0]) for t, c in times.items()]
+    candidates.sort(key=lambda c: -c.times)  # stable: ties keep the order first seen
     return Refused(tuple(candidates), n, refused, textless)
 
 
@@ -82,6 +80,6 @@ def write_review(candidates: Iterable[Candidate], path: Path) -> None:
             writer = csv.writer(f)
             writer.writerow(REVIEW_COLUMNS)
             for c in candidates:
-                writer.writerow((c.text, c.times, f"{c.cloud_confidence:.4f}", c.edge_label))
+                writer.writerow((c.text, c.times, c.edge_label))
     except OSError as exc:
         raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None

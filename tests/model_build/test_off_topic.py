@@ -18,20 +18,18 @@ from model_build.data.off_topic import Candidate, refused_texts
 from model_build.data.unlabeled import load_unlabeled
 
 
-def record(text: str, cloud_label: str = "oos", *, edge_label: str = "weather",
-           cloud_confidence: float = 0.9) -> FeedbackRecord:
-    return FeedbackRecord(text, edge_label, 0.4, {"max_prob": 0.4}, cloud_label, cloud_confidence, "e-1", "c-1",
-                          "low_confidence")
+def record(text: str, cloud_label: str = "oos", *, edge_label: str = "weather") -> FeedbackRecord:
+    return FeedbackRecord(text, edge_label, 0.4, {"max_prob": 0.4}, cloud_label, 0.3, "e-1", "c-1", "low_confidence")
 
 
 TRAFFIC = [
-    record("who won the game last night", edge_label="weather", cloud_confidence=0.7),
+    record("who won the game last night", edge_label="weather"),
     record("what is the weather in oslo", "weather"),  # the cloud answered an intent: not a candidate
-    record("who won the game last night", edge_label="play_music", cloud_confidence=0.95),
+    record("who won the game last night", edge_label="play_music"),
     record('tell me a joke, a "good" one', edge_label="play_music"),
-    record("who won the game last night", edge_label="play_music", cloud_confidence=0.8),
-    record("  ", cloud_confidence=0.99),  # no text to review
-    record("play some jazz", edge_label="play_music", cloud_confidence=0.6),  # an in-scope one the cloud refused
+    record("who won the game last night", edge_label="play_music"),
+    record("  "),  # no text to review
+    record("play some jazz", edge_label="play_music"),  # an in-scope one the cloud refused
 ]
 
 
@@ -40,14 +38,13 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_refused_texts_are_grouped_counted_and_ordered_most_often_first() -> None:
-    records = [{"text": r.text, "cloud_label": r.cloud_label, "cloud_confidence": r.cloud_confidence,
-                "edge_label": r.edge_label} for r in TRAFFIC]
+def test_refused_texts_are_grouped_counted_and_ordered_most_often_then_first_seen() -> None:
+    records = [{"text": r.text, "cloud_label": r.cloud_label, "edge_label": r.edge_label} for r in TRAFFIC]
     refused = refused_texts(records, label="oos")
     assert refused.candidates == (
-        Candidate("who won the game last night", 3, 0.95, "play_music"),
-        Candidate('tell me a joke, a "good" one', 1, 0.9, "play_music"),
-        Candidate("play some jazz", 1, 0.6, "play_music"),
+        Candidate("who won the game last night", 3, "play_music"),
+        Candidate('tell me a joke, a "good" one', 1, "play_music"),
+        Candidate("play some jazz", 1, "play_music"),
     )
     assert (refused.records, refused.refused, refused.textless) == (7, 6, 1)
     assert refused_texts(records, label="out_of_scope").candidates == ()
