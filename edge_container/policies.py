@@ -8,6 +8,7 @@ that produced them, so a hot reload brings its own threshold.
 
 from __future__ import annotations
 
+import logging
 import random
 from abc import ABC, abstractmethod
 from collections import deque
@@ -26,6 +27,7 @@ from modelpack.scores import SCORES
 from modelpack.shift import ShiftPoint
 
 ShiftEstimator = Literal["em", "bbse"]
+log = logging.getLogger("edge_container.policies")
 
 
 class Policy(ABC):
@@ -204,6 +206,7 @@ class ShiftAwarePolicy(ThresholdPolicy):
         self._estimate: PriorEstimate | None = None
         self._share: float | None = None  # the estimate; the point is the table's at its upper bound
         self._point: ShiftPoint | None = None
+        self._untabled: RoutingEntry | None = None  # the last version without a table, said once
 
     def escalate(self, probs: np.ndarray, routing: RoutingEntry) -> np.ndarray:
         self.observe(probs, routing)
@@ -213,6 +216,11 @@ class ShiftAwarePolicy(ThresholdPolicy):
         """Add a batch's rows to the window; refresh the estimate and the threshold when it is time."""
         table = routing.shift
         if table is None:
+            if routing is not self._untabled:
+                self._untabled = routing
+                log.warning("EDGE_POLICY=shift_aware: this model carries no shift table (its build had no "
+                            "out-of-scope texts to measure one on: an appended oos label, or --max-false-reject 0); "
+                            "escalating at its fixed threshold %.4g", routing.threshold)
             return
         if routing is not self._routing:  # another version: its own calibration and table, a fresh window
             self._routing, self._estimate, self._point, self._share, self._since = routing, None, None, None, 0

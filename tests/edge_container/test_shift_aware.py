@@ -122,11 +122,14 @@ def test_both_estimators_follow_the_share(estimator: str) -> None:
     assert (policy.describe()["em_iterations"] is None) == (estimator == "bbse")
 
 
-def test_without_a_table_or_after_a_reload_it_is_the_manifest_threshold() -> None:
+def test_without_a_table_or_after_a_reload_it_is_the_manifest_threshold(caplog: pytest.LogCaptureFixture) -> None:
     policy = ShiftAwarePolicy(1000, every=100, min_samples=250)
     plain = dataclasses.replace(ROUTING, shift=None)
     rows = calibrated_rows(np.array([0.1, 0.1, 0.1, 0.7]), 1000, seed=7)
-    feed(policy, plain, rows)
+    with caplog.at_level("WARNING", logger="edge_container.policies"):
+        feed(policy, plain, rows)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "no shift table" in said[0] and "fixed threshold 0.3" in said[0]  # once per version
     assert policy.threshold_for(plain) == 0.3 and policy.estimated_oos_share() is None
     assert policy.escalate(rows, plain).tolist() == ThresholdPolicy().escalate(rows, plain).tolist()
     feed(policy, ROUTING, rows)
