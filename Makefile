@@ -18,7 +18,7 @@ help:
 	@echo "make data    - make sure CLINC150 is at $(DATA) (downloads and verifies it if missing)"
 	@echo "make up      - the whole system on loopback: moto (DynamoDB+S3), the Lambda over HTTP, the edge (Ctrl-C stops)"
 	@echo "make demo    - replay the CLINC150 test split through the local stack; writes reports/demo.{json,md}"
-	@echo "make build   - full model build into artifacts/latest (about 18 min on a 2-core AMD EPYC)"
+	@echo "make build   - full model build into artifacts/latest (19-23 min on a 2-core AMD EPYC)"
 
 venv: $(STAMP)
 
@@ -39,7 +39,7 @@ test: $(STAMP) data
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Model for `up`/`demo`: artifacts/latest, built on first use: PRESET=fast (~6 min on 2 cores), full (`make build`,
-# ~18 min) or quick (a toy, ~2 min).
+# 19-23 min) or quick (a toy, ~2 min).
 PRESET ?= fast
 SCENARIO ?= normal
 UP_ARGS ?=
