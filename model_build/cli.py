@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                                           "review before build --off-topic")
     o.add_argument("feedback", metavar="PATH|s3://BUCKET/PREFIX",
                    help="the edge's feedback: a store, an export, a folder of them, or the S3 prefix they ship to")
-    o.add_argument("--out", type=Path, required=True, help="the review CSV to write (text,times,edge_label; "
-                                                           "--off-topic reads its text column)")
+    o.add_argument("--out", type=Path, required=True, help="the review CSV to write (text,times,edge_label,"
+                                                           "edge_top; --off-topic reads its text column)")
     o.add_argument("--label", default="oos", help="the cloud's out-of-scope label (default: oos)")
     o.add_argument("--cache-dir", type=Path, help="where an S3 prefix is copied (default: the build's stage cache)")
     return p

@@ -19,7 +19,8 @@ from typing import Any
 
 from model_build.errors import DataError
 
-REVIEW_COLUMNS = ("text", "times", "edge_label")
+REVIEW_COLUMNS = ("text", "times", "edge_label", "edge_top")
+TOP_SHOWN = 3  # the edge's best guesses shown to the reviewer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Candidate:
     text: str
     times: int
     edge_label: str
+    edge_top: str = ""  # the edge's best guesses with their probabilities, as first recorded ("a 0.41; b 0.2")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refuse
     """The records whose cloud answer is `label`, grouped by text (stripped; empty texts dropped)."""
     times: Counter[str] = Counter()  # insertion-ordered: first seen first
     guesses: dict[str, Counter[str]] = {}
+    tops: dict[str, str] = {}
     n = refused = textless = 0
     for record in records:
         n += 1
@@ -67,9 +70,19 @@ def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refuse
         text = text.strip()
         times[text] += 1
         guesses.setdefault(text, Counter())[str(record.get("edge_label", ""))] += 1
-    candidates = [Candidate(t, c, guesses[t].most_common(1)[0][0]) for t, c in times.items()]
+        tops.setdefault(text, _top(record.get("edge_scores")))
+    candidates = [Candidate(t, c, guesses[t].most_common(1)[0][0], tops[t]) for t, c in times.items()]
     candidates.sort(key=lambda c: -c.times)  # stable: ties keep the order first seen
     return Refused(tuple(candidates), n, refused, textless)
+
+
+def _top(scores: object) -> str:
+    """"label p; label p" from the edge's recorded top probabilities ({"top": [[label, p], ...]}), or ""."""
+    top = scores.get("top") if isinstance(scores, Mapping) else None
+    if not isinstance(top, list):
+        return ""
+    pairs = [pair for pair in top[:TOP_SHOWN] if isinstance(pair, list | tuple) and len(pair) == 2]
+    return "; ".join(f"{label} {float(p):.2f}" for label, p in pairs if isinstance(p, int | float))
 
 
 def write_review(candidates: Iterable[Candidate], path: Path) -> None:
@@ -80,6 +93,6 @@ def write_review(candidates: Iterable[Candidate], path: Path) -> None:
             writer = csv.writer(f)
             writer.writerow(REVIEW_COLUMNS)
             for c in candidates:
-                writer.writerow((c.text, c.times, c.edge_label))
+                writer.writerow((c.text, c.times, c.edge_label, c.edge_top))
     except OSError as exc:
         raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None

@@ -19,7 +19,9 @@ from model_build.data.unlabeled import load_unlabeled
 
 
 def record(text: str, cloud_label: str = "oos", *, edge_label: str = "weather") -> FeedbackRecord:
-    return FeedbackRecord(text, edge_label, 0.4, {"max_prob": 0.4}, cloud_label, 0.3, "e-1", "c-1", "low_confidence")
+    top = [[edge_label, 0.4], ["alarm", 0.25], ["timer", 0.125], ["music", 0.1]]  # as the edge records them
+    return FeedbackRecord(text, edge_label, 0.4, {"max_prob": 0.4, "top": top}, cloud_label, 0.3, "e-1", "c-1",
+                          "low_confidence")
 
 
 TRAFFIC = [
@@ -39,12 +41,14 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_refused_texts_are_grouped_counted_and_ordered_most_often_then_first_seen() -> None:
-    records = [{"text": r.text, "cloud_label": r.cloud_label, "edge_label": r.edge_label} for r in TRAFFIC]
+    records = [{"text": r.text, "cloud_label": r.cloud_label, "edge_label": r.edge_label,
+                "edge_scores": r.edge_scores} for r in TRAFFIC]
+    records[3]["edge_scores"] = {"max_prob": 0.4}  # an older record without the top list
     refused = refused_texts(records, label="oos")
-    assert refused.candidates == (
-        Candidate("who won the game last night", 3, "play_music"),
-        Candidate('tell me a joke, a "good" one', 1, "play_music"),
-        Candidate("play some jazz", 1, "play_music"),
+    assert refused.candidates == (  # the most frequent guess; the top list as first recorded
+        Candidate("who won the game last night", 3, "play_music", "weather 0.40; alarm 0.25; timer 0.12"),
+        Candidate('tell me a joke, a "good" one', 1, "play_music", ""),
+        Candidate("play some jazz", 1, "play_music", "play_music 0.40; alarm 0.25; timer 0.12"),
     )
     assert (refused.records, refused.refused, refused.textless) == (7, 6, 1)
     assert refused_texts(records, label="out_of_scope").candidates == ()
@@ -60,10 +64,10 @@ def test_the_command_writes_a_review_csv_that_build_off_topic_reads(
     said = capsys.readouterr().out
     assert "the cloud answered 'oos' to 6, 3 distinct texts" in said and "--off-topic" in said
     assert "1 of them carry no text" in said
-    assert [(r["text"], r["times"], r["edge_label"]) for r in rows(out)] == [
-        ("who won the game last night", "3", "play_music"),
-        ('tell me a joke, a "good" one', "1", "play_music"),
-        ("play some jazz", "1", "play_music"),
+    assert [(r["text"], r["times"], r["edge_label"], r["edge_top"]) for r in rows(out)] == [
+        ("who won the game last night", "3", "play_music", "weather 0.40; alarm 0.25; timer 0.12"),
+        ('tell me a joke, a "good" one', "1", "play_music", "play_music 0.40; alarm 0.25; timer 0.12"),
+        ("play some jazz", "1", "play_music", "play_music 0.40; alarm 0.25; timer 0.12"),
     ]
     # The reviewer deletes the in-scope row; what is left is what --off-topic trains on.
     kept = [r for r in rows(out) if r["text"] != "play some jazz"]
