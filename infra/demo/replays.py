@@ -20,7 +20,6 @@ scenario with its status and names the step.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -83,19 +82,16 @@ def _traffic_mix(model_dir: Path) -> Any:
     return _built_with(model_dir).get("config", {}).get("traffic_oos_fraction")
 
 
-def _default_cache() -> Path:
-    """The build's own default (MODEL_BUILD_CACHE, else .cache/model_build), anchored at the repository."""
-    return REPO_ROOT / os.environ.get("MODEL_BUILD_CACHE", str(Path(".cache") / "model_build"))
-
-
 def _rebuild(model_dir: Path, data: Path, out: Path, cache_dir: Path | None, *options: str) -> list[str]:
     """The build command of `model_dir`'s preset and unlabeled pool with `options`: the stage cache supplies
     what they leave unchanged (the teacher always). The pool is the one the artifact's build record names,
     never the environment's: without it the transfer set, and so the student, would silently be another."""
+    from model_build.cache import default_cache_dir  # the build's own default (MODEL_BUILD_CACHE), stdlib only
+
     built = _built_with(model_dir)
     preset = built.get("preset", "fast")
     command = [sys.executable, "-m", "model_build", "build", "--preset", str(preset), "--data", str(data),
-               *options, "--out", str(out), "--cache-dir", str(cache_dir or _default_cache())]
+               *options, "--out", str(out), "--cache-dir", str(cache_dir or REPO_ROOT / default_cache_dir())]
     recorded = built.get("config", {}).get("unlabeled")
     if recorded:
         unlabeled = REPO_ROOT / recorded  # relative to the repository, as the Makefile passes it
