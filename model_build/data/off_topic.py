@@ -6,6 +6,11 @@ Why a review and not the records as they are: the cloud refuses some in-scope re
 "Refused" table counts them: about a quarter of the cloud's refusals, `bench/results/demo/demo.md`); trained on
 as off-topic, they would teach both tiers to refuse those intents. The CSV's `text` column is what `--off-topic`
 reads (`model_build.data.unlabeled.load_unlabeled`), so the reviewed file goes straight back in.
+
+The texts are your users' requests, and the file is opened in a spreadsheet: a cell starting with `=`, `+`,
+`-`, `@`, a tab or a carriage return would be read as a formula (CSV injection). Such cells are written with a
+leading `'` (OWASP's advice), and `load_unlabeled` takes it off again when it reads a review CSV, so
+`--off-topic` trains on the text as it was asked.
 """
 
 from __future__ import annotations
@@ -21,6 +26,23 @@ from model_build.errors import DataError
 
 REVIEW_COLUMNS = ("text", "times", "edge_label", "edge_top")
 TOP_SHOWN = 3  # the edge's best guesses shown to the reviewer
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """`cell` as a spreadsheet shows it as text: a leading `'` before a formula's first character."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
+def from_spreadsheet(cell: str) -> str:
+    """The cell `spreadsheet_safe` wrote, as it was (other cells unchanged)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
+
+
+def is_review(columns: Iterable[str]) -> bool:
+    """Whether a CSV with these columns is a review CSV (its cells then went through `spreadsheet_safe`)."""
+    return set(REVIEW_COLUMNS) <= set(columns)
 
 
 @dataclass(frozen=True)
@@ -86,13 +108,15 @@ def _top(scores: object) -> str:
 
 
 def write_review(candidates: Iterable[Candidate], path: Path) -> None:
-    """The review CSV (UTF-8, RFC 4180 quoting: texts with commas, quotes or line breaks survive)."""
+    """The review CSV (UTF-8, RFC 4180 quoting: texts with commas, quotes or line breaks survive; cells a
+    spreadsheet would run as formulas written as text, `spreadsheet_safe`)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(REVIEW_COLUMNS)
             for c in candidates:
-                writer.writerow((c.text, c.times, c.edge_label, c.edge_top))
+                writer.writerow((spreadsheet_safe(c.text), c.times, spreadsheet_safe(c.edge_label),
+                                 spreadsheet_safe(c.edge_top)))
     except OSError as exc:
         raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None

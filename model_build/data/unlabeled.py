@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_build.data.off_topic import from_spreadsheet, is_review
 from model_build.errors import DataError
 from modelpack.feedback import FeedbackError, read_feedback
 
@@ -27,6 +28,8 @@ def load_unlabeled(path: Path | str) -> tuple[str, ...]:
                 if reader.fieldnames is None or "text" not in reader.fieldnames:
                     raise DataError(f"{path}: a CSV of unlabelled texts needs a 'text' column")
                 texts = [row["text"] or "" for row in reader]
+                if is_review(reader.fieldnames):  # `data off-topic`'s CSV: its texts were made spreadsheet-safe
+                    texts = [from_spreadsheet(t) for t in texts]
         elif path.suffix.lower() == ".jsonl":
             with path.open(encoding="utf-8") as f:
                 for n, line in enumerate(f, 1):

@@ -78,6 +78,25 @@ def test_the_command_writes_a_review_csv_that_build_off_topic_reads(
     assert load_unlabeled(out) == ("who won the game last night", 'tell me a joke, a "good" one')
 
 
+def test_texts_a_spreadsheet_would_run_as_formulas_are_written_as_text_and_read_back_as_asked(
+        tmp_path: Path) -> None:
+    asked = ["=HYPERLINK(\"http://x.example\",\"win\")", "+1 555 0100 is it you", "-5 degrees outside?",
+             "@home what's up", "'quoted' and fine", "plain words"]
+    store = tmp_path / "fb.sqlite"
+    with FeedbackStore.open(store) as s:
+        s.record([record(t, edge_label="-minus_intent") for t in asked])
+    out = tmp_path / "review.csv"
+    assert main(["data", "off-topic", str(store), "--out", str(out)]) == 0
+    written = rows(out)
+    assert [r["text"] for r in written] == ["'" + t for t in asked[:4]] + asked[4:]
+    assert {r["edge_label"] for r in written} == {"'-minus_intent"}
+    assert all(r["edge_top"].startswith("'-minus_intent 0.40") for r in written)
+    assert load_unlabeled(out) == tuple(asked)  # --off-topic trains on the requests as they were asked
+    plain = tmp_path / "mine.csv"  # any other CSV is read as it is
+    plain.write_text("text\n'=not a review file\n", encoding="utf-8")
+    assert load_unlabeled(plain) == ("'=not a review file",)
+
+
 def test_an_export_and_a_folder_of_devices_read_alike(tmp_path: Path) -> None:
     (tmp_path / "exports").mkdir()
     for device, texts in (("a", ["who won the game", "who won the game"]), ("b", ["who won the game", "hi there"])):
