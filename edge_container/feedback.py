@@ -36,7 +36,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Self
 
-from modelpack.feedback import COLUMNS, FORMAT, FeedbackError, header, read_export  # noqa: F401  (re-exported)
+from modelpack.feedback import (  # noqa: F401  (re-exported)
+    COLUMNS,
+    FORMAT,
+    JSON_COLUMNS,
+    FeedbackError,
+    header,
+    read_export,
+    stored_item,
+)
 
 Mode = Literal["text", "hash"]
 MODES: tuple[Mode, ...] = ("text", "hash")
@@ -55,11 +63,21 @@ CREATE TABLE IF NOT EXISTS feedback (
     cloud_confidence REAL NOT NULL,
     edge_model_version TEXT NOT NULL,
     cloud_model_version TEXT NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    cloud_top TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
 """
 _COLUMNS = COLUMNS
+
+
+def _add_new_columns(db: sqlite3.Connection) -> None:
+    """Columns newer than a store made by an older edge: added in place, with their empty value for the rows
+    it already holds (SQLite's ADD COLUMN: no copy of the table)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(feedback)")}
+    for column, empty in JSON_COLUMNS.items():
+        if column not in present:
+            db.execute(f"ALTER TABLE feedback ADD COLUMN {column} TEXT NOT NULL DEFAULT '{empty}'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,7 @@ class FeedbackRecord:
     cloud_model_version: str
     reason: str  # why it went up (low_confidence, forced_cloud, ...)
     ts: float = 0.0  # seconds since the epoch; 0 means "now" when recorded
+    cloud_top: tuple[tuple[str, float], ...] = ()  # the cloud's best answers, (label, probability), as it replied
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,7 @@ class FeedbackStore:
                 raise FeedbackError(f"{path}: SQLite cannot use WAL here (a network file system?)")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _add_new_columns(db)
         except sqlite3.DatabaseError as exc:
             raise FeedbackError(f"{path}: not a usable feedback store ({exc})") from exc
         store = cls(db, path, mode=mode, max_bytes=max_bytes, max_age_s=max_age_s, prune_every=prune_every,
@@ -195,11 +215,7 @@ class FeedbackStore:
             query += " LIMIT ?"
             params += (limit,)
         for row in self._db.execute(query, params):
-            item = dict(zip(_COLUMNS, row[1:], strict=True))
-            item["edge_scores"] = json.loads(item["edge_scores"])
-            if item["text"] is None:
-                del item["text"]
-            yield row[0], item
+            yield row[0], stored_item(dict(zip(_COLUMNS, row[1:], strict=True)))
 
     def export(self, out: IO[str], *, after_id: int = 0, limit: int | None = None) -> int:
         """Write the records after `after_id` to `out` as JSON Lines (a header line naming the format and the
@@ -225,7 +241,8 @@ class FeedbackStore:
         digest = hmac.new(self._key, record.text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
         values = asdict(record)
         values.update(ts=record.ts or now, text=record.text if self.mode == "text" else None, text_hash=digest,
-                      edge_scores=json.dumps(record.edge_scores, separators=(",", ":")))
+                      edge_scores=json.dumps(record.edge_scores, separators=(",", ":")),
+                      cloud_top=json.dumps([[label, p] for label, p in record.cloud_top], separators=(",", ":")))
         return tuple(values[c] for c in _COLUMNS)
 
     def _transaction(self) -> _Transaction:

@@ -291,5 +291,6 @@ def feedback_records(texts: Sequence[str], rows: EdgeRows, results: Sequence[Res
         edge_scores["top"] = [[labels[j], round(float(probs[row, j]), 6)] for j in tops[row]]
         records.append(FeedbackRecord(texts[i], result.edge.label, result.edge.confidence, edge_scores,
                                       result.label, result.confidence, result.edge_model_version,
-                                      result.cloud_model_version or "", result.reason))
+                                      result.cloud_model_version or "", result.reason,
+                                      cloud_top=tuple((a.label, round(a.confidence, 6)) for a in result.top_k)))
     return records

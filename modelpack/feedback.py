@@ -4,9 +4,10 @@ reads (JSON Lines; the first line names the format and the store's mode).
     {"format": "edge-feedback/1", "mode": "text"}
     {"ts": 1796180000.5, "text": "...", "text_hash": "...", "edge_label": "...", "edge_confidence": 0.41,
      "edge_scores": {...}, "cloud_label": "...", "cloud_confidence": 0.93, "edge_model_version": "...",
-     "cloud_model_version": "...", "reason": "low_confidence"}
+     "cloud_model_version": "...", "reason": "low_confidence", "cloud_top": [["weather", 0.31], ...]}
 
-A hash-mode store's records carry no `text`. Stdlib only.
+A hash-mode store's records carry no `text`. `cloud_top` (the cloud's best answers with their probabilities,
+as it replied) is newer than the format: records of older stores and exports have none. Stdlib only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 FORMAT = "edge-feedback/1"
 COLUMNS = ("ts", "text", "text_hash", "edge_label", "edge_confidence", "edge_scores", "cloud_label",
-           "cloud_confidence", "edge_model_version", "cloud_model_version", "reason")
+           "cloud_confidence", "edge_model_version", "cloud_model_version", "reason", "cloud_top")
+JSON_COLUMNS = {"edge_scores": "{}", "cloud_top": "[]"}  # stored as JSON text; the value a store without one reads
 
 
 class FeedbackError(Exception):
@@ -57,16 +59,24 @@ def read_store(path: str | Path) -> Iterator[dict[str, Any]]:
 
     try:
         db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-        rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM feedback ORDER BY id").fetchall()
+        present = {row[1] for row in db.execute("PRAGMA table_info(feedback)")}
+        columns = [c for c in COLUMNS if c in present]  # an older store lacks the newer columns
+        rows = db.execute(f"SELECT {', '.join(columns)} FROM feedback ORDER BY id").fetchall()
     except sqlite3.DatabaseError as exc:
         raise FeedbackError(f"{path}: not a readable feedback store ({exc})") from None
     db.close()
     for row in rows:
-        item = dict(zip(COLUMNS, row, strict=True))
-        item["edge_scores"] = json.loads(item["edge_scores"])
-        if item["text"] is None:
-            del item["text"]
-        yield item
+        yield stored_item(dict(zip(columns, row, strict=True)))
+
+
+def stored_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A store's row as a record: its JSON columns decoded (their empty value when the store has none), no
+    `text` key for a hash-mode row."""
+    for column, empty in JSON_COLUMNS.items():
+        item[column] = json.loads(item.get(column) or empty)
+    if item.get("text") is None:
+        item.pop("text", None)
+    return item
 
 
 def read_feedback(path: str | Path) -> list[dict[str, Any]]:

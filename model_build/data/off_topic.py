@@ -24,7 +24,7 @@ from typing import Any
 
 from model_build.errors import DataError
 
-REVIEW_COLUMNS = ("text", "times", "edge_label", "edge_top")
+REVIEW_COLUMNS = ("text", "times", "edge_label", "edge_top", "cloud_top")
 TOP_SHOWN = 3  # the edge's best guesses shown to the reviewer
 # What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -42,7 +42,7 @@ def from_spreadsheet(cell: str) -> str:
 
 def is_review(columns: Iterable[str]) -> bool:
     """Whether a CSV with these columns is a review CSV (its cells then went through `spreadsheet_safe`)."""
-    return set(REVIEW_COLUMNS) <= set(columns)
+    return {"text", "times", "edge_label"} <= set(columns)  # a reviewer may drop the columns of guesses
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Candidate:
     times: int
     edge_label: str
     edge_top: str = ""  # the edge's best guesses with their probabilities, as first recorded ("a 0.41; b 0.2")
+    cloud_top: str = ""  # the cloud's, as it replied (records of an older edge have none)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refuse
     """The records whose cloud answer is `label`, grouped by text (stripped; empty texts dropped)."""
     times: Counter[str] = Counter()  # insertion-ordered: first seen first
     guesses: dict[str, Counter[str]] = {}
-    tops: dict[str, str] = {}
+    tops: dict[str, tuple[str, str]] = {}
     n = refused = textless = 0
     for record in records:
         n += 1
@@ -92,15 +93,16 @@ def refused_texts(records: Iterable[Mapping[str, Any]], *, label: str) -> Refuse
         text = text.strip()
         times[text] += 1
         guesses.setdefault(text, Counter())[str(record.get("edge_label", ""))] += 1
-        tops.setdefault(text, _top(record.get("edge_scores")))
-    candidates = [Candidate(t, c, guesses[t].most_common(1)[0][0], tops[t]) for t, c in times.items()]
+        edge_scores = record.get("edge_scores")
+        tops.setdefault(text, (_top(edge_scores.get("top") if isinstance(edge_scores, Mapping) else None),
+                               _top(record.get("cloud_top"))))
+    candidates = [Candidate(t, c, guesses[t].most_common(1)[0][0], *tops[t]) for t, c in times.items()]
     candidates.sort(key=lambda c: -c.times)  # stable: ties keep the order first seen
     return Refused(tuple(candidates), n, refused, textless)
 
 
-def _top(scores: object) -> str:
-    """"label p; label p" from the edge's recorded top probabilities ({"top": [[label, p], ...]}), or ""."""
-    top = scores.get("top") if isinstance(scores, Mapping) else None
+def _top(top: object) -> str:
+    """"label p; label p" from recorded best answers ([[label, p], ...]), or ""."""
     if not isinstance(top, list):
         return ""
     pairs = [pair for pair in top[:TOP_SHOWN] if isinstance(pair, list | tuple) and len(pair) == 2]
@@ -117,6 +119,6 @@ def write_review(candidates: Iterable[Candidate], path: Path) -> None:
             writer.writerow(REVIEW_COLUMNS)
             for c in candidates:
                 writer.writerow((spreadsheet_safe(c.text), c.times, spreadsheet_safe(c.edge_label),
-                                 spreadsheet_safe(c.edge_top)))
+                                 spreadsheet_safe(c.edge_top), spreadsheet_safe(c.cloud_top)))
     except OSError as exc:
         raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None

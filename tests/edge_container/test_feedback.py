@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import io
 import logging
@@ -160,7 +161,31 @@ def test_the_edge_records_what_the_cloud_answered_before_answering(tmp_path: Pat
     assert first["edge_label"] == body["results"][1]["edge"]["label"]
     assert first["cloud_model_version"] == "cloud-7" and first["edge_model_version"] == "tiny-1"
     assert set(first["edge_scores"]) == {"max_prob", "margin", "neg_entropy", "top"}
+    assert first["cloud_top"] == [[a["label"], a["confidence"]] for a in body["results"][1]["top_k"]] != []
     assert 'edge_feedback_records_total{outcome="ok"} 2.0' in metrics
+
+
+OLD_SCHEMA = """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, text TEXT, text_hash TEXT NOT NULL,
+    edge_label TEXT NOT NULL, edge_confidence REAL NOT NULL, edge_scores TEXT NOT NULL, cloud_label TEXT NOT NULL,
+    cloud_confidence REAL NOT NULL, edge_model_version TEXT NOT NULL, cloud_model_version TEXT NOT NULL,
+    reason TEXT NOT NULL);
+INSERT INTO feedback VALUES (1, 5.0, 'who won the game', 'h', 'weather', 0.4, '{"max_prob":0.4}', 'oos', 0.3,
+    'e-0', 'c-0', 'low_confidence');"""
+
+
+def test_a_store_an_older_edge_made_is_read_as_it_is_and_gains_the_new_column_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before `cloud_top`, with one row in it
+        db.executescript(OLD_SCHEMA)
+    db.close()
+    (old,) = read_feedback(path)  # a build reads it read-only, as it is
+    assert old["text"] == "who won the game" and old["cloud_top"] == [] and old["edge_scores"] == {"max_prob": 0.4}
+    with FeedbackStore.open(path, clock=lambda: 10.0) as store:  # the new edge opens it: one ALTER TABLE
+        store.record([dataclasses.replace(record(1), cloud_top=(("sports", 0.31), ("news", 0.2)))])
+        rows = [r for _, r in store.records()]
+    assert [r["cloud_top"] for r in rows] == [[], [["sports", 0.31], ["news", 0.2]]]
+    assert [r["cloud_top"] for r in read_feedback(path)] == [[], [["sports", 0.31], ["news", 0.2]]]
 
 
 def test_without_a_path_nothing_is_recorded(tiny_artifact: Path, cloud: FakeCloud) -> None:

@@ -21,7 +21,7 @@ from model_build.data.unlabeled import load_unlabeled
 def record(text: str, cloud_label: str = "oos", *, edge_label: str = "weather") -> FeedbackRecord:
     top = [[edge_label, 0.4], ["alarm", 0.25], ["timer", 0.125], ["music", 0.1]]  # as the edge records them
     return FeedbackRecord(text, edge_label, 0.4, {"max_prob": 0.4, "top": top}, cloud_label, 0.3, "e-1", "c-1",
-                          "low_confidence")
+                          "low_confidence", cloud_top=(("sports", 0.3), ("news", 0.21), ("weather", 0.1)))
 
 
 TRAFFIC = [
@@ -42,13 +42,15 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 def test_refused_texts_are_grouped_counted_and_ordered_most_often_then_first_seen() -> None:
     records = [{"text": r.text, "cloud_label": r.cloud_label, "edge_label": r.edge_label,
-                "edge_scores": r.edge_scores} for r in TRAFFIC]
-    records[3]["edge_scores"] = {"max_prob": 0.4}  # an older record without the top list
+                "edge_scores": r.edge_scores, "cloud_top": [list(a) for a in r.cloud_top]} for r in TRAFFIC]
+    records[3]["edge_scores"] = {"max_prob": 0.4}  # an older record: no top lists
+    del records[3]["cloud_top"]
     refused = refused_texts(records, label="oos")
-    assert refused.candidates == (  # the most frequent guess; the top list as first recorded
-        Candidate("who won the game last night", 3, "play_music", "weather 0.40; alarm 0.25; timer 0.12"),
-        Candidate('tell me a joke, a "good" one', 1, "play_music", ""),
-        Candidate("play some jazz", 1, "play_music", "play_music 0.40; alarm 0.25; timer 0.12"),
+    cloud = "sports 0.30; news 0.21; weather 0.10"
+    assert refused.candidates == (  # the most frequent guess; the top lists as first recorded
+        Candidate("who won the game last night", 3, "play_music", "weather 0.40; alarm 0.25; timer 0.12", cloud),
+        Candidate('tell me a joke, a "good" one', 1, "play_music", "", ""),
+        Candidate("play some jazz", 1, "play_music", "play_music 0.40; alarm 0.25; timer 0.12", cloud),
     )
     assert (refused.records, refused.refused, refused.textless) == (7, 6, 1)
     assert refused_texts(records, label="out_of_scope").candidates == ()
@@ -69,6 +71,7 @@ def test_the_command_writes_a_review_csv_that_build_off_topic_reads(
         ('tell me a joke, a "good" one', "1", "play_music", "play_music 0.40; alarm 0.25; timer 0.12"),
         ("play some jazz", "1", "play_music", "play_music 0.40; alarm 0.25; timer 0.12"),
     ]
+    assert {r["cloud_top"] for r in rows(out)} == {"sports 0.30; news 0.21; weather 0.10"}  # what it leaned to
     # The reviewer deletes the in-scope row; what is left is what --off-topic trains on.
     kept = [r for r in rows(out) if r["text"] != "play some jazz"]
     with out.open("w", encoding="utf-8", newline="") as f:
