@@ -29,3 +29,11 @@ def named(parser: argparse.ArgumentParser, flag: str, specs: list[str], load: Ca
         except (ArtifactError, BuildError) as exc:
             parser.error(f"{flag} {spec}: {exc}")
     return found
+
+
+def add_artifact_and_ood_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the benches that compare built artifacts on out-of-domain files (`open_set`,
+    `cloud_knn`): `--artifact NAME=DIR`, `--ood NAME=FILE` (each repeatable) and `--data`."""
+    parser.add_argument("--artifact", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--ood", action="append", required=True, metavar="NAME=FILE")
+    parser.add_argument("--data", type=Path, help="the data the artifacts were built from (default: their manifest's)")

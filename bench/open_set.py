@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._args import named  # noqa: E402
+from bench._args import add_artifact_and_ood_args, named  # noqa: E402
 from bench._output import emit  # noqa: E402
 from model_build.artifact import machine  # noqa: E402
 from model_build.calibrate.rejection import best_intent_score as rejection_score  # noqa: E402
@@ -88,9 +88,7 @@ def _checked(folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifact", action="append", required=True, metavar="NAME=DIR")
-    p.add_argument("--ood", action="append", required=True, metavar="NAME=FILE")
-    p.add_argument("--data", type=Path, help="the data the artifacts were built from (default: their manifest's)")
+    add_artifact_and_ood_args(p)
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     folders = named(p, "--artifact", args.artifact, _checked)
