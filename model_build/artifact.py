@@ -76,7 +76,7 @@ def with_cloud_model(artifact: Path, tflite: Path, folder: Path) -> Manifest:
     entry = model_entry(folder, manifest.cloud.file, "dynamic_range" if quantized else "fp32", len(manifest.labels),
                         appended_oos_logit=manifest.cloud.appended_oos_logit)
     cloud = dataclasses.replace(entry, temperature=manifest.cloud.temperature,
-                                oos_threshold=manifest.cloud.oos_threshold)
+                                oos_threshold=manifest.cloud.oos_threshold, neighbours=manifest.cloud.neighbours)
     swapped = dataclasses.replace(manifest, cloud=cloud)
     write_manifest(swapped, folder)
     return swapped

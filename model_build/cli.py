@@ -73,18 +73,7 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--unlabeled", type=Path, default=None,
                    help="unlabelled texts (a .txt, one a line, or a .csv/.jsonl with a 'text' column) the teacher "
                         "labels for the student: your own traffic is best (for CLINC150: all_wiki_sents.txt)")
-    b.add_argument("--negatives", type=Path, default=None,
-                   help="texts known to lie outside every intent (a .txt, one a line, or a .csv/.jsonl with a "
-                        "'text' column; generic sentences such as CLINC150's all_wiki_sents.txt, or off-topic "
-                        "requests of your own). Data without an 'oos' label gains a background class 'oos' learnt "
-                        "from them, so both tiers answer 'oos' for requests none of your intents fits; data with "
-                        "one gains them as out-of-scope training texts")
-    b.add_argument("--off-topic", type=Path, default=None,
-                   help="requests from your own traffic that none of your intents fits (same formats): every "
-                        "one joins the background class before any of --negatives, which fill the rest")
-    b.add_argument("--max-false-reject", type=float, default=None, metavar="RATE",
-                   help="the share of in-scope validation texts the cascade may answer 'oos' (default: 0.02 for a "
-                        "background class from --negatives; no cap for data with its own 'oos' rows)")
+    _out_of_scope_args(b)
     b.add_argument("--feedback", default=None, metavar="PATH|s3://BUCKET/PREFIX",
                    help="the edge's feedback (EDGE_FEEDBACK_PATH stores, `edge_container feedback export` files, a "
                         "folder of them, or an S3 prefix holding them): the cloud-answered texts join the student's "
@@ -110,6 +99,26 @@ def _build_parser(b: argparse.ArgumentParser) -> None:
     b.add_argument("--strict", action="store_true",
                    help="exit non-zero when a gate fails (the artifact is still written, its failures recorded); "
                         "a cheap gate failing right after training stops the build at once")
+
+
+def _out_of_scope_args(b: argparse.ArgumentParser) -> None:
+    """The build's options for requests none of the intents fits (docs/build.md, "From your own data")."""
+    b.add_argument("--negatives", type=Path, default=None,
+                   help="texts known to lie outside every intent (a .txt, one a line, or a .csv/.jsonl with a "
+                        "'text' column; generic sentences such as CLINC150's all_wiki_sents.txt, or off-topic "
+                        "requests of your own). Data without an 'oos' label gains a background class 'oos' learnt "
+                        "from them, so both tiers answer 'oos' for requests none of your intents fits; data with "
+                        "one gains them as out-of-scope training texts")
+    b.add_argument("--off-topic", type=Path, default=None,
+                   help="requests from your own traffic that none of your intents fits (same formats): every "
+                        "one joins the background class before any of --negatives, which fill the rest")
+    b.add_argument("--max-false-reject", type=float, default=None, metavar="RATE",
+                   help="the share of in-scope validation texts the cascade may answer 'oos' (default: 0.02 for a "
+                        "background class from --negatives; no cap for data with its own 'oos' rows)")
+    b.add_argument("--neighbours", choices=["on", "off"], default=None,
+                   help="the cloud's oos rule also reads each text's similarity to its nearest labelled training "
+                        "text in the pretrained encoder's embedding (a second encoder in the cloud, ~23 MB; "
+                        "default off; with --negatives it refuses more out-of-domain requests: docs/build.md)")
 
 
 def _publish_parser(u: argparse.ArgumentParser) -> None:
@@ -195,6 +204,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["prune"] = args.prune
     if args.no_oos_bias:
         overrides["edge_oos_bias"] = False
+    if args.neighbours is not None:
+        overrides["neighbours"] = args.neighbours == "on"
     config = preset(args.preset, **overrides)
     result = build(
         config,

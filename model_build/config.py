@@ -162,6 +162,11 @@ class BuildConfig:
     # The cloud model's precision: "auto" (Gates.max_cloud_int8_accuracy_drop decides), "fp32" or
     # "dynamic_range" (--cloud-precision). Chosen after training: no stage key depends on it.
     cloud_precision: str = "auto"
+    # The cloud's neighbour offset (model_build.teacher.neighbours, --neighbours on): its oos rule also reads
+    # how far a text lies from every labelled training text in the pretrained encoder's embedding. Off by
+    # default: measured, it helps builds with --negatives and not the default open set
+    # (bench/results/open_set.md, "The cloud's neighbours").
+    neighbours: bool = False
     subset_per_class: int | None = None  # quick preset: keep this many training texts per label
     latency_repeats: int = 200
     seed: int = 0

@@ -51,6 +51,7 @@ from model_build.report.plots import draw_build_plots
 from model_build.report.view import report_view
 from model_build.stages import Stages, train_stages
 from model_build.teacher.cloud_precision import PrecisionChoice, choose, measure_stage
+from model_build.teacher.neighbours import embedder_stage, with_neighbours
 from model_build.teacher.minilm import minilm_dir
 from modelpack.manifest import Manifest, write_manifest
 
@@ -92,9 +93,11 @@ def build(
         warn(early)
     measured = measure_stage(config, stages.dataset, stages.teacher_dir, stages.teacher_key, cache, timer)
     cloud = choose(config, stages.teacher_dir, measured)
+    has_rule = config.neighbours and stages.dataset.oos_label is not None  # an offset needs an oos rule to move
+    embedder = embedder_stage(config, cache, timer) if has_rule else None
 
     with timer.stage("calibrate"):
-        fitted, manifest = _calibrate(config, stages, cloud, data_path, staging, model_version)
+        fitted, manifest = _calibrate(config, stages, cloud, data_path, staging, model_version, embedder)
     with timer.stage("evaluate"):
         evaluation = _evaluate(config, stages, manifest, staging)
         manifest = dataclasses.replace(manifest, build={**manifest.build, "gates": evaluation.gates.to_dict()})
@@ -131,7 +134,7 @@ def _staging_folder(final_dir: Path) -> Path:
 
 
 def _calibrate(config: BuildConfig, stages: Stages, cloud: PrecisionChoice, data_path: Path, folder: Path,
-               model_version: str | None) -> tuple[Fitted, Manifest]:
+               model_version: str | None, embedder: Path | None) -> tuple[Fitted, Manifest]:
     """Copy the trained models (the cloud one of the chosen precision) and the tokenizer into `folder`,
     fit temperatures and thresholds on validation data, and write the manifest that carries them."""
     shutil.copyfile(cloud.source, folder / CLOUD_FILE)
@@ -139,6 +142,8 @@ def _calibrate(config: BuildConfig, stages: Stages, cloud: PrecisionChoice, data
         shutil.copyfile(src, folder / src.name)
     version = model_version or default_version(stages.teacher_key, stages.student_key)
     draft = draft_manifest(config, stages.dataset, data_path, folder, version, cloud_precision=cloud.chosen)
+    if embedder is not None:  # before the fit: the cloud's oos threshold is cut on its energy with the offset
+        draft = with_neighbours(draft, stages.dataset, folder, embedder)
     fitted = fit_on_validation(config, stages.dataset, ArtifactRunner(folder, draft))
     manifest = fitted.apply(draft)
     write_manifest(manifest, folder)

@@ -15,6 +15,7 @@ import numpy as np
 from modelpack.errors import ArtifactError
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import Manifest, ModelEntry, Tier, TokenizerEntry, load_manifest, verify_file
+from modelpack.nearest import NeighbourOffset
 from modelpack.scores import softmax
 from modelpack.tokenizer import TextTokenizer
 
@@ -37,10 +38,12 @@ class Classifier:
 
     Raises `ArtifactError` when the tokenizer or the model is there but cannot be loaded. `model_content`:
     the model's bytes, already read (and verified); by default they are read from the artifact folder.
+    `neighbour_contents`: the neighbour offset's embedder and bank bytes, likewise (a cloud entry with
+    `neighbours`: its logits then carry the offset, `modelpack.neighbours`).
     """
 
     def __init__(self, manifest: Manifest, folder: Path | str, tier: Tier, *, num_threads: int = 1,
-                 model_content: bytes | None = None):
+                 model_content: bytes | None = None, neighbour_contents: tuple[bytes, bytes] | None = None):
         folder = Path(folder)
         self.manifest = manifest
         self.tier = tier
@@ -50,6 +53,11 @@ class Classifier:
         if model_content is None:
             model_content = (folder / self.entry.file).read_bytes()
         self.model = _model(folder, self.entry, model_content, num_threads)
+        self.neighbours: NeighbourOffset | None = None
+        if self.entry.neighbours is not None:
+            n = self.entry.neighbours
+            embedder, bank = neighbour_contents or ((folder / n.embedder).read_bytes(), (folder / n.bank).read_bytes())
+            self.neighbours = NeighbourOffset(n, embedder, bank, num_threads=num_threads)
 
     @classmethod
     def from_folder(cls, folder: Path | str, tier: Tier, *, num_threads: int = 1) -> Classifier:
@@ -68,12 +76,20 @@ class Classifier:
         manifest = load_manifest(folder, verify=True)
         entry, tok = manifest.model(tier), manifest.tokenizer
         content = verify_file(folder / entry.file, entry.sha256)  # read again: these are the bytes we run
-        out = [cls(manifest, folder, tier, num_threads=num_threads, model_content=content) for _ in range(copies)]
+        n = entry.neighbours
+        extra = None if n is None else (verify_file(folder / n.embedder, n.embedder_sha256),
+                                        verify_file(folder / n.bank, n.bank_sha256))
+        out = [cls(manifest, folder, tier, num_threads=num_threads, model_content=content, neighbour_contents=extra)
+               for _ in range(copies)]
         verify_file(folder / tok.file, tok.sha256)
         return out
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        return self.model.logits(self.tokenizer.encode(texts))
+        ids = self.tokenizer.encode(texts)
+        logits = self.model.logits(ids)
+        if self.neighbours is not None:  # the same constant on every logit of a text: its probabilities stay
+            logits = logits + self.neighbours.offsets(ids)[:, None]
+        return logits
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of the model's `logits` (`calibrated`)."""

@@ -21,27 +21,51 @@ def interpreter_class() -> type:
     return Interpreter
 
 
-class LiteRTModel:
-    """Runs a [batch, seq] int32 id matrix through the model and returns float32 logits (dequantized)."""
+class ModelRunner:
+    """One interpreter over a model with one [batch, seq] int32 id input and one output tensor: the raw output
+    of a batch (`run`). What the classifiers' models and the cloud's embedder (`modelpack.nearest`) share."""
 
-    def __init__(self, model_content: bytes, entry: ModelEntry, *, num_threads: int = 1):
-        self.entry = entry
+    def __init__(self, model_content: bytes, where: str, *, num_threads: int = 1):
         try:
             self._interp: Any = interpreter_class()(model_content=model_content, num_threads=num_threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"{entry.file} is not a loadable TFLite model: {exc}") from exc
+            raise ArtifactError(f"{where} is not a loadable TFLite model: {exc}") from exc
         inputs = self._interp.get_input_details()
         outputs = self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ArtifactError(f"{entry.file}: expected one input and one output tensor")
+            raise ArtifactError(f"{where}: expected one input and one output tensor")
+        self.output = outputs[0]
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
         self._shape: tuple[int, ...] = tuple(inputs[0]["shape"])
         signature = inputs[0].get("shape_signature", inputs[0]["shape"])
         # A model exported with a fixed sequence length (e.g. the teacher) takes exactly that length.
         self.fixed_len: int | None = int(signature[1]) if len(signature) == 2 and signature[1] > 0 else None
         self._in_dtype = np.dtype(inputs[0]["dtype"])
-        scale, zero_point = outputs[0].get("quantization", (0.0, 0))
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        if ids.dtype != self._in_dtype:
+            ids = ids.astype(self._in_dtype)
+        if self.fixed_len is not None and ids.shape[1] != self.fixed_len:
+            ids = fit_length(ids, self.fixed_len)
+        if ids.shape != self._shape:
+            # Resizing re-plans the graph (~tens of µs); batches reuse a few bucketed shapes.
+            self._interp.resize_tensor_input(self._in, ids.shape, strict=False)
+            self._interp.allocate_tensors()
+            self._shape = ids.shape
+        self._interp.set_tensor(self._in, ids)
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out)
+
+
+class LiteRTModel:
+    """Runs a [batch, seq] int32 id matrix through the model and returns float32 logits (dequantized)."""
+
+    def __init__(self, model_content: bytes, entry: ModelEntry, *, num_threads: int = 1):
+        self.entry = entry
+        self._runner = ModelRunner(model_content, entry.file, num_threads=num_threads)
+        self.fixed_len = self._runner.fixed_len
+        scale, zero_point = self._runner.output.get("quantization", (0.0, 0))
         if entry.output.dtype in ("int8", "uint8"):
             if not scale:
                 raise ArtifactError(f"{entry.file}: output is quantized but carries no scale")
@@ -50,18 +74,7 @@ class LiteRTModel:
             self._dequant = None
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        if ids.dtype != self._in_dtype:
-            ids = ids.astype(self._in_dtype)
-        if self.fixed_len is not None and ids.shape[1] != self.fixed_len:
-            ids = _fit_length(ids, self.fixed_len)
-        if ids.shape != self._shape:
-            # Resizing re-plans the graph (~tens of µs); batches reuse a few bucketed shapes.
-            self._interp.resize_tensor_input(self._in, ids.shape, strict=False)
-            self._interp.allocate_tensors()
-            self._shape = ids.shape
-        self._interp.set_tensor(self._in, ids)
-        self._interp.invoke()
-        out = self._interp.get_tensor(self._out)
+        out = self._runner.run(ids)
         if self._dequant is not None:
             scale, zero_point = self._dequant
             logits = (out.astype(np.float32) - zero_point) * scale
@@ -73,7 +86,8 @@ class LiteRTModel:
         return logits
 
 
-def _fit_length(ids: np.ndarray, length: int) -> np.ndarray:
+def fit_length(ids: np.ndarray, length: int) -> np.ndarray:
+    """`ids` cut or [PAD]-padded to exactly `length` tokens (a model exported with a fixed length)."""
     if ids.shape[1] > length:
         return np.ascontiguousarray(ids[:, :length])
     out = np.zeros((ids.shape[0], length), dtype=ids.dtype)  # 0 = [PAD]

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from modelpack._fields import Reader, require_finite
 from modelpack.errors import ChecksumMismatch, ManifestError
+from modelpack.neighbours import NeighbourEntry, read_neighbours
 from modelpack.scores import CLOUD_OOS_SCORES
 from modelpack.shift import ShiftTable, read_shift_table
 
@@ -85,6 +86,9 @@ class ModelEntry:
     # thresholds' alone): runtimes append this raw logit as its column (`LiteRTModel.logits`), so low that
     # it takes no probability; every score and rule then reads the labels as the manifest lists them.
     appended_oos_logit: float | None = None
+    # Cloud only: an offset from the text's nearest labelled training text added to all its logits
+    # (modelpack.neighbours): its probabilities stay, its energy reads the distance too. None: no offset.
+    neighbours: NeighbourEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +141,13 @@ class Manifest:
 
     def files(self, parts: Iterable[Part] = PARTS) -> dict[str, str]:
         """The files of `parts` (by default every file the manifest names), mapped to their expected SHA-256."""
-        entries = (self.tokenizer if part == "tokenizer" else self.model(part) for part in parts)
-        return {entry.file: entry.sha256 for entry in entries}
+        files = {}
+        for part in parts:
+            entry = self.tokenizer if part == "tokenizer" else self.model(part)
+            files[entry.file] = entry.sha256
+            if part != "tokenizer" and self.model(part).neighbours is not None:
+                files.update(self.model(part).neighbours.files())
+        return files
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -150,6 +159,8 @@ class Manifest:
                 del entry["oos_score"]
             if entry["appended_oos_logit"] is None:  # the model has every label's output
                 del entry["appended_oos_logit"]
+            if entry["neighbours"] is None:  # no neighbour offset: manifests read exactly as before it existed
+                del entry["neighbours"]
         if self.routing.oos_threshold is None:  # a two-way manifest reads exactly as before the edge's oos band
             del out["routing"]["oos_threshold"], out["routing"]["expected_edge_oos_rate"]
         if self.routing.oos_score is None:
@@ -192,6 +203,8 @@ class Manifest:
         for tier in ("edge", "cloud"):
             if manifest.model(tier).oos_logit_bias and oos_label is None:
                 raise ManifestError(f"manifest.models.{tier}.oos_logit_bias is set, but there is no oos_label")
+        if manifest.edge.neighbours is not None:
+            raise ManifestError("manifest.models.edge.neighbours is set, but only the cloud runs a neighbour offset")
         if manifest.edge.oos_score is not None:
             raise ManifestError("manifest.models.edge.oos_score is set, but only the cloud has an oos threshold "
                                 "(the edge's band is routing.oos_score)")
@@ -334,6 +347,7 @@ def _model(r: Reader, n_labels: int) -> ModelEntry:
         oos_logit_bias=r.opt_float("oos_logit_bias", low=-50.0, high=50.0) or 0.0,
         oos_score=oos_score,
         appended_oos_logit=appended,
+        neighbours=read_neighbours(r.sub("neighbours")) if r.raw.get("neighbours") is not None else None,
     )
 
 

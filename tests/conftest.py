@@ -27,6 +27,16 @@ def tiny_artifact_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_artifact(tmp_path_factory.mktemp("tiny_artifact_v2"), version="tiny-2", seed=1)
 
 
+@pytest.fixture(scope="session")
+def neighbours_artifact(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny artifact with a neighbour offset on its cloud model (`models.cloud.neighbours`). Read-only."""
+    import shutil
+
+    from tests.fixtures.tiny_artifact import add_neighbours
+
+    return add_neighbours(shutil.copytree(tiny_artifact, tmp_path_factory.mktemp("neighbours") / "artifact"))
+
+
 @pytest.fixture
 def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials so no test can ever reach a real AWS account."""

@@ -32,6 +32,12 @@ def _batched(infer: Callable[[list[str]], np.ndarray], tokenizer: TextTokenizer,
     return out
 
 
+def batched_outputs(infer: Callable[[list[str]], np.ndarray], tokenizer: TextTokenizer, texts: Sequence[str], *,
+                    batch_size: int = 64, desc: str = "") -> np.ndarray:
+    """Any per-text model output (`infer` on a list of texts) for all texts, batched as serving batches."""
+    return _batched(infer, tokenizer, texts, batch_size=batch_size, desc=desc)
+
+
 def model_logits(
     model: LiteRTModel, tokenizer: TextTokenizer, texts: Sequence[str], *, batch_size: int = 64, desc: str = ""
 ) -> np.ndarray:

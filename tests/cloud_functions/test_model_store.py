@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cloud_functions.model_store import CLOUD_PARTS, ModelStore, ModelStoreError, verify_parts
@@ -235,3 +236,21 @@ def test_the_default_s3_client_has_timeouts_and_bounded_retries(tmp_path: Path) 
     config = store._s3.meta.config  # type: ignore[union-attr]
     assert (config.connect_timeout, config.read_timeout) == (3, 10)
     assert config.retries == {"mode": "standard", "total_max_attempts": 3}  # the first try + 2 retries
+
+
+def test_a_cloud_with_a_neighbour_offset_fetches_both_of_its_files_and_serves_the_offset(
+    neighbours_artifact: Path, aws: Aws, tmp_path: Path
+) -> None:
+    from cloud_functions.litert_backend import LiteRTBackend
+    from modelpack.classifier import Classifier
+
+    publish(neighbours_artifact, bucket=aws.model_bucket, prefix="models", s3_client=aws.s3)
+    model = _store(f"s3://{aws.model_bucket}/models/", tmp_path, aws).fetch()
+
+    assert sorted(model.downloaded) == ["bank.npy", "cloud.tflite", "embedder.tflite", "tokenizer.json"]
+    texts = ["what is my account balance", "tell me about dinosaurs"]
+    served = LiteRTBackend.load(model)._classifier.logits(texts)
+    plain = Classifier(load_manifest(neighbours_artifact), neighbours_artifact, "cloud")
+    offsets = plain.neighbours.offsets(plain.tokenizer.encode(texts))
+    bare = plain.model.logits(plain.tokenizer.encode(texts))
+    np.testing.assert_allclose(served, bare + offsets[:, None], atol=1e-5)

@@ -118,6 +118,34 @@ def test_second_build_reuses_cached_teacher_and_student(built):
     assert set(again.metrics.cached_stages) == {"teacher", "student", "cloud_precision"}
 
 
+def test_the_cloud_neighbour_offset_is_built_fitted_on_validation_and_served(built):
+    """`--neighbours on`: the embedder stage, the bank and the fitted offset; the teacher and student come
+    from the cache, and the runtimes' classifier serves the offset."""
+    from model_build.evaluate.measure import built_from
+    from modelpack.scores import neg_energy
+
+    plain, root = built
+    result = build(preset("quick", neighbours=True), data_path=CLINC, out_dir=root / "neighbours",
+                   cache_dir=root / "cache")
+    assert {"teacher", "student"} <= set(result.metrics.cached_stages)
+    assert plain.manifest.cloud.neighbours is None and result.manifest.cloud.neighbours is not None
+    assert {"embedder.tflite", "neighbours.npy"} <= {p.name for p in result.out_dir.iterdir()}
+    served = Classifier.load(result.out_dir, "cloud")[0]  # every file checked against the manifest
+    bare = Classifier.from_folder(plain.out_dir, "cloud")  # the same teacher file, no offset
+    assert served.entry.sha256 == bare.entry.sha256
+    data = built_from(result.out_dir, result.manifest, CLINC)
+    val = [t for t, keep in zip(data.val.texts, data.in_scope_mask(data.val)) if keep]
+    moved = served.logits(val) - bare.logits(val)
+    assert np.allclose(moved, moved[:, :1], atol=1e-3)  # one constant per text: probabilities unchanged
+    offsets = moved[:, 0]
+    # Fitted on the in-scope validation texts: centred there, spread like the cloud's own energy.
+    assert abs(offsets.mean()) < 0.02 * offsets.std()
+    assert offsets.std() == pytest.approx(neg_energy(bare.logits(val), bare.oos_index).std(), rel=0.02)
+    test_oos = [t for t, keep in zip(data.test.texts, data.in_scope_mask(data.test)) if not keep]
+    far = served.neighbours.offsets(served.tokenizer.encode(test_oos[:200]))
+    assert far.mean() < offsets.mean() - 0.5 * offsets.std()  # out-of-scope requests lie further from every intent
+
+
 def test_both_teacher_precisions_are_measured_and_switching_retrains_nothing(built):
     """The build measures the fp32 teacher and its dynamic-range copy, ships the int8 one within the
     accuracy gate, and a forced fp32 build reuses every stage: the precision is chosen, not trained."""
