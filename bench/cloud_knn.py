@@ -140,6 +140,8 @@ def _checked(folder: Path) -> Path:
     manifest = load_manifest(folder)
     if manifest.oos_index is None or manifest.cloud.oos_score != "neg_energy":
         raise BuildError(f"{folder}: the cloud has no energy oos rule (models.cloud.oos_score) to compare with")
+    if manifest.cloud.neighbours is not None:
+        raise BuildError(f"{folder}: its cloud already reads the neighbours (--neighbours on): nothing to simulate")
     return folder
 
 
