@@ -25,8 +25,10 @@ from edge_container.errors import ModelSourceUnavailable, ReloadRefused
 from edge_container.reload import ModelManager
 from edge_container.runtime import EdgeModel
 from modelpack.errors import ArtifactError, ManifestError
-from modelpack.manifest import MANIFEST_NAME, Manifest, json_object
+from modelpack.manifest import MANIFEST_NAME, Manifest, Part, json_object
 from modelpack.pointer import Pointer
+
+EDGE_PARTS: tuple[Part, ...] = ("tokenizer", "edge")  # the files a device fetches: what it runs
 
 log = logging.getLogger("edge_container.reload")
 
@@ -183,7 +185,9 @@ class S3Source:
         except OSError as exc:
             raise ModelSourceUnavailable(f"cannot write the model cache {self.cache_dir}: {exc}") from exc
         try:
-            for name in manifest.files():  # checksums are verified by the load that follows
+            # What the edge runs, not the cloud's model (tens of MB a device never loads); checksums are
+            # verified by the load that follows.
+            for name in manifest.files(EDGE_PARTS):
                 (staging / name).write_bytes(self._get(pointer.key_of(name)))
             (staging / MANIFEST_NAME).write_bytes(raw)
             if target.exists():

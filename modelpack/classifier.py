@@ -14,7 +14,15 @@ import numpy as np
 
 from modelpack.errors import ArtifactError
 from modelpack.litert import LiteRTModel
-from modelpack.manifest import Manifest, ModelEntry, Tier, TokenizerEntry, load_manifest, verify_file
+from modelpack.manifest import (
+    Manifest,
+    ModelEntry,
+    Tier,
+    TokenizerEntry,
+    load_manifest,
+    verify_file,
+    verify_files,
+)
 from modelpack.nearest import NeighbourOffset
 from modelpack.scores import softmax
 from modelpack.tokenizer import TextTokenizer
@@ -65,15 +73,18 @@ class Classifier:
 
     @classmethod
     def load(cls, folder: Path | str, tier: Tier, *, copies: int = 1, num_threads: int = 1) -> list[Classifier]:
-        """`copies` classifiers (one per thread) of `tier`, from an artifact verified as a whole: manifest and
-        the SHA-256 of every file. Each interpreter is built from exactly the model bytes whose digest was
-        checked, and the tokenizer file is checked again once every copy has read it: a folder rewritten
-        while it loads is refused, never served half old, half new. Blocking (seconds for a large model).
+        """`copies` classifiers (one per thread) of `tier`, from an artifact whose manifest is valid and whose
+        files of `tier` (the tokenizer, the model, a cloud's neighbour files) have their SHA-256: the other
+        tier's files need not be there (a device fetches only its own). Each interpreter is built from exactly
+        the model bytes whose digest was checked, and the tokenizer file is checked again once every copy has
+        read it: a folder rewritten while it loads is refused, never served half old, half new. Blocking
+        (seconds for a large model).
         """
         if copies < 1:
             raise ValueError("copies must be >= 1")
         folder = Path(folder)
-        manifest = load_manifest(folder, verify=True)
+        manifest = load_manifest(folder, verify=False)
+        verify_files(manifest, folder, ("tokenizer", tier))
         entry, tok = manifest.model(tier), manifest.tokenizer
         content = verify_file(folder / entry.file, entry.sha256)  # read again: these are the bytes we run
         n = entry.neighbours

@@ -178,6 +178,9 @@ def test_versions_published_to_s3_are_fetched_verified_and_swapped(s3: Any, tiny
         publish(artifact_v2, bucket="models", prefix="edge", s3_client=s3)
         assert client.post("/admin/reload", headers=ADMIN, json={"source": "s3"}).status_code == 200
         assert version(client) == "tiny-2" and (tmp_path / "cache" / "tiny-2" / "manifest.json").is_file()
+        # Only what the edge runs is fetched: the cloud's model stays in the bucket.
+        assert sorted(p.name for p in (tmp_path / "cache" / "tiny-2").iterdir()) == [
+            "edge_int8.tflite", "manifest.json", "tokenizer.json"]
         s3.put_object(Bucket="models", Key="edge/tiny-2/edge_int8.tflite", Body=b"tampered")
         shutil.rmtree(tmp_path / "cache")
         r = client.post("/admin/reload", headers=ADMIN, json={"source": "s3"})

@@ -12,7 +12,7 @@ import pytest
 
 from model_build.teacher.minilm import minilm_dir
 from modelpack.classifier import Classifier
-from modelpack.errors import ArtifactError, ChecksumMismatch
+from modelpack.errors import ArtifactError, ChecksumMismatch, ManifestError
 from modelpack.litert import LiteRTModel
 from modelpack.manifest import load_manifest, sha256_file, write_manifest
 from modelpack.scores import SCORES, softmax
@@ -95,9 +95,22 @@ def test_load_gives_independent_copies_that_answer_like_the_folder(tiny_artifact
 
 def test_load_refuses_an_artifact_whose_files_differ_from_the_manifest(tiny_artifact, tmp_path):
     folder = shutil.copytree(tiny_artifact, tmp_path / "a")
-    (folder / "cloud.tflite").write_bytes(b"tampered")  # even the tier not loaded: the artifact is one whole
+    (folder / "cloud.tflite").write_bytes(b"tampered")
     with pytest.raises(ChecksumMismatch, match=r"cloud\.tflite: SHA-256"):
+        Classifier.load(folder, "cloud")
+    (folder / "edge_int8.tflite").write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch, match=r"edge_int8\.tflite: SHA-256"):
         Classifier.load(folder, "edge")
+
+
+def test_a_tier_loads_without_the_other_tiers_files(tiny_artifact, tmp_path):
+    """A device fetches only the tokenizer and the edge model (edge_container.model_sources.EDGE_PARTS)."""
+    folder = shutil.copytree(tiny_artifact, tmp_path / "edge_only")
+    (folder / "cloud.tflite").unlink()
+    (edge,) = Classifier.load(folder, "edge")
+    assert edge.predict(["hello there"])[0].label in load_manifest(folder, verify=False).labels
+    with pytest.raises(ManifestError, match=r"cloud\.tflite is named in the manifest but missing"):
+        Classifier.load(folder, "cloud")
 
 
 def test_a_tokenizer_file_that_is_not_one_is_an_artifact_error(tiny_artifact, tmp_path):
