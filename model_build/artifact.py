@@ -65,18 +65,22 @@ def model_entry(folder: Path, file: str, precision: str, n_labels: int, *,
     )
 
 
+# What a model entry says about its file; the rest (temperature, oos rule, bias, neighbours) is calibration.
+_FILE_FIELDS = ("file", "sha256", "size_bytes", "precision", "inputs", "output")
+
+
 def with_cloud_model(artifact: Path, tflite: Path, folder: Path) -> Manifest:
     """A copy of `artifact` in `folder` whose cloud model is the file `tflite` (e.g. the teacher at another
-    precision), its manifest entry read from that file; the calibration (temperature, oos threshold) stays
-    the artifact's. For side-by-side measurements (bench/lambda_handler.py), not for shipping."""
+    precision), its manifest entry read from that file; the calibration (temperature, the oos rule and its
+    score, the bias, a neighbour offset) stays the artifact's. For side-by-side measurements
+    (bench/lambda_handler.py), not for shipping."""
     manifest = load_manifest(artifact)
     shutil.copytree(artifact, folder)
     shutil.copyfile(tflite, folder / manifest.cloud.file)
     quantized = size_breakdown((folder / manifest.cloud.file).read_bytes()).quantized_weight_bytes > 0
     entry = model_entry(folder, manifest.cloud.file, "dynamic_range" if quantized else "fp32", len(manifest.labels),
                         appended_oos_logit=manifest.cloud.appended_oos_logit)
-    cloud = dataclasses.replace(entry, temperature=manifest.cloud.temperature,
-                                oos_threshold=manifest.cloud.oos_threshold, neighbours=manifest.cloud.neighbours)
+    cloud = dataclasses.replace(manifest.cloud, **{f: getattr(entry, f) for f in _FILE_FIELDS})
     swapped = dataclasses.replace(manifest, cloud=cloud)
     write_manifest(swapped, folder)
     return swapped

