@@ -38,6 +38,7 @@ from model_build.evaluate.ood import auroc  # noqa: E402
 from model_build.tflite.run import classifier_logits  # noqa: E402
 from modelpack.classifier import Classifier  # noqa: E402
 from modelpack.manifest import Manifest, load_manifest  # noqa: E402
+from modelpack.nearest import nearest_similarity  # noqa: E402
 from modelpack.routing import cloud_answer, decide  # noqa: E402
 from modelpack.scores import neg_energy  # noqa: E402
 
@@ -67,10 +68,6 @@ class PretrainedEmbedder:
         return out
 
 
-def nearest_similarity(x: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    return np.concatenate([(x[i:i + 2048] @ bank.T).max(axis=1) for i in range(0, len(x), 2048)])
-
-
 def standardised(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (x - ref.mean()) / ref.std()
 
@@ -88,7 +85,7 @@ def simulate(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]], w
     (val, _), (test, y_test) = in_scope(dataset.val), in_scope(dataset.test)
     parts = {"val": val, "test": test, **{name: list(texts) for name, texts in ood.items()}}
     bank = embed(train)
-    sim = {p: nearest_similarity(embed(texts), bank) for p, texts in parts.items()}
+    sim = {p: nearest_similarity(embed(texts), bank.T) for p, texts in parts.items()}
     tiers = {tier: Classifier(manifest, folder, tier) for tier in ("edge", "cloud")}
     logits = {tier: {p: classifier_logits(m, texts) for p, texts in parts.items()} for tier, m in tiers.items()}
     probs = {tier: {p: tiers[tier].calibrate(z) for p, z in logits[tier].items()} for tier in tiers}

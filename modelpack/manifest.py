@@ -145,8 +145,8 @@ class Manifest:
         for part in parts:
             entry = self.tokenizer if part == "tokenizer" else self.model(part)
             files[entry.file] = entry.sha256
-            if part != "tokenizer" and self.model(part).neighbours is not None:
-                files.update(self.model(part).neighbours.files())
+            if isinstance(entry, ModelEntry) and entry.neighbours is not None:
+                files.update(entry.neighbours.files())
         return files
 
     def to_dict(self) -> dict[str, Any]:
