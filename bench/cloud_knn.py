@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,21 @@ def standardised(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (x - ref.mean()) / ref.std()
 
 
-def simulate(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]], weights: Sequence[float],
-             embed: PretrainedEmbedder) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Measured:
+    """An artifact's in-scope validation and test texts and the out-of-domain files (`parts`), each text's
+    nearest-neighbour similarity in the pretrained embedding (`sim`), and both tiers' raw logits."""
+
+    manifest: Manifest
+    parts: dict[str, list[str]]
+    y_test: np.ndarray
+    sim: dict[str, np.ndarray]
+    tiers: dict[str, Classifier]
+    logits: dict[str, dict[str, np.ndarray]]
+
+
+def measure(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]], embed: PretrainedEmbedder) -> Measured:
+    """What both simulations read (this one and `bench/edge_knn.py`): embeddings and both tiers' logits."""
     manifest = load_manifest(folder)
     dataset = built_from(folder, manifest, data)
 
@@ -88,6 +102,14 @@ def simulate(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]], w
     sim = {p: nearest_similarity(embed(texts), bank.T) for p, texts in parts.items()}
     tiers = {tier: Classifier(manifest, folder, tier) for tier in ("edge", "cloud")}
     logits = {tier: {p: classifier_logits(m, texts) for p, texts in parts.items()} for tier, m in tiers.items()}
+    return Measured(manifest, parts, y_test, sim, tiers, logits)
+
+
+def simulate(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]], weights: Sequence[float],
+             embed: PretrainedEmbedder) -> dict[str, Any]:
+    measured = measure(folder, data, ood, embed)
+    manifest, parts, y_test, sim = measured.manifest, measured.parts, measured.y_test, measured.sim
+    tiers, logits = measured.tiers, measured.logits
     probs = {tier: {p: tiers[tier].calibrate(z) for p, z in logits[tier].items()} for tier in tiers}
     oos = manifest.oos_index
     energy = {p: neg_energy(logits["cloud"][p], oos) for p in parts}
@@ -142,20 +164,27 @@ def _checked(folder: Path) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(doc: str, checked: Callable[[Path], Path], simulate_one: Callable[..., dict[str, Any]],
+        default_weights: list[float], argv: list[str] | None) -> int:
+    """The command line of both simulations (this one and `bench/edge_knn.py`)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_artifact_and_ood_args(p)
-    p.add_argument("--weight", action="append", type=float, help="of the similarity (default: 0.5 and 1)")
+    p.add_argument("--weight", action="append", type=float,
+                   help=f"of the similarity (default: {', '.join(f'{w:g}' for w in default_weights)})")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
-    folders = named(p, "--artifact", args.artifact, _checked)
+    folders = named(p, "--artifact", args.artifact, checked)
     ood = named(p, "--ood", args.ood, load_unlabeled, what="FILE")
     embed = PretrainedEmbedder()
     result = {"machine": machine(), "ood_sizes": {k: len(v) for k, v in ood.items()},
-              "artifacts": {name: simulate(folder, args.data, ood, args.weight or [0.5, 1.0], embed)
+              "artifacts": {name: simulate_one(folder, args.data, ood, args.weight or default_weights, embed)
                             for name, folder in folders.items()}}
     emit(result, args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(__doc__, _checked, simulate, [0.5, 1.0], argv)
 
 
 if __name__ == "__main__":

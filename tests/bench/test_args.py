@@ -58,3 +58,18 @@ def test_open_set_refuses_a_bad_artifact_or_ood_file_before_running_a_model(
     assert line.endswith("expected NAME=DIR")
     line = refusal(capsys, lambda: open_set.main(["--artifact", f"t={tiny_artifact}", "--ood", "far=/no/such.txt"]))
     assert "--ood far=/no/such.txt:" in line and "no such file" in line
+
+
+@pytest.mark.parametrize("bench, says", [("cloud_knn", "the cloud has no energy oos rule"),
+                                         ("edge_knn", "the edge has no oos band")])
+def test_the_neighbour_simulations_refuse_an_artifact_without_the_rule_they_change(
+        bench: str, says: str, tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tiny artifact has an oos label but neither an energy rule in its cloud nor a band at its edge: each
+    simulation says which one it lacks before it loads the pretrained encoder."""
+    import importlib
+
+    module = importlib.import_module(f"bench.{bench}")
+    ood = tmp_path / "far.txt"
+    ood.write_text("what is the capital of peru\n")
+    line = refusal(capsys, lambda: module.main(["--artifact", f"t={tiny_artifact}", "--ood", f"far={ood}"]))
+    assert f"--artifact t={tiny_artifact}: {tiny_artifact}: {says}" in line
