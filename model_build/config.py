@@ -24,7 +24,7 @@ class TeacherConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     dropout: float = 0.1
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the cross-entropy the teacher is fine-tuned with (0: none)
     max_steps: int | None = None  # cap on optimiser steps (quick preset)
     precision: str = "fp32"  # of the exported TFLite model: fp32 | dynamic_range
 

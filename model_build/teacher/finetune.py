@@ -39,6 +39,7 @@ class Teacher:
         self.dropout = keras.layers.Dropout(config.dropout, name="head_dropout")
         self.head = keras.layers.Dense(num_labels, name="classifier")
         self.head.build((None, enc_config.hidden_size))
+        self.num_labels = num_labels
 
     def _upper(self, seq_len: int):
         k = self.config.train_from_layer
@@ -87,7 +88,7 @@ class Teacher:
         model = self._upper(None)
         model.compile(
             optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=classification_loss(cfg.label_smoothing, self.num_labels),
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
@@ -114,6 +115,20 @@ class Teacher:
     def logits(self, ids: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         model = self.export_model(ids.shape[1])
         return np.asarray(model.predict(ids, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def classification_loss(label_smoothing: float, num_labels: int):
+    """Cross-entropy on the head's logits for integer labels; with `label_smoothing` > 0 the target is
+    (1 - s) x the label's one-hot + s / num_labels on every label (`TeacherConfig.label_smoothing`)."""
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def smoothed(y_true, y_pred):
+        target = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), num_labels)
+        return keras.losses.categorical_crossentropy(target, y_pred, from_logits=True,
+                                                     label_smoothing=label_smoothing)
+
+    return smoothed
 
 
 def _length_grouped_plan(groups, batch_size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
