@@ -114,3 +114,28 @@ def test_with_real_oos_texts_the_cloud_cuts_on_the_score_that_catches_more() -> 
     usual = fit_on_validation(preset("quick"), data, _Runner(data.val.labels, K))
     assert usual.validation.cloud_oos is not None and usual.validation.cloud_oos.score == "max_prob"
     assert usual.cloud_oos_score is None
+
+
+class _AppendedRunner(_Runner):
+    """Five intents and the appended `oos` column a runtime adds (no model learns it)."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        from model_build.data.background import APPENDED_OOS_LOGIT
+
+        super().__init__(labels, OOS)
+        self.logits_of = {tier: np.c_[z, np.full(len(z), APPENDED_OOS_LOGIT)] for tier, z in self.logits_of.items()}
+
+
+def test_without_oos_texts_the_escalation_bar_does_not_move_with_the_cloud_s_refusals() -> None:
+    """The cloud's refusals of in-scope texts are spent from the false-reject budget: the escalation is fit for
+    the cloud's answers without them, so a larger budget (a cloud that may refuse more) leaves it as it was.
+    (Charged to the bar, the 20 % budget's refusals made this near-perfect cloud's accuracy ~95 %, below the
+    edge's own ~97 %, and the edge escalated nothing.)"""
+    from model_build.data.background import with_appended_oos
+
+    data = with_appended_oos(_dataset(with_oos=False))
+    runner = _AppendedRunner(data.val.labels)
+    small, large = (fit_on_validation(dataclasses.replace(preset("quick"), max_false_reject=rate), data, runner)
+                    for rate in (0.01, 0.2))
+    assert small.routing.expected_escalation_rate > 0  # this edge needs the cloud for 0.995 of it
+    assert small.routing.threshold == large.routing.threshold
