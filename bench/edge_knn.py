@@ -58,8 +58,9 @@ def simulate(folder: Path, data: Path | None, ood: dict[str, tuple[str, ...]], w
             out[route[part].escalate] = cloud[part][route[part].escalate]
             return out
 
-        row = {"in_scope_refused": float((answers("test") == oos).mean()),
-               "in_scope_joint_accuracy": float((answers("test") == y_test).mean()),
+        test = answers("test")
+        row = {"in_scope_refused": float((test == oos).mean()),
+               "in_scope_joint_accuracy": float((test == y_test).mean()),
                "in_scope_escalated": float(route["test"].escalate.mean())}
         for name in ood:
             row[f"{name}_answered_in_scope"] = float((answers(name) != oos).mean())
